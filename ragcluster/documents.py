@@ -1,0 +1,68 @@
+"""The document model shared by all tiers, and its validation (pure: no grpc, no protobuf)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from ragcluster.errors import InvalidArgument
+
+MAX_ID_BYTES = 512
+MAX_TEXT_BYTES = 1 << 20
+MAX_METADATA_KEYS = 64
+
+MetadataValue = str | int | float | bool
+
+
+@dataclass
+class Document:
+    id: str
+    text: str
+    title: str = ""
+    metadata: dict[str, MetadataValue] = field(default_factory=dict)
+
+    def validate(self, where: str = "document") -> None:
+        validate_id(self.id, f"{where}.id")
+        if len(self.text.encode("utf-8")) > MAX_TEXT_BYTES:
+            raise InvalidArgument(f"{where}.text: longer than {MAX_TEXT_BYTES} bytes (id {self.id!r})")
+        if len(self.metadata) > MAX_METADATA_KEYS:
+            raise InvalidArgument(f"{where}.metadata: more than {MAX_METADATA_KEYS} keys (id {self.id!r})")
+        for key, value in self.metadata.items():
+            if not key:
+                raise InvalidArgument(f"{where}.metadata: empty key (id {self.id!r})")
+            if not isinstance(value, (str, int, float, bool)):
+                raise InvalidArgument(
+                    f"{where}.metadata[{key!r}]: must be a string, number or bool, not {type(value).__name__}"
+                )
+            if isinstance(value, float) and not math.isfinite(value):
+                raise InvalidArgument(f"{where}.metadata[{key!r}]: not a finite number")
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "title": self.title, "text": self.text, "metadata": dict(self.metadata)}
+
+    @classmethod
+    def from_json(cls, obj: object, where: str = "document") -> "Document":
+        """From a JSON object ``{"id": str, "text": str, "title"?: str, "metadata"?: {str: str|number}}``."""
+        if not isinstance(obj, dict):
+            raise InvalidArgument(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        doc_id, text = obj.get("id"), obj.get("text")
+        if not isinstance(doc_id, str):
+            raise InvalidArgument(f"{where}: 'id' must be a string")
+        if not isinstance(text, str):
+            raise InvalidArgument(f"{where}: 'text' must be a string")
+        title = obj.get("title", "") or ""
+        if not isinstance(title, str):
+            raise InvalidArgument(f"{where}: 'title' must be a string")
+        metadata = obj.get("metadata") or {}
+        if not isinstance(metadata, dict):
+            raise InvalidArgument(f"{where}: 'metadata' must be an object")
+        doc = cls(doc_id, text, title, dict(metadata))
+        doc.validate(where)
+        return doc
+
+
+def validate_id(doc_id: str, where: str = "id") -> None:
+    if not doc_id:
+        raise InvalidArgument(f"{where}: must not be empty")
+    if len(doc_id.encode("utf-8")) > MAX_ID_BYTES:
+        raise InvalidArgument(f"{where}: longer than {MAX_ID_BYTES} bytes")

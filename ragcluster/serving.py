@@ -1,0 +1,174 @@
+"""One aio server bootstrap for every tier: health, reflection, interceptors, metrics, signals, graceful stop.
+
+Lifecycle: bind → start → load (model/index) → mark SERVING → write the ready file → wait for stop
+(SIGTERM/SIGINT) → NOT_SERVING (graceful shutdown) → server.stop(grace) → close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from ragcluster.config import ServerConfig
+from ragcluster.interceptors import ServerInterceptor, preinitialise
+
+logger = logging.getLogger(__name__)
+
+KEEPALIVE_OPTIONS = [
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+
+def channel_options(max_message_bytes: int = 64 * 1024 * 1024) -> list[tuple[str, int]]:
+    """Options for every client channel (router → shard/generator, CLI → router)."""
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        *KEEPALIVE_OPTIONS,
+    ]
+
+
+@dataclass
+class ServiceSpec:
+    """A servicer to register: the generated ``add_XServicer_to_server`` and the service's full name."""
+
+    add_to_server: Callable[[object, grpc.aio.Server], None]
+    servicer: object
+    full_name: str
+    method_names: Sequence[str] = field(default_factory=tuple)
+
+
+def service_spec(servicer: object, pb2_module, service_name: str, grpc_module) -> ServiceSpec:
+    descriptor = pb2_module.DESCRIPTOR.services_by_name[service_name]
+    add = getattr(grpc_module, f"add_{service_name}Servicer_to_server")
+    return ServiceSpec(add, servicer, descriptor.full_name, tuple(m.name for m in descriptor.methods))
+
+
+class GrpcServer:
+    """A running server. Used by every tier's __main__ and, in process, by tests."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        services: Sequence[ServiceSpec],
+        *,
+        load: Callable[[], Awaitable[None]] | None = None,
+        close: Callable[[], Awaitable[None]] | None = None,
+    ):
+        self.config = config
+        self.services = list(services)
+        self._load = load
+        self._close = close
+        self.health = health.aio.HealthServicer()
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+        self.metrics_port = 0
+        self._metrics_httpd = None
+        self._stopped = asyncio.Event()
+
+    @property
+    def address(self) -> str:
+        return f"{self.config.host}:{self.port}"
+
+    async def _set_all(self, status) -> None:
+        for name in ["", *(s.full_name for s in self.services)]:
+            await self.health.set(name, status)
+
+    async def start(self) -> None:
+        cfg = self.config
+        if cfg.metrics_port >= 0:
+            from prometheus_client import start_http_server
+
+            self._metrics_httpd, _ = start_http_server(cfg.metrics_port, addr=cfg.host)
+            self.metrics_port = self._metrics_httpd.server_port
+        options = [
+            ("grpc.max_send_message_length", cfg.max_message_bytes),
+            ("grpc.max_receive_message_length", cfg.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+            *KEEPALIVE_OPTIONS,
+        ]
+        self.server = grpc.aio.server(interceptors=[ServerInterceptor()], options=options)
+        for spec in self.services:
+            spec.add_to_server(spec.servicer, self.server)
+            preinitialise(spec.method_names)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        names = [s.full_name for s in self.services] + [
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ]
+        reflection.enable_server_reflection(names, self.server)
+        await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
+        host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
+        self.port = self.server.add_insecure_port(f"{host}:{cfg.port}")
+        if self.port == 0:
+            raise RuntimeError(f"could not bind {cfg.host}:{cfg.port}")
+        await self.server.start()
+        logger.info("listening on %s (metrics on :%s); loading", self.address, self.metrics_port)
+        if self._load is not None:
+            await self._load()
+        await self._set_all(health_pb2.HealthCheckResponse.SERVING)
+        if cfg.ready_file:
+            _write_ready_file(Path(cfg.ready_file), self.address, self.config.host, self.metrics_port)
+        logger.info("SERVING on %s", self.address)
+
+    async def set_serving(self, serving: bool) -> None:
+        await self._set_all(
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+
+    async def stop(self, grace: float | None = None) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        grace = self.config.grace_seconds if grace is None else grace
+        await self.health.enter_graceful_shutdown()
+        if self.server is not None:
+            await self.server.stop(grace)
+        if self._close is not None:
+            await self._close()
+        if self._metrics_httpd is not None:
+            self._metrics_httpd.shutdown()
+            self._metrics_httpd.server_close()
+        logger.info("stopped")
+
+    async def wait(self) -> None:
+        await self._stopped.wait()
+
+
+def _write_ready_file(path: Path, grpc_address: str, host: str, metrics_port: int) -> None:
+    data = {"grpc": grpc_address, "metrics": f"{host}:{metrics_port}" if metrics_port else "", "pid": os.getpid()}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+async def serve_until_signalled(server: GrpcServer, stop_event: asyncio.Event | None = None) -> None:
+    """Start ``server``, run until SIGTERM/SIGINT (or ``stop_event``), then stop gracefully."""
+    loop = asyncio.get_running_loop()
+    stop = stop_event or asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    start = asyncio.create_task(server.start())
+    waiter = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait({start, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    if start in done:
+        start.result()  # a failed start raises here
+        await waiter
+    else:
+        start.cancel()
+        logger.info("stop requested while loading")
+    logger.info("shutting down (grace %.1fs)", server.config.grace_seconds)
+    await server.stop()

@@ -1,0 +1,125 @@
+from ragcluster.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ShardSearchRequest(_message.Message):
+    __slots__ = ("queries", "k", "params", "include_documents")
+    QUERIES_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    queries: _common_pb2.FloatMatrix
+    k: int
+    params: _common_pb2.SearchParams
+    include_documents: bool
+    def __init__(self, queries: _Optional[_Union[_common_pb2.FloatMatrix, _Mapping]] = ..., k: _Optional[int] = ..., params: _Optional[_Union[_common_pb2.SearchParams, _Mapping]] = ..., include_documents: _Optional[bool] = ...) -> None: ...
+
+class TopK(_message.Message):
+    __slots__ = ("ids", "scores")
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[int]
+    scores: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, ids: _Optional[_Iterable[int]] = ..., scores: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class ShardSearchResponse(_message.Message):
+    __slots__ = ("results", "documents", "vectors_searched", "shard")
+    class DocumentsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: _common_pb2.Document
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[_Union[_common_pb2.Document, _Mapping]] = ...) -> None: ...
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    VECTORS_SEARCHED_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[TopK]
+    documents: _containers.MessageMap[int, _common_pb2.Document]
+    vectors_searched: int
+    shard: int
+    def __init__(self, results: _Optional[_Iterable[_Union[TopK, _Mapping]]] = ..., documents: _Optional[_Mapping[int, _common_pb2.Document]] = ..., vectors_searched: _Optional[int] = ..., shard: _Optional[int] = ...) -> None: ...
+
+class DocumentVector(_message.Message):
+    __slots__ = ("document", "vector")
+    DOCUMENT_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    document: _common_pb2.Document
+    vector: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, document: _Optional[_Union[_common_pb2.Document, _Mapping]] = ..., vector: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class UpsertRequest(_message.Message):
+    __slots__ = ("documents", "embedding_model")
+    DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_MODEL_FIELD_NUMBER: _ClassVar[int]
+    documents: _containers.RepeatedCompositeFieldContainer[DocumentVector]
+    embedding_model: str
+    def __init__(self, documents: _Optional[_Iterable[_Union[DocumentVector, _Mapping]]] = ..., embedding_model: _Optional[str] = ...) -> None: ...
+
+class UpsertResponse(_message.Message):
+    __slots__ = ("upserted", "sequence")
+    UPSERTED_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    upserted: int
+    sequence: int
+    def __init__(self, upserted: _Optional[int] = ..., sequence: _Optional[int] = ...) -> None: ...
+
+class ShardDeleteRequest(_message.Message):
+    __slots__ = ("ids",)
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ShardDeleteResponse(_message.Message):
+    __slots__ = ("deleted", "sequence")
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    deleted: int
+    sequence: int
+    def __init__(self, deleted: _Optional[int] = ..., sequence: _Optional[int] = ...) -> None: ...
+
+class FetchRequest(_message.Message):
+    __slots__ = ("ids",)
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class FetchResponse(_message.Message):
+    __slots__ = ("documents",)
+    DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    documents: _containers.RepeatedCompositeFieldContainer[_common_pb2.Document]
+    def __init__(self, documents: _Optional[_Iterable[_Union[_common_pb2.Document, _Mapping]]] = ...) -> None: ...
+
+class ShardInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ShardInfoResponse(_message.Message):
+    __slots__ = ("shard", "documents", "dim", "metric", "index_factory", "embedding_model", "sequence", "trained", "max_k", "max_batch")
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FACTORY_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_MODEL_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    TRAINED_FIELD_NUMBER: _ClassVar[int]
+    MAX_K_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
+    shard: int
+    documents: int
+    dim: int
+    metric: _common_pb2.Metric
+    index_factory: str
+    embedding_model: str
+    sequence: int
+    trained: bool
+    max_k: int
+    max_batch: int
+    def __init__(self, shard: _Optional[int] = ..., documents: _Optional[int] = ..., dim: _Optional[int] = ..., metric: _Optional[_Union[_common_pb2.Metric, str]] = ..., index_factory: _Optional[str] = ..., embedding_model: _Optional[str] = ..., sequence: _Optional[int] = ..., trained: _Optional[bool] = ..., max_k: _Optional[int] = ..., max_batch: _Optional[int] = ...) -> None: ...

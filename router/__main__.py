@@ -1,0 +1,52 @@
+"""python -m router: the cluster's front door (search, ask, ingest, delete, status) over gRPC."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from ragcluster.config import add_config_arguments, config_from_args
+from ragcluster.log import setup_logging
+from ragcluster.serving import GrpcServer, serve_until_signalled, service_spec
+from ragcluster.v1 import router_pb2, router_pb2_grpc
+from router.config import RouterConfig, parse_shards
+
+
+def build_server(config: RouterConfig) -> GrpcServer:
+    from router.fanout import ShardGroup
+    from router.generate import GeneratorPool
+    from router.service import RouterServicer
+
+    shards = parse_shards(config.shard)
+    if not shards:
+        raise SystemExit("router: at least one --shard N=host:port is required")
+    groups = [ShardGroup(n, shards[n]) for n in sorted(shards)]
+    pool = GeneratorPool(config.generator)
+    servicer = RouterServicer(config, groups, pool)
+
+    async def load() -> None:
+        from ragcluster.embedding import Embedder
+
+        servicer.embedder = await asyncio.to_thread(Embedder, config.embedding_model, config.embedding_dtype)
+
+    async def close() -> None:
+        for group in groups:
+            await group.close()
+        await pool.close()
+
+    spec = service_spec(servicer, router_pb2, "RouterService", router_pb2_grpc)
+    return GrpcServer(config, [spec], load=load, close=close)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m router", description=__doc__)
+    add_config_arguments(parser, RouterConfig)
+    config = config_from_args(RouterConfig, parser.parse_args(argv))
+    setup_logging(config.log_level, config.log_json, name="router")
+    asyncio.run(serve_until_signalled(build_server(config)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

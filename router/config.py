@@ -1,0 +1,45 @@
+"""Router configuration; every field is a flag and a RAGCLUSTER_* env var."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ragcluster.config import ServerConfig, option
+from ragcluster.errors import InvalidArgument
+
+
+@dataclass
+class RouterConfig(ServerConfig):
+    shard: list[str] = option(
+        [], "a shard and its replicas: N=host:port[,host:port...]; repeat once per shard (env: ';'-separated)",
+        metavar="N=HOST:PORT[,...]",
+    )
+    generator: list[str] = option([], "a generator node host:port; repeat for several", metavar="HOST:PORT")
+    embedding_model: str = option("all-MiniLM-L6-v2", "sentence-transformers model: name or local folder")
+    embedding_dtype: str = option("float32", "embedding precision", choices=["float32", "bfloat16"])
+    default_k: int = option(10, "k when a search request leaves it 0")
+    max_k: int = option(100, "largest k a request may ask for")
+    ask_k: int = option(5, "passages retrieved for Ask when the request leaves k 0")
+    default_max_tokens: int = option(256, "answer length when an Ask leaves sampling.max_tokens unset")
+    timeout_seconds: float = option(30.0, "deadline for requests that carry none")
+    generate_timeout_seconds: float = option(120.0, "deadline for the generation part of an Ask")
+    max_ingest_batch: int = option(1024, "most documents in one Ingest message")
+
+
+def parse_shards(specs: list[str]) -> dict[int, list[str]]:
+    """``["0=h:p,h:p", "1=h:p"]`` -> ``{0: ["h:p", "h:p"], 1: ["h:p"]}``; shards must be 0..n-1."""
+    shards: dict[int, list[str]] = {}
+    for spec in specs:
+        for part in spec.split(";"):
+            if not part.strip():
+                continue
+            num, sep, addrs = part.partition("=")
+            if not sep or not num.strip().isdigit():
+                raise InvalidArgument(f"shard: {part!r} is not N=host:port[,host:port...]")
+            replicas = [a.strip() for a in addrs.split(",") if a.strip()]
+            if not replicas:
+                raise InvalidArgument(f"shard: {part!r} names no address")
+            shards.setdefault(int(num), []).extend(replicas)
+    if sorted(shards) != list(range(len(shards))):
+        raise InvalidArgument(f"shard: shards must be numbered 0..n-1, got {sorted(shards)}")
+    return shards

@@ -1,0 +1,274 @@
+"""RouterService servicer: embed, fan out, merge, generate. Thin: the logic lives in fanout, merge,
+prompt and generate."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import defaultdict
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from ragcluster.convert import document_from_pb, document_to_pb, matrix_to_pb
+from ragcluster.errors import InvalidArgument, Unavailable
+from ragcluster.hashing import shard_for
+from ragcluster.log import request_id
+from ragcluster.v1 import common_pb2, generator_pb2, router_pb2, router_pb2_grpc, shard_pb2
+from router import metrics
+from router.config import RouterConfig
+from router.fanout import ShardGroup, fan_out
+from router.generate import GeneratorPool
+from router.merge import ShardTopK, merge_topk
+from router.prompt import Passage, PromptTemplate
+
+logger = logging.getLogger(__name__)
+
+MAX_QUERY_CHARS = 10_000
+
+
+def embedding_text(title: str, text: str) -> str:
+    """What is embedded for a document: its title (if any) and text."""
+    return f"{title}\n{text}" if title else text
+
+
+class RouterServicer(router_pb2_grpc.RouterServiceServicer):
+    def __init__(self, config: RouterConfig, groups: list[ShardGroup], pool: GeneratorPool, embedder=None,
+                 template: PromptTemplate | None = None):
+        self.config = config
+        self.groups = groups
+        self.pool = pool
+        self.embedder = embedder  # set once loaded
+        self.template = template or PromptTemplate()
+        self.higher_is_better = True
+
+    # --- helpers --------------------------------------------------------------------------------
+    def _budget(self, context) -> float:
+        remaining = context.time_remaining() if context is not None else None
+        if remaining is None:
+            return self.config.timeout_seconds
+        return min(remaining, self.config.timeout_seconds)
+
+    async def _embed(self, texts: list[str], kind: str) -> np.ndarray:
+        if self.embedder is None:
+            raise Unavailable("router is still loading its embedding model")
+        start = time.perf_counter()
+        vectors = await asyncio.to_thread(self.embedder.encode, texts)
+        metrics.EMBED_SECONDS.labels(kind).observe(time.perf_counter() - start)
+        return vectors
+
+    def _k(self, k: int, default: int) -> int:
+        k = k or default
+        if not 1 <= k <= self.config.max_k:
+            raise InvalidArgument(f"k: must be between 1 and {self.config.max_k}, got {k}")
+        return k
+
+    async def _query_vector(self, request: router_pb2.SearchRequest, timings: router_pb2.Timings) -> np.ndarray:
+        kind = request.WhichOneof("query")
+        if kind == "text":
+            text = request.text.strip()
+            if not text:
+                raise InvalidArgument("text: empty query")
+            if len(text) > MAX_QUERY_CHARS:
+                raise InvalidArgument(f"text: longer than {MAX_QUERY_CHARS} characters")
+            start = time.perf_counter()
+            vector = await self._embed([text], "query")
+            timings.embed_seconds = time.perf_counter() - start
+            return vector
+        if kind == "vector":
+            values = np.asarray(request.vector.values, dtype=np.float32)
+            dim = self.embedder.dim if self.embedder is not None else None
+            if values.size == 0:
+                raise InvalidArgument("vector.values: empty")
+            if dim is not None and values.size != dim:
+                raise InvalidArgument(f"vector.values: dimension must be {dim}, got {values.size}")
+            if not np.isfinite(values).all():
+                raise InvalidArgument("vector.values: contains NaN or infinity")
+            return values.reshape(1, -1)
+        raise InvalidArgument("query: set text or vector")
+
+    async def retrieve(self, vector: np.ndarray, k: int, params: common_pb2.SearchParams | None, budget: float
+                       ) -> tuple[list[common_pb2.Hit], common_pb2.Coverage]:
+        start = time.perf_counter()
+        request = shard_pb2.ShardSearchRequest(queries=matrix_to_pb(vector), k=k, include_documents=True)
+        if params is not None:
+            request.params.CopyFrom(params)
+        answers = await fan_out(self.groups, request, budget)
+        coverage = common_pb2.Coverage(shards_total=len(self.groups))
+        parts, documents = [], {}
+        for group, answer in zip(self.groups, answers):
+            if answer.response is None:
+                coverage.failures.append(answer.failure)
+                coverage.documents_total += group.last_documents
+                continue
+            coverage.shards_answered += 1
+            coverage.documents_searched += answer.response.vectors_searched
+            coverage.documents_total += answer.response.vectors_searched
+            top = answer.response.results[0]
+            parts.append(ShardTopK(answer.shard, np.array(top.ids, dtype=np.int64), np.array(top.scores, np.float32)))
+            for iid, doc in answer.response.documents.items():
+                documents[(answer.shard, iid)] = doc
+        coverage.degraded = coverage.shards_answered < coverage.shards_total
+        metrics.COVERAGE_RATIO.observe(coverage.shards_answered / max(coverage.shards_total, 1))
+        if coverage.shards_answered == 0:
+            reasons = "; ".join(f"shard {f.shard}: {f.message}" for f in coverage.failures)
+            raise Unavailable(f"no shard answered: {reasons}")
+        hits = [
+            common_pb2.Hit(document=documents[(h.shard, h.id)], score=h.score, shard=h.shard)
+            for h in merge_topk(parts, k, self.higher_is_better)
+            if (h.shard, h.id) in documents
+        ]
+        metrics.FANOUT_SECONDS.observe(time.perf_counter() - start)
+        return hits, coverage
+
+    # --- RPCs -----------------------------------------------------------------------------------
+    async def Search(self, request: router_pb2.SearchRequest, context) -> router_pb2.SearchResponse:
+        start = time.perf_counter()
+        budget = self._budget(context)
+        k = self._k(request.k, self.config.default_k)
+        timings = router_pb2.Timings()
+        vector = await self._query_vector(request, timings)
+        t = time.perf_counter()
+        params = request.params if request.HasField("params") else None
+        hits, coverage = await self.retrieve(vector, k, params, budget - (time.perf_counter() - start))
+        timings.retrieve_seconds = time.perf_counter() - t
+        timings.total_seconds = time.perf_counter() - start
+        return router_pb2.SearchResponse(hits=hits, coverage=coverage, timings=timings)
+
+    async def Ask(self, request: router_pb2.AskRequest, context):
+        start = time.perf_counter()
+        question = request.question.strip()
+        if not question:
+            raise InvalidArgument("question: empty")
+        if len(question) > MAX_QUERY_CHARS:
+            raise InvalidArgument(f"question: longer than {MAX_QUERY_CHARS} characters")
+        k = self._k(request.k, self.config.ask_k)
+        sampling = common_pb2.SamplingParams()
+        sampling.CopyFrom(request.sampling)
+        if not sampling.HasField("max_tokens"):
+            sampling.max_tokens = self.config.default_max_tokens
+        if sampling.max_tokens == 0:
+            raise InvalidArgument("sampling.max_tokens: must be positive")
+        timings = router_pb2.Timings()
+        vector = await self._embed([question], "query")
+        timings.embed_seconds = time.perf_counter() - start
+        t = time.perf_counter()
+        hits, coverage = await self.retrieve(vector, k, None, self._budget(context))
+        timings.retrieve_seconds = time.perf_counter() - t
+        yield router_pb2.AskEvent(hits=router_pb2.AskHits(hits=hits, coverage=coverage))
+
+        passages = [Passage(h.document.id, h.document.text, h.document.title, h.score) for h in hits]
+        gen_budget = context.time_remaining() if context.time_remaining() is not None else None
+        gen_timeout = min(gen_budget, self.config.generate_timeout_seconds) if gen_budget else \
+            self.config.generate_timeout_seconds
+        t = time.perf_counter()
+        prompt = node = None
+        async for node, new_prompt, event in self.pool.generate(
+            question, passages, sampling, self.template, gen_timeout, request_id.get()
+        ):
+            if new_prompt is not None:
+                prompt = new_prompt
+                timings.prompt_seconds = time.perf_counter() - t
+                continue
+            kind = event.WhichOneof("event")
+            if kind == "delta":
+                if not timings.time_to_first_token_seconds:
+                    timings.time_to_first_token_seconds = time.perf_counter() - start
+                    metrics.TTFT_SECONDS.observe(timings.time_to_first_token_seconds)
+                yield router_pb2.AskEvent(delta=router_pb2.AnswerDelta(text=event.delta.text))
+            elif kind == "complete":
+                done = event.complete
+                timings.generate_seconds = time.perf_counter() - t
+                timings.total_seconds = time.perf_counter() - start
+                yield router_pb2.AskEvent(complete=router_pb2.AskComplete(
+                    citations=prompt.citations if prompt else [], finish_reason=done.finish_reason,
+                    prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens, timings=timings,
+                    generator=node.address, model=node.info.model if node.info else "",
+                ))
+
+    async def Ingest(self, request_iterator, context):
+        total = 0
+        async for request in request_iterator:
+            if not request.documents:
+                raise InvalidArgument("documents: empty batch")
+            if len(request.documents) > self.config.max_ingest_batch:
+                raise InvalidArgument(
+                    f"documents: batch of {len(request.documents)} exceeds the maximum {self.config.max_ingest_batch}"
+                )
+            docs = [document_from_pb(d) for d in request.documents]
+            seen: set[str] = set()
+            for i, doc in enumerate(docs):
+                doc.validate(f"documents[{i}]")
+                if doc.id in seen:
+                    raise InvalidArgument(f"documents[{i}].id: duplicate id {doc.id!r} in one batch")
+                seen.add(doc.id)
+            vectors = await self._embed([embedding_text(d.title, d.text) for d in docs], "document")
+            by_shard: dict[int, shard_pb2.UpsertRequest] = defaultdict(
+                lambda: shard_pb2.UpsertRequest(embedding_model=self.embedder.name)
+            )
+            for doc, pb, vector in zip(docs, request.documents, vectors):
+                entry = by_shard[shard_for(doc.id, len(self.groups))].documents.add()
+                entry.document.CopyFrom(pb)
+                entry.vector.extend(vector.tolist())
+            budget = self._budget(context)
+            acked = await asyncio.gather(*(self.groups[s].upsert(req, budget) for s, req in by_shard.items()))
+            count = int(sum(acked))
+            total += count
+            metrics.INGESTED.inc(count)
+            yield router_pb2.IngestResponse(acknowledged=count, total_acknowledged=total)
+
+    async def Delete(self, request: router_pb2.DeleteRequest, context) -> router_pb2.DeleteResponse:
+        if not request.ids:
+            raise InvalidArgument("ids: empty")
+        by_shard: dict[int, list[str]] = defaultdict(list)
+        for i, doc_id in enumerate(request.ids):
+            if not doc_id:
+                raise InvalidArgument(f"ids[{i}]: empty id")
+            by_shard[shard_for(doc_id, len(self.groups))].append(doc_id)
+        budget = self._budget(context)
+        deleted = await asyncio.gather(*(self.groups[s].delete(ids, budget) for s, ids in by_shard.items()))
+        return router_pb2.DeleteResponse(deleted=int(sum(deleted)))
+
+    async def ClusterStatus(self, request, context) -> router_pb2.ClusterStatusResponse:
+        timeout = min(self._budget(context), 2.0)
+        response = router_pb2.ClusterStatusResponse(
+            embedding_model=self.embedder.name if self.embedder else self.config.embedding_model,
+            dim=self.embedder.dim if self.embedder else 0, max_k=self.config.max_k,
+        )
+
+        async def replica_status(replica) -> router_pb2.ReplicaStatus:
+            status = router_pb2.ReplicaStatus(address=replica.address, health="UNREACHABLE")
+            try:
+                check = await health_pb2_grpc.HealthStub(replica.channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=timeout)
+                status.health = health_pb2.HealthCheckResponse.ServingStatus.Name(check.status)
+                info = await replica.stub.Info(shard_pb2.ShardInfoRequest(), timeout=timeout)
+                status.documents, status.sequence = info.documents, info.sequence
+                status.index_factory = info.index_factory
+            except grpc.aio.AioRpcError:
+                pass
+            return status
+
+        async def generator_status(node) -> router_pb2.GeneratorStatus:
+            status = router_pb2.GeneratorStatus(address=node.address, health="UNREACHABLE")
+            try:
+                check = await health_pb2_grpc.HealthStub(node.channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=timeout)
+                status.health = health_pb2.HealthCheckResponse.ServingStatus.Name(check.status)
+                info = await node.stub.Info(generator_pb2.GeneratorInfoRequest(), timeout=timeout)
+                status.model, status.max_context_length = info.model, info.max_context_length
+            except grpc.aio.AioRpcError:
+                pass
+            return status
+
+        for group in self.groups:
+            replicas = await asyncio.gather(*(replica_status(r) for r in group.replicas))
+            serving = [r for r in replicas if r.health == "SERVING"]
+            documents = max((r.documents for r in serving), default=0)
+            response.shards.append(router_pb2.ShardStatus(shard=group.shard, replicas=replicas, documents=documents))
+            response.documents += documents
+        response.generators.extend(await asyncio.gather(*(generator_status(n) for n in self.pool.nodes)))
+        return response

@@ -1,0 +1,49 @@
+"""python -m shard_server: serve one shard of the corpus over gRPC."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from ragcluster.config import add_config_arguments, config_from_args
+from ragcluster.log import setup_logging
+from ragcluster.serving import GrpcServer, serve_until_signalled, service_spec
+from ragcluster.v1 import shard_pb2, shard_pb2_grpc
+from shard_server.config import ShardConfig
+
+
+def build_server(config: ShardConfig) -> GrpcServer:
+    from shard_server.service import ShardServicer
+    from shard_server.shard import Shard
+
+    holder: dict = {}
+    servicer = ShardServicer()
+
+    async def load() -> None:
+        shard = await asyncio.to_thread(
+            Shard, config.data_dir, config.shard_id, config.dim, config.metric, config.index_factory,
+            config.embedding_model, config.max_k, config.max_batch, config.max_upsert_batch, config.nprobe,
+            config.ef_search,
+        )
+        holder["shard"] = servicer.shard = shard
+
+    async def close() -> None:
+        if "shard" in holder:
+            holder["shard"].close()
+
+    spec = service_spec(servicer, shard_pb2, "ShardService", shard_pb2_grpc)
+    return GrpcServer(config, [spec], load=load, close=close)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m shard_server", description=__doc__)
+    add_config_arguments(parser, ShardConfig)
+    config = config_from_args(ShardConfig, parser.parse_args(argv))
+    setup_logging(config.log_level, config.log_json, name=f"shard-{config.shard_id}")
+    asyncio.run(serve_until_signalled(build_server(config)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

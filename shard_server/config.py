@@ -1,0 +1,23 @@
+"""Shard server configuration; every field is a flag and a RAGCLUSTER_* env var."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ragcluster.config import ServerConfig, option
+
+
+@dataclass
+class ShardConfig(ServerConfig):
+    data_dir: str = option("./data/shard-0", "directory of the shard's durable store")
+    shard_id: int = option(0, "this shard's number in the cluster (0-based)")
+    dim: int = option(384, "vector dimension (384 for all-MiniLM-L6-v2)")
+    metric: str = option("ip", "similarity: ip (inner product on normalised vectors = cosine), cosine, l2",
+                         choices=["ip", "cosine", "l2"])
+    index_factory: str = option("Flat", "FAISS index_factory string, e.g. Flat, IVF256,Flat, HNSW32, IVF256,PQ16")
+    embedding_model: str = option("", "embedding model name to record (else taken from the first upsert)")
+    max_k: int = option(1000, "largest k a search may ask for")
+    max_batch: int = option(1024, "most query vectors in one search call")
+    max_upsert_batch: int = option(4096, "most documents in one upsert message")
+    nprobe: int = option(16, "default nprobe for IVF indexes")
+    ef_search: int = option(64, "default efSearch for HNSW indexes")

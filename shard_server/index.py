@@ -1,0 +1,149 @@
+"""A FAISS index over a shard's vectors, keyed by the store's int64 iids (pure: no grpc).
+
+Built from any ``index_factory`` string. Flat/HNSW/PQ indexes are wrapped in ``IndexIDMap2`` to take
+our ids; IVF indexes take ids natively. Indexes that need training (IVF, PQ) are searched exactly
+(a flat index) until ``train_min`` vectors exist, then trained on them and filled. Removal uses
+``remove_ids`` where FAISS supports it; elsewhere (HNSW) removed ids become tombstones excluded from
+searches through an ``IDSelectorNot`` — so results never contain a deleted or replaced document.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import faiss
+import numpy as np
+
+from ragcluster.errors import InvalidArgument
+
+logger = logging.getLogger(__name__)
+
+METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
+
+
+def parse_metric(name: str) -> str:
+    name = name.lower()
+    if name == "cosine":
+        return "ip"  # vectors are normalised, so inner product is cosine similarity
+    if name not in METRICS:
+        raise InvalidArgument(f"metric: {name!r} is not one of ip, l2, cosine")
+    return name
+
+
+class VectorIndex:
+    def __init__(self, dim: int, factory: str = "Flat", metric: str = "ip", train_min: int = 0,
+                 nprobe: int = 16, ef_search: int = 64):
+        if dim <= 0:
+            raise InvalidArgument(f"dim: must be positive, got {dim}")
+        self.dim = dim
+        self.factory = factory
+        self.metric = parse_metric(metric)
+        self.metric_type = METRICS[self.metric]
+        self.normalise = self.metric == "ip"
+        self.default_nprobe = nprobe
+        self.default_ef_search = ef_search
+        try:
+            base = faiss.index_factory(dim, factory, self.metric_type)
+        except RuntimeError as exc:
+            raise InvalidArgument(f"index_factory: FAISS cannot build {factory!r}: {exc}") from exc
+        self._base = base
+        self._native_ids = faiss.try_extract_index_ivf(base) is not None or factory.startswith("IDMap")
+        self.trained = base.is_trained
+        self.train_min = train_min or _default_train_min(factory)
+        self._tombstones: set[int] = set()
+        self._removable = True
+        if self.trained:
+            self.index = self._wrap(base)
+        else:  # exact until enough vectors exist to train
+            self.index = faiss.IndexIDMap2(faiss.IndexFlat(dim, self.metric_type))
+
+    def _wrap(self, base):
+        return base if self._native_ids else faiss.IndexIDMap2(base)
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal) - len(self._tombstones)
+
+    @property
+    def tombstones(self) -> int:
+        return len(self._tombstones)
+
+    def prepare(self, vectors: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(vectors, dtype=np.float32)
+        if self.normalise:
+            x = x.copy()
+            faiss.normalize_L2(x)
+        return x
+
+    def add(self, iids: np.ndarray, vectors: np.ndarray) -> None:
+        """Add already-prepared vectors."""
+        if len(iids) == 0:
+            return
+        self.index.add_with_ids(vectors, np.ascontiguousarray(iids, dtype=np.int64))
+        if not self.trained and self.index.ntotal >= self.train_min:
+            self._train()
+
+    def _train(self) -> None:
+        flat = self.index
+        n = int(flat.ntotal)
+        ids = faiss.vector_to_array(flat.id_map).astype(np.int64)
+        x = flat.index.reconstruct_n(0, n)
+        keep = np.array([i not in self._tombstones for i in ids], dtype=bool)
+        ids, x = ids[keep], np.ascontiguousarray(x[keep])
+        logger.info("training %s on %d vectors", self.factory, len(ids))
+        self._base.train(x)
+        index = self._wrap(self._base)
+        index.add_with_ids(x, ids)
+        self.index = index
+        self._tombstones.clear()
+        self.trained = True
+
+    def remove(self, iids) -> None:
+        iids = [int(i) for i in iids]
+        if not iids:
+            return
+        if self._removable:
+            try:
+                self.index.remove_ids(faiss.IDSelectorBatch(np.array(iids, dtype=np.int64)))
+                return
+            except RuntimeError:
+                self._removable = False  # e.g. HNSW: fall back to tombstones from now on
+        self._tombstones.update(iids)
+
+    def _search_params(self, nprobe: int | None, ef_search: int | None, selector):
+        inner = self.index.index if isinstance(self.index, faiss.IndexIDMap) else self.index
+        inner = faiss.downcast_index(inner)
+        if faiss.try_extract_index_ivf(inner) is not None:
+            params = faiss.SearchParametersIVF()
+            params.nprobe = nprobe or self.default_nprobe
+        elif isinstance(inner, faiss.IndexHNSW):
+            params = faiss.SearchParametersHNSW()
+            params.efSearch = ef_search or self.default_ef_search
+        else:
+            params = faiss.SearchParameters()
+        if selector is not None:
+            params.sel = selector
+        return params
+
+    def search(self, queries: np.ndarray, k: int, nprobe: int | None = None,
+               ef_search: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k of prepared queries: (scores, ids) of shape (nq, k), padded with -1 ids."""
+        keep = selector = None
+        if self._tombstones:
+            keep = faiss.IDSelectorBatch(np.fromiter(self._tombstones, dtype=np.int64))
+            selector = faiss.IDSelectorNot(keep)
+        params = self._search_params(nprobe, ef_search, selector)
+        scores, ids = self.index.search(queries, k, params=params)
+        del keep  # the selectors must outlive the search call
+        return scores, ids
+
+
+def _default_train_min(factory: str) -> int:
+    """Vectors needed before training: FAISS wants ~39 per IVF centroid and 256 per PQ code."""
+    need = 1000
+    for match in re.finditer(r"IVF(\d+)", factory):
+        need = max(need, 39 * int(match.group(1)))
+    if re.search(r"PQ\d+", factory):
+        need = max(need, 39 * 256)
+    return need
