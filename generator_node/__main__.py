@@ -58,11 +58,16 @@ def build_server(config: GeneratorConfig, engine_args) -> GrpcServer:
     return GrpcServer(config, [spec], load=load, close=close)
 
 
+async def _serve(config, engine_args) -> None:
+    # build inside the running loop: grpc.aio channels bind to the loop they are created in
+    await serve_until_signalled(build_server(config, engine_args))
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
     config, engine_args = parse_args(argv)
     setup_logging(config.log_level, config.log_json, name="generator")
-    asyncio.run(serve_until_signalled(build_server(config, engine_args)))
+    asyncio.run(_serve(config, engine_args))
     return 0
 
 

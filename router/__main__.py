@@ -39,12 +39,17 @@ def build_server(config: RouterConfig) -> GrpcServer:
     return GrpcServer(config, [spec], load=load, close=close)
 
 
+async def _serve(config) -> None:
+    # build inside the running loop: grpc.aio channels bind to the loop they are created in
+    await serve_until_signalled(build_server(config))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m router", description=__doc__)
     add_config_arguments(parser, RouterConfig)
     config = config_from_args(RouterConfig, parser.parse_args(argv))
     setup_logging(config.log_level, config.log_json, name="router")
-    asyncio.run(serve_until_signalled(build_server(config)))
+    asyncio.run(_serve(config))
     return 0
 
 

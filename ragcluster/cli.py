@@ -1,0 +1,293 @@
+"""ragcluster — run and use a distributed RAG cluster.
+
+Every flag can also be set by an environment variable RAGCLUSTER_<FLAG> (shown in each --help).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+
+import grpc
+
+from ragcluster.config import add_config_arguments, config_from_args, option
+
+DEFAULT_ROUTER = "127.0.0.1:50051"
+
+
+# --- per-command options (flags + env vars) -------------------------------------------------------
+@dataclass
+class UpOptions:
+    shards: int = option(2, "number of shards")
+    replicas: int = option(1, "replicas per shard")
+    generators: int = option(1, "generator nodes (0 = search only)")
+    model: str = option("tiny", "generator model: tiny, smollm2 or a local HF model folder")
+    data_dir: str = option("./data", "where shards keep their data, logs and cluster.json")
+    port: int = option(50051, "router gRPC port")
+    index_factory: str = option("Flat", "FAISS index_factory string for every shard")
+    max_model_len: int = option(2048, "generator context length (vLLM --max-model-len)")
+    kv_cache_bytes: int = option(256 * 1024 * 1024, "generator KV cache size (vLLM --kv-cache-memory-bytes)")
+    timeout: float = option(600.0, "seconds to wait for every process to be SERVING")
+    json: bool = option(False, "print cluster.json once ready instead of a table")
+
+
+@dataclass
+class IngestOptions:
+    router: str = option(DEFAULT_ROUTER, "router address host:port")
+    batch_size: int = option(64, "documents per request")
+    on_error: str = option("stop", "a bad line: report it and stop, or report it and skip it", choices=["stop", "skip"])
+    json: bool = option(False, "print a JSON summary")
+
+
+@dataclass
+class SearchOptions:
+    router: str = option(DEFAULT_ROUTER, "router address host:port")
+    k: int = option(10, "number of hits", short="-k")
+    timeout: float = option(30.0, "deadline in seconds")
+    json: bool = option(False, "print JSON: {hits: [{id, score, shard, text, metadata}], coverage}")
+
+
+@dataclass
+class AskOptions:
+    router: str = option(DEFAULT_ROUTER, "router address host:port")
+    k: int = option(5, "passages to retrieve", short="-k")
+    max_tokens: int = option(256, "longest answer in tokens")
+    temperature: float = option(0.0, "sampling temperature (0 = greedy)")
+    timeout: float = option(180.0, "deadline in seconds")
+    json: bool = option(False, "print JSON: {answer, citations, hits, timings} at the end instead of streaming")
+
+
+@dataclass
+class StatusOptions:
+    router: str = option(DEFAULT_ROUTER, "router address host:port")
+    json: bool = option(False, "print JSON: {documents, shards: [{shard, documents, replicas}], generators}")
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"ragcluster: error: {message}", file=sys.stderr)
+    return code
+
+
+# --- commands ---------------------------------------------------------------------------------------
+def cmd_up(opts: UpOptions, ns) -> int:
+    from ragcluster.cluster import ClusterError, ClusterSpec, LocalCluster
+
+    spec = ClusterSpec(
+        data_dir=opts.data_dir, shards=opts.shards, replicas=opts.replicas, generators=opts.generators,
+        model=opts.model, index_factory=opts.index_factory, port=opts.port, max_model_len=opts.max_model_len,
+        kv_cache_bytes=opts.kv_cache_bytes,
+    )
+    if opts.shards < 1 or opts.replicas < 1 or opts.generators < 0:
+        return _fail("--shards and --replicas must be >= 1, --generators >= 0")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    err = _console(stderr=True)
+    cluster = LocalCluster(spec)
+    start = time.monotonic()
+    try:
+        cluster.start(timeout=opts.timeout, progress=lambda m: err.print(
+            f"  [green]ready[/] {m.role}{'' if m.shard is None else f' {m.shard}'}"
+            f"{'' if m.replica is None else f' r{m.replica}'} at {m.grpc} (metrics {m.metrics})"))
+    except ClusterError as exc:
+        return _fail(str(exc))
+    try:
+        elapsed = time.monotonic() - start
+        if opts.json:
+            print((cluster.dir / "cluster.json").read_text(), flush=True)
+        else:
+            err.print(f"cluster up in {elapsed:.1f}s — router at [bold]{cluster.router_address}[/]; "
+                      f"{cluster.dir / 'cluster.json'}; Ctrl-C to stop")
+            print(cluster.router_address, flush=True)
+        while not stop.wait(timeout=3600):
+            pass
+    finally:
+        err.print("stopping cluster…")
+        cluster.stop()
+        err.print("stopped")
+    return 0
+
+
+def cmd_ingest(opts: IngestOptions, ns) -> int:
+    from tqdm import tqdm
+
+    from ragcluster.client import RouterClient
+    from ragcluster.sources import read_jsonl
+
+    total = 0
+    for path in ns.files:
+        try:
+            with open(path, "rb") as f:
+                total += sum(1 for line in f if line.strip())
+        except OSError as exc:
+            return _fail(f"{path}: {exc.strerror}")
+    summary = {"read": 0, "acknowledged": 0, "skipped": 0, "errors": [], "seconds": 0.0, "docs_per_second": 0.0}
+    stopped = []
+
+    def documents():
+        for record in read_jsonl(ns.files):
+            if record.error:
+                summary["errors"].append({"file": record.file, "line": record.line, "error": record.error})
+                print(f"{record.where}: {record.error}", file=sys.stderr)
+                if opts.on_error == "stop":
+                    stopped.append(record)
+                    return
+                summary["skipped"] += 1
+                continue
+            summary["read"] += 1
+            yield record.document
+
+    start = time.perf_counter()
+    bar = tqdm(total=total, unit="doc", desc="ingest", disable=opts.json or None, dynamic_ncols=True)
+    try:
+        with RouterClient(opts.router) as client:
+            result = client.ingest(documents(), batch_size=opts.batch_size, on_ack=bar.update)
+    except grpc.RpcError as exc:
+        bar.close()
+        return _fail(f"ingest failed after {summary['acknowledged']} acknowledged: {exc.code().name}: {exc.details()}")
+    bar.close()
+    summary["acknowledged"] = result.acknowledged
+    summary["seconds"] = round(time.perf_counter() - start, 3)
+    summary["docs_per_second"] = round(result.acknowledged / max(summary["seconds"], 1e-9), 1)
+    if opts.json:
+        print(json.dumps(summary))
+    else:
+        print(f"acknowledged {result.acknowledged} documents in {summary['seconds']:.1f}s "
+              f"({summary['docs_per_second']:.0f} docs/s); {summary['skipped']} skipped")
+    if stopped:
+        return _fail(f"stopped at {stopped[0].where} (use --on-error skip to continue past bad lines)", 1)
+    return 0
+
+
+def cmd_search(opts: SearchOptions, ns) -> int:
+    from ragcluster.client import RouterClient
+
+    with RouterClient(opts.router) as client:
+        result = client.search(ns.text, k=opts.k, timeout=opts.timeout)
+    if opts.json:
+        result.pop("timings", None)
+        print(json.dumps(result))
+        return 0
+    from rich.table import Table
+
+    cov = result["coverage"]
+    table = Table(title=f"{len(result['hits'])} hits — {cov['shards_answered']}/{cov['shards_total']} shards"
+                        + (" [red](degraded)[/]" if cov["degraded"] else ""))
+    for col in ("#", "score", "shard", "id", "title / text"):
+        table.add_column(col, overflow="fold")
+    for i, h in enumerate(result["hits"], 1):
+        snippet = (h["title"] + " — " if h["title"] else "") + h["text"][:100]
+        table.add_row(str(i), f"{h['score']:.4f}", str(h["shard"]), h["id"], snippet)
+    _console().print(table)
+    return 0
+
+
+def cmd_ask(opts: AskOptions, ns) -> int:
+    from ragcluster.client import RouterClient
+
+    out = _console()
+    kwargs = dict(k=opts.k, max_tokens=opts.max_tokens, temperature=opts.temperature, timeout=opts.timeout)
+    with RouterClient(opts.router) as client:
+        if opts.json:
+            print(json.dumps(client.ask(ns.question, **kwargs)))
+            return 0
+        result = client.ask(ns.question, on_delta=lambda t: (sys.stdout.write(t), sys.stdout.flush()), **kwargs)
+    print()
+    by_id = {h["id"]: h for h in result["hits"]}
+    if result["citations"]:
+        out.print("\n[bold]Sources[/]")
+        for n, doc_id in enumerate(result["citations"], 1):
+            h = by_id.get(doc_id, {})
+            out.print(f"  [{n}] {doc_id}" + (f" — {h['title']}" if h.get("title") else "")
+                      + (f" (score {h['score']:.3f})" if h else ""))
+    t = result["timings"]
+    out.print(f"[dim]{result.get('completion_tokens', 0)} tokens; first token {t.get('time_to_first_token_seconds', 0):.2f}s, "
+              f"total {t.get('total_seconds', 0):.2f}s; {result.get('model', '')} at {result.get('generator', '')}[/]")
+    return 0
+
+
+def cmd_status(opts: StatusOptions, ns) -> int:
+    from ragcluster.client import RouterClient
+
+    with RouterClient(opts.router) as client:
+        status = client.status()
+    if opts.json:
+        print(json.dumps(status))
+        return 0
+    from rich.table import Table
+
+    table = Table(title=f"ragcluster at {opts.router} — {status['documents']} documents, "
+                        f"embedding {status['embedding_model']} ({status['dim']}d)")
+    for col in ("shard", "replica", "health", "documents", "sequence", "index"):
+        table.add_column(col)
+    for s in status["shards"]:
+        for r in s["replicas"]:
+            color = "green" if r["health"] == "SERVING" else "red"
+            table.add_row(str(s["shard"]), r["address"], f"[{color}]{r['health']}[/]", str(r["documents"]),
+                          str(r["sequence"]), r["index_factory"])
+    console = _console()
+    console.print(table)
+    if status["generators"]:
+        gen = Table(title="generators")
+        for col in ("address", "health", "model", "context"):
+            gen.add_column(col)
+        for g in status["generators"]:
+            color = "green" if g["health"] == "SERVING" else "red"
+            gen.add_row(g["address"], f"[{color}]{g['health']}[/]", g["model"], str(g["max_context_length"]))
+        console.print(gen)
+    return 0
+
+
+COMMANDS = {
+    "up": (UpOptions, cmd_up, "start a local cluster (shards, generators, router) until Ctrl-C", []),
+    "ingest": (IngestOptions, cmd_ingest, "ingest JSONL documents through the router", ["files"]),
+    "search": (SearchOptions, cmd_search, "search by text; exact global top-k over all shards", ["text"]),
+    "ask": (AskOptions, cmd_ask, "ask a question; the answer streams with its citations", ["question"]),
+    "status": (StatusOptions, cmd_status, "shards, replicas, health, document counts, generators", []),
+}
+
+POSITIONALS = {
+    "files": dict(nargs="+", metavar="FILE", help='JSONL files: {"id", "text", "title"?, "metadata"?} per line'),
+    "text": dict(help="query text"),
+    "question": dict(help="the question"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ragcluster", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (options, _, help_text, positionals) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        for pos in positionals:
+            p.add_argument(pos, **POSITIONALS[pos])
+        add_config_arguments(p, options)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    options, fn, _, _ = COMMANDS[ns.command]
+    opts = config_from_args(options, ns)
+    try:
+        return fn(opts, ns)
+    except grpc.RpcError as exc:
+        return _fail(f"{exc.code().name}: {exc.details()}")
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

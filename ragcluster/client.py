@@ -1,0 +1,129 @@
+"""A synchronous client for the router, used by the CLI, the demo and tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import grpc
+
+from ragcluster.convert import coverage_to_json, document_to_pb, hit_to_json
+from ragcluster.documents import Document
+from ragcluster.serving import channel_options
+from ragcluster.v1 import common_pb2, router_pb2, router_pb2_grpc
+
+
+@dataclass
+class IngestResult:
+    acknowledged: int = 0
+    sent: int = 0
+
+
+class RouterClient:
+    def __init__(self, address: str, timeout: float = 60.0):
+        self.address = address
+        self.timeout = timeout
+        self.channel = grpc.insecure_channel(address, options=channel_options())
+        self.stub = router_pb2_grpc.RouterServiceStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> "RouterClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def search(self, text: str | None = None, k: int = 10, vector: list[float] | None = None,
+               timeout: float | None = None) -> dict:
+        request = router_pb2.SearchRequest(k=k)
+        if vector is not None:
+            request.vector.values.extend(vector)
+        else:
+            request.text = text or ""
+        response = self.stub.Search(request, timeout=timeout or self.timeout)
+        return {
+            "hits": [hit_to_json(h) for h in response.hits],
+            "coverage": coverage_to_json(response.coverage),
+            "timings": {"embed_seconds": response.timings.embed_seconds,
+                        "retrieve_seconds": response.timings.retrieve_seconds,
+                        "total_seconds": response.timings.total_seconds},
+        }
+
+    def ask_events(self, question: str, k: int = 0, max_tokens: int | None = None, temperature: float | None = None,
+                   seed: int | None = None, timeout: float | None = None) -> Iterator[router_pb2.AskEvent]:
+        sampling = common_pb2.SamplingParams()
+        if max_tokens is not None:
+            sampling.max_tokens = max_tokens
+        if temperature is not None:
+            sampling.temperature = temperature
+        if seed is not None:
+            sampling.seed = seed
+        request = router_pb2.AskRequest(question=question, k=k, sampling=sampling)
+        yield from self.stub.Ask(request, timeout=timeout or self.timeout)
+
+    def ask(self, question: str, on_delta: Callable[[str], None] | None = None, **kwargs) -> dict:
+        result = {"answer": "", "citations": [], "hits": [], "coverage": {}, "timings": {}}
+        for event in self.ask_events(question, **kwargs):
+            kind = event.WhichOneof("event")
+            if kind == "hits":
+                result["hits"] = [hit_to_json(h) for h in event.hits.hits]
+                result["coverage"] = coverage_to_json(event.hits.coverage)
+            elif kind == "delta":
+                result["answer"] += event.delta.text
+                if on_delta:
+                    on_delta(event.delta.text)
+            elif kind == "complete":
+                c = event.complete
+                result.update(
+                    citations=list(c.citations), finish_reason=c.finish_reason, prompt_tokens=c.prompt_tokens,
+                    completion_tokens=c.completion_tokens, generator=c.generator, model=c.model,
+                    timings={f.name: getattr(c.timings, f.name) for f in c.timings.DESCRIPTOR.fields},
+                )
+        return result
+
+    def ingest(self, documents: Iterable[Document], batch_size: int = 64,
+               on_ack: Callable[[int], None] | None = None, timeout: float | None = None) -> IngestResult:
+        """Stream documents in batches; returns once every sent batch was acknowledged (durable)."""
+        result = IngestResult()
+
+        def requests():  # consumed by grpc's sender thread while responses stream back: pipelined
+            batch: list = []
+            for doc in documents:
+                batch.append(document_to_pb(doc))
+                if len(batch) >= batch_size:
+                    result.sent += len(batch)
+                    yield router_pb2.IngestRequest(documents=batch)
+                    batch = []
+            if batch:
+                result.sent += len(batch)
+                yield router_pb2.IngestRequest(documents=batch)
+
+        for response in self.stub.Ingest(requests(), timeout=timeout):
+            result.acknowledged += response.acknowledged
+            if on_ack:
+                on_ack(response.acknowledged)
+        return result
+
+    def delete(self, ids: list[str]) -> int:
+        return self.stub.Delete(router_pb2.DeleteRequest(ids=ids), timeout=self.timeout).deleted
+
+    def status(self) -> dict:
+        r = self.stub.ClusterStatus(router_pb2.ClusterStatusRequest(), timeout=self.timeout)
+        return {
+            "documents": r.documents,
+            "embedding_model": r.embedding_model,
+            "dim": r.dim,
+            "max_k": r.max_k,
+            "shards": [
+                {"shard": s.shard, "documents": s.documents, "replicas": [
+                    {"address": x.address, "health": x.health, "documents": x.documents, "sequence": x.sequence,
+                     "index_factory": x.index_factory} for x in s.replicas]}
+                for s in r.shards
+            ],
+            "generators": [
+                {"address": g.address, "health": g.health, "model": g.model,
+                 "max_context_length": g.max_context_length} for g in r.generators
+            ],
+        }
