@@ -43,7 +43,8 @@ class Embedder:
             self.model = self.model.to(torch.bfloat16)
         elif dtype != "float32":
             raise ValueError(f"embedding dtype {dtype!r}: expected float32 or bfloat16")
-        self.dim = int(self.model.get_sentence_embedding_dimension())
+        get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dim = int(get_dim())
         self.max_tokens = int(self.model.max_seq_length)
         self.batch_size = batch_size
         self._lock = threading.Lock()

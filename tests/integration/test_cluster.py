@@ -1,0 +1,212 @@
+"""The whole chain in separate processes: shards, router, a real vLLM generator (tiny model)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.request
+
+import faiss
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+from prometheus_client.parser import text_string_to_metric_families
+
+from ragcluster.client import RouterClient
+from ragcluster.v1 import router_pb2, router_pb2_grpc
+from router.service import embedding_text
+from tests.conftest import make_queries
+
+pytestmark = pytest.mark.vllm
+
+
+def _metrics(address: str) -> dict[str, list]:
+    text = urllib.request.urlopen(f"http://{address}/metrics", timeout=10).read().decode()
+    return {f.name: f.samples for f in text_string_to_metric_families(text)}
+
+
+def _sample(families, family, name, **labels) -> float:
+    for s in families.get(family, []):
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+            return s.value
+    return 0.0
+
+
+def test_every_server_answers_health_and_reflection(cluster):
+    expected = {"shard": "ragcluster.v1.ShardService", "router": "ragcluster.v1.RouterService",
+                "generator": "ragcluster.v1.GeneratorService"}
+    roles = set()
+    for member in cluster.members:
+        with grpc.insecure_channel(member.grpc) as channel:
+            status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status
+            assert status == health_pb2.HealthCheckResponse.SERVING, member
+            services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
+            assert {expected[member.role], "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= services
+        roles.add(member.role)
+    assert roles == {"shard", "router", "generator"}
+    manifest = json.loads((cluster.dir / "cluster.json").read_text())
+    assert {p["role"] for p in manifest["processes"]} == roles
+    assert all(p["grpc"] and p["metrics"] and p["pid"] for p in manifest["processes"])
+
+
+def test_congruence_with_single_flat_index(cluster, ingested, embedder):
+    """3 Flat shards through the router == one in-process IndexFlatIP over the same embeddings."""
+    docs = ingested
+    texts = [embedding_text(d.title, d.text) for d in docs]
+    # embed in the same 64-document batches the router embedded them in
+    xb = np.concatenate([embedder.encode(texts[i:i + 64]) for i in range(0, len(texts), 64)])
+    index = faiss.IndexFlatIP(xb.shape[1])
+    index.add(xb)
+    queries = make_queries(100)
+    k = 10
+    mismatched = 0
+    with RouterClient(cluster.router_address) as client:
+        for q in queries:
+            got = client.search(q, k=k)
+            assert got["coverage"]["shards_total"] == 3 and got["coverage"]["shards_answered"] == 3
+            assert got["coverage"]["documents_searched"] == len(docs) and not got["coverage"]["degraded"]
+            ref_scores, ref_ids = index.search(embedder.encode([q]), k)
+            ref = [docs[i].id for i in ref_ids[0]]
+            ids = [h["id"] for h in got["hits"]]
+            scores = np.array([h["score"] for h in got["hits"]])
+            np.testing.assert_allclose(scores, ref_scores[0], atol=2e-4)
+            if ids != ref:
+                # only near-ties (equal within float noise) may swap places
+                mismatched += 1
+                for a, b, s in zip(ids, ref, ref_scores[0]):
+                    if a != b:
+                        assert abs(scores[ids.index(a)] - s) < 2e-4, (q, ids, ref)
+    assert mismatched <= 2
+
+
+def test_search_json_and_status_cli(cluster, ingested):
+    router = cluster.router_address
+    cli = [sys.executable, "-m", "ragcluster.cli"]
+    out = subprocess.run(cli + ["search", "--router", router, "how do honeybees communicate", "-k", "3", "--json"],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    result = json.loads(out)
+    assert len(result["hits"]) == 3
+    assert set(result["hits"][0]) >= {"id", "score", "shard", "text", "metadata"}
+    assert result["hits"][0]["id"] == "honeybees"
+    assert result["coverage"]["shards_answered"] == result["coverage"]["shards_total"] == 3
+    status = json.loads(subprocess.run(cli + ["status", "--router", router, "--json"], capture_output=True,
+                                       text=True, timeout=120, check=True).stdout)
+    assert status["documents"] == len(ingested)
+    assert len(status["shards"]) == 3
+    assert sum(s["documents"] for s in status["shards"]) == len(ingested)
+    for s in status["shards"]:
+        assert [r["health"] for r in s["replicas"]] == ["SERVING"]
+        assert s["replicas"][0]["address"] and s["replicas"][0]["documents"] == s["documents"]
+    assert status["generators"][0]["health"] == "SERVING"
+
+
+def test_ingest_cli_reports_bad_lines(cluster, tmp_path):
+    router = cluster.router_address
+    f = tmp_path / "docs.jsonl"
+    f.write_text("\n".join([
+        json.dumps({"id": "cli-1", "text": "Kettles boil water for tea."}),
+        "{broken",
+        json.dumps({"id": "cli-2", "text": "Lighthouses guide ships at night."}),
+    ]) + "\n")
+    cli = [sys.executable, "-m", "ragcluster.cli", "ingest", "--router", router, str(f), "--json"]
+    stop = subprocess.run(cli, capture_output=True, text=True, timeout=120)
+    assert stop.returncode == 1
+    assert f"{f}:2" in stop.stderr and "invalid JSON" in stop.stderr
+    assert json.loads(stop.stdout)["acknowledged"] == 1
+    skip = subprocess.run(cli + ["--on-error", "skip"], capture_output=True, text=True, timeout=120)
+    assert skip.returncode == 0, skip.stderr
+    summary = json.loads(skip.stdout)
+    assert summary["acknowledged"] == 2 and summary["skipped"] == 1 and summary["errors"][0]["line"] == 2
+    with RouterClient(router) as client:
+        assert client.search("what guides ships at night", k=1)["hits"][0]["id"] == "cli-2"
+        assert client.delete(["cli-1", "cli-2", "never-existed"]) == 2
+        assert all(h["id"] not in ("cli-1", "cli-2") for h in client.search("lighthouse ships kettle", k=20)["hits"])
+
+
+def test_ask_end_to_end_streams_hits_deltas_and_citations(cluster, ingested):
+    with RouterClient(cluster.router_address) as client:
+        events = list(client.ask_events("What do shard servers store?", k=5, max_tokens=24, temperature=0.0))
+    kinds = [e.WhichOneof("event") for e in events]
+    assert kinds[0] == "hits" and kinds[-1] == "complete"
+    assert set(kinds[1:-1]) == {"delta"} and len(kinds) >= 3
+    hits = [h.document.id for h in events[0].hits.hits]
+    assert len(hits) == 5 and "ragcluster-shards" in hits
+    done = events[-1].complete
+    assert list(done.citations) and set(done.citations) <= set(hits)
+    # citations are the included passages in score order
+    assert list(done.citations) == [h for h in hits if h in set(done.citations)]
+    assert 0 < done.completion_tokens <= 24
+    assert done.prompt_tokens + 24 <= 2048
+    assert done.model == "tiny" and done.finish_reason in ("length", "stop")
+    assert done.timings.time_to_first_token_seconds > 0 and done.timings.total_seconds >= done.timings.retrieve_seconds
+
+
+def test_ask_cli_json(cluster, ingested):
+    out = subprocess.run([sys.executable, "-m", "ragcluster.cli", "ask", "--router", cluster.router_address,
+                          "What is FAISS?", "--max-tokens", "8", "--json"],
+                         capture_output=True, text=True, timeout=180, check=True).stdout
+    result = json.loads(out)
+    assert set(result) >= {"answer", "citations", "hits", "timings"}
+    assert result["answer"] and result["citations"][0] == result["hits"][0]["id"] == "faiss"
+
+
+@pytest.mark.parametrize("request_kwargs,field", [
+    (dict(text="   "), "text"),
+    (dict(text="hello", k=101), "k"),
+    (dict(vector=router_pb2.Vector(values=[0.1] * 3)), "vector.values"),
+    (dict(vector=router_pb2.Vector(values=[float("nan")] * 384)), "vector.values"),
+    (dict(), "query"),
+])
+def test_router_rejects_bad_search_input(cluster, request_kwargs, field):
+    with grpc.insecure_channel(cluster.router_address) as channel:
+        stub = router_pb2_grpc.RouterServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Search(router_pb2.SearchRequest(**request_kwargs), timeout=30)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert field in err.value.details()
+        # and it keeps serving
+        assert stub.Search(router_pb2.SearchRequest(text="coffee", k=1), timeout=30).hits
+
+
+def test_router_rejects_bad_ask_and_ingest(cluster):
+    with grpc.insecure_channel(cluster.router_address) as channel:
+        stub = router_pb2_grpc.RouterServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as err:
+            list(stub.Ask(router_pb2.AskRequest(question=""), timeout=30))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "question" in err.value.details()
+        bad = router_pb2.IngestRequest(documents=[{"id": "", "text": "x"}])
+        with pytest.raises(grpc.RpcError) as err:
+            list(stub.Ingest(iter([bad]), timeout=30))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "documents[0].id" in err.value.details()
+        dup = router_pb2.IngestRequest(documents=[{"id": "a", "text": "x"}, {"id": "a", "text": "y"}])
+        with pytest.raises(grpc.RpcError) as err:
+            list(stub.Ingest(iter([dup]), timeout=30))
+        assert "duplicate" in err.value.details()
+
+
+def test_every_process_exports_metrics(cluster, ingested):
+    with RouterClient(cluster.router_address) as client:
+        client.search("tea leaves", k=3)
+        client.ask("What is tea?", max_tokens=4)
+    by_role = {}
+    for m in cluster.members:
+        by_role.setdefault(m.role, []).append(_metrics(m.metrics))
+    router = by_role["router"][0]
+    assert _sample(router, "ragcluster_grpc_server_handled", "ragcluster_grpc_server_handled_total",
+                   method="Search", code="OK") >= 1
+    assert _sample(router, "ragcluster_router_fanout_duration_seconds",
+                   "ragcluster_router_fanout_duration_seconds_count") >= 1
+    assert _sample(router, "ragcluster_grpc_server_handling_seconds", "ragcluster_grpc_server_handling_seconds_count",
+                   method="Ask") >= 1
+    vectors = sum(_sample(f, "ragcluster_shard_vectors", "ragcluster_shard_vectors") for f in by_role["shard"])
+    assert vectors >= len(ingested)
+    for shard in by_role["shard"]:
+        assert _sample(shard, "ragcluster_grpc_server_handled", "ragcluster_grpc_server_handled_total",
+                       method="Search", code="OK") >= 1
+    gen = by_role["generator"][0]
+    assert _sample(gen, "ragcluster_generator_time_to_first_token_seconds",
+                   "ragcluster_generator_time_to_first_token_seconds_count") >= 1
+    assert any(name.startswith("vllm:") for name in gen), "vLLM's own metrics are served on the node's port"

@@ -1,0 +1,74 @@
+import argparse
+import json
+from dataclasses import dataclass
+
+from ragcluster.config import add_config_arguments, config_from_args, option
+from ragcluster.documents import Document
+from ragcluster.sources import read_jsonl
+from router.config import parse_shards
+
+import pytest
+
+from ragcluster.errors import InvalidArgument
+
+
+@dataclass
+class _Cfg:
+    port: int = option(5, "a port")
+    name: str = option("x", "a name")
+    flag: bool = option(False, "a flag")
+    items: list[str] = option([], "items")
+
+
+def _parse(argv, env):
+    p = argparse.ArgumentParser()
+    add_config_arguments(p, _Cfg, env=env)
+    return config_from_args(_Cfg, p.parse_args(argv))
+
+
+def test_flags_env_and_defaults():
+    assert _parse([], {}) == _Cfg(5, "x", False, [])
+    env = {"RAGCLUSTER_PORT": "7", "RAGCLUSTER_FLAG": "true", "RAGCLUSTER_ITEMS": "a,b"}
+    assert _parse([], env) == _Cfg(7, "x", True, ["a", "b"])
+    # a flag beats the environment
+    assert _parse(["--port", "9", "--no-flag", "--items", "c"], env) == _Cfg(9, "x", False, ["c"])
+
+
+def test_help_names_env_vars():
+    p = argparse.ArgumentParser()
+    add_config_arguments(p, _Cfg, env={})
+    assert "RAGCLUSTER_PORT" in p.format_help()
+
+
+def test_parse_shards():
+    assert parse_shards(["0=a:1,b:2", "1=c:3"]) == {0: ["a:1", "b:2"], 1: ["c:3"]}
+    assert parse_shards(["0=a:1;1=c:3"]) == {0: ["a:1"], 1: ["c:3"]}
+    with pytest.raises(InvalidArgument, match="numbered 0..n-1"):
+        parse_shards(["1=a:1"])
+    with pytest.raises(InvalidArgument, match="N=host:port"):
+        parse_shards(["a:1"])
+
+
+def test_jsonl_reports_bad_lines_with_file_and_line(tmp_path):
+    f = tmp_path / "docs.jsonl"
+    lines = [
+        json.dumps({"id": "a", "text": "ok", "metadata": {"n": 1, "s": "x"}}),
+        "",
+        "{not json",
+        json.dumps({"id": "", "text": "empty id"}),
+        json.dumps({"id": "b"}),
+        json.dumps({"id": "c", "text": "t", "metadata": {"bad": [1]}}),
+        json.dumps(["list"]),
+        json.dumps({"id": "d", "text": "fine", "title": "T"}),
+    ]
+    f.write_text("\n".join(lines) + "\n")
+    records = list(read_jsonl([str(f)]))
+    good = [r for r in records if r.document]
+    bad = [(r.line, r.error) for r in records if r.error]
+    assert [r.document.id for r in good] == ["a", "d"]
+    assert good[1].document == Document("d", "fine", "T", {})
+    assert [line for line, _ in bad] == [3, 4, 5, 6, 7]
+    assert "invalid JSON" in bad[0][1] and "id" in bad[1][1] and "'text'" in bad[2][1]
+    assert "metadata['bad']" in bad[3][1] and "JSON object" in bad[4][1]
+    assert records[1].where == f"{f}:3"
+    assert list(read_jsonl([str(tmp_path / "missing.jsonl")]))[0].error == "no such file"
