@@ -1,0 +1,154 @@
+"""GeneratorService on a real vLLM engine (CPU, tiny model), served in process on an ephemeral port.
+(AsyncLLM runs its engine core in a subprocess, as in production.)"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import grpc
+import pytest
+
+from ragcluster.v1 import common_pb2, generator_pb2, generator_pb2_grpc
+
+pytestmark = pytest.mark.vllm
+
+
+@pytest.fixture(scope="module")
+async def node(tmp_path_factory):
+    os.environ.setdefault("VLLM_CACHE_ROOT", str(tmp_path_factory.mktemp("vllm-cache")))
+    from generator_node.__main__ import build_server, parse_args
+
+    config, engine_args = parse_args([
+        "--model", "tiny", "--enforce-eager", "--kv-cache-memory-bytes", str(64 << 20), "--max-model-len", "1024",
+        "--port", "0", "--metrics-port", "-1", "--max-pending", "3",
+    ])
+    server = build_server(config, engine_args)
+    await server.start()
+    channel = grpc.aio.insecure_channel(server.address)
+    stub = generator_pb2_grpc.GeneratorServiceStub(channel)
+    engine = server.services[0].servicer.engine
+    yield stub, engine
+    await channel.close()
+    await server.stop(grace=1)
+
+
+def _chat(text="Tell me about bees.", **sampling):
+    return generator_pb2.GenerateRequest(
+        chat=generator_pb2.ChatMessages(messages=[generator_pb2.ChatMessage(role="user", content=text)]),
+        sampling=common_pb2.SamplingParams(**sampling),
+    )
+
+
+async def _collect(stub, request):
+    events = [e async for e in stub.Generate(request, timeout=60)]
+    text = "".join(e.delta.text for e in events if e.WhichOneof("event") == "delta")
+    return events, text
+
+
+async def test_info_and_count_tokens(node):
+    stub, engine = node
+    info = await stub.Info(generator_pb2.GeneratorInfoRequest())
+    assert info.model == "tiny" and info.max_context_length == 1024 and info.has_chat_template
+    counts = await stub.CountTokens(generator_pb2.CountTokensRequest(
+        texts=["", "hello world", "hello world " * 10],
+        chat=generator_pb2.ChatMessages(messages=[generator_pb2.ChatMessage(role="user", content="hello world")])))
+    assert counts.counts[0] == 0 and 0 < counts.counts[1] < counts.counts[2]
+    # the chat template adds its role markers around the content
+    assert counts.chat_tokens > counts.counts[1]
+    assert counts.chat_tokens == len(engine.encode(engine.chat_prompt([{"role": "user", "content": "hello world"}])))
+
+
+async def test_stream_order_max_tokens_and_final_event(node):
+    stub, _ = node
+    events, text = await _collect(stub, _chat(max_tokens=12, temperature=0.0))
+    kinds = [e.WhichOneof("event") for e in events]
+    assert kinds[-1] == "complete" and set(kinds[:-1]) == {"delta"}
+    done = events[-1].complete
+    assert done.completion_tokens == 12 and done.finish_reason == "length"
+    assert done.prompt_tokens > 0 and 0 < done.time_to_first_token_seconds <= done.total_seconds
+    assert text
+
+
+async def test_seed_reproducible_and_stop_strings(node):
+    stub, _ = node
+    _, a = await _collect(stub, _chat(max_tokens=20, temperature=1.0, seed=42))
+    _, b = await _collect(stub, _chat(max_tokens=20, temperature=1.0, seed=42))
+    assert a == b
+    _, full = await _collect(stub, _chat(max_tokens=40, temperature=1.0, seed=7))
+    # a 3-character stop string (no whitespace) from the second half of the seeded output
+    half = len(full) // 2
+    start = next(i for i in range(half, len(full) - 3) if not any(c.isspace() for c in full[i:i + 3]))
+    stop = full[start:start + 3]
+    events, stopped = await _collect(stub, _chat(max_tokens=40, temperature=1.0, seed=7, stop=[stop]))
+    assert stop not in stopped and full.startswith(stopped) and len(stopped) < len(full)
+    assert events[-1].complete.finish_reason == "stop"
+
+
+async def test_cancel_mid_stream_aborts_in_engine(node):
+    stub, engine = node
+    call = stub.Generate(_chat(max_tokens=1000, temperature=0.0, stop=[]), timeout=60)
+    received = 0
+    async for event in call:
+        received += 1
+        if received == 3:
+            break
+    call.cancel()
+    assert received == 3
+    for _ in range(100):  # bounded wait (≤ 1 s) for the abort to reach the engine
+        if engine.unfinished_requests() == 0 and engine.active == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert engine.unfinished_requests() == 0 and engine.active == 0
+
+
+async def test_deadline_expiry_aborts_in_engine(node):
+    stub, engine = node
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for _ in stub.Generate(_chat(max_tokens=1000, temperature=0.0), timeout=0.3):
+            pass
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    for _ in range(100):
+        if engine.unfinished_requests() == 0 and engine.active == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert engine.unfinished_requests() == 0 and engine.active == 0
+
+
+async def test_admission_control_rejects_at_once_and_serves_the_rest(node):
+    stub, engine = node
+
+    async def one():
+        try:
+            events, _ = await _collect(stub, _chat(max_tokens=64, temperature=0.0))
+            return events[-1].complete.finish_reason
+        except grpc.aio.AioRpcError as exc:
+            return exc.code()
+
+    results = await asyncio.gather(*(one() for _ in range(8)))
+    rejected = [r for r in results if r == grpc.StatusCode.RESOURCE_EXHAUSTED]
+    served = [r for r in results if r == "length"]
+    assert rejected and served and len(rejected) + len(served) == 8
+    assert engine.active == 0
+    events, _ = await _collect(stub, _chat(max_tokens=4))  # still serving
+    assert events[-1].complete.completion_tokens == 4
+
+
+@pytest.mark.parametrize("request_,field", [
+    (_chat(max_tokens=0), "max_tokens"),
+    (_chat(max_tokens=5000), "max_tokens"),
+    (_chat(temperature=-1.0), "temperature"),
+    (_chat(top_p=0.0), "top_p"),
+    (_chat(top_k=0), "top_k"),
+    (generator_pb2.GenerateRequest(prompt=""), "prompt"),
+    (generator_pb2.GenerateRequest(), "input"),
+    (generator_pb2.GenerateRequest(chat=generator_pb2.ChatMessages(
+        messages=[generator_pb2.ChatMessage(role="robot", content="x")])), "role"),
+    (generator_pb2.GenerateRequest(prompt="word " * 1100), "prompt"),
+])
+async def test_bad_requests_are_invalid_argument(node, request_, field):
+    stub, _ = node
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await _collect(stub, request_)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in err.value.details()

@@ -1,0 +1,129 @@
+"""ShardService over gRPC, in process on an ephemeral port: real FAISS, real SQLite."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+
+from ragcluster.convert import matrix_to_pb
+from ragcluster.v1 import common_pb2, shard_pb2, shard_pb2_grpc
+from shard_server.__main__ import build_server
+from shard_server.config import ShardConfig
+
+DIM = 8
+
+
+def _vecs(n, seed=0):
+    x = np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _upsert_request(ids, x):
+    return shard_pb2.UpsertRequest(documents=[
+        shard_pb2.DocumentVector(document=common_pb2.Document(id=i, text=f"text of {i}", metadata={
+            "n": common_pb2.MetadataValue(int_value=n)}), vector=v.tolist())
+        for n, (i, v) in enumerate(zip(ids, x))
+    ], embedding_model="test-model")
+
+
+async def _start(data_dir, **kw):
+    server = build_server(ShardConfig(port=0, metrics_port=-1, data_dir=str(data_dir), dim=DIM, shard_id=4, **kw))
+    await server.start()
+    channel = grpc.aio.insecure_channel(server.address)
+    return server, channel, shard_pb2_grpc.ShardServiceStub(channel)
+
+
+async def test_upsert_search_fetch_delete_and_restart(tmp_path):
+    server, channel, stub = await _start(tmp_path)
+    x = _vecs(40)
+    ids = [f"doc-{i}" for i in range(40)]
+    acks = [r async for r in stub.Upsert(iter([_upsert_request(ids[:20], x[:20]), _upsert_request(ids[20:], x[20:])]))]
+    assert [a.upserted for a in acks] == [20, 20] and [a.sequence for a in acks] == [1, 2]
+    response = await stub.Search(shard_pb2.ShardSearchRequest(queries=matrix_to_pb(x[:5]), k=3, include_documents=True))
+    assert response.shard == 4 and response.vectors_searched == 40 and len(response.results) == 5
+    for q, top in enumerate(response.results):
+        assert response.documents[top.ids[0]].id == ids[q]  # batch search: each query finds itself first
+        assert list(top.scores) == sorted(top.scores, reverse=True)
+        assert response.documents[top.ids[0]].metadata["n"].int_value == q
+    fetched = await stub.Fetch(shard_pb2.FetchRequest(ids=["doc-3", "nope", "doc-1"]))
+    assert [d.id for d in fetched.documents] == ["doc-3", "doc-1"]
+    deleted = await stub.Delete(shard_pb2.ShardDeleteRequest(ids=["doc-0", "doc-1", "nope"]))
+    assert deleted.deleted == 2 and deleted.sequence == 3
+    info = await stub.Info(shard_pb2.ShardInfoRequest())
+    assert (info.documents, info.dim, info.metric, info.index_factory, info.embedding_model, info.sequence) == (
+        38, DIM, common_pb2.METRIC_INNER_PRODUCT, "Flat", "test-model", 3)
+    before = await stub.Search(shard_pb2.ShardSearchRequest(queries=matrix_to_pb(x), k=5))
+    await channel.close()
+    await server.stop(grace=1)
+
+    server, channel, stub = await _start(tmp_path)  # reopen: everything acknowledged is there
+    after = await stub.Search(shard_pb2.ShardSearchRequest(queries=matrix_to_pb(x), k=5))
+    assert [list(r.ids) for r in after.results] == [list(r.ids) for r in before.results]
+    info = await stub.Info(shard_pb2.ShardInfoRequest())
+    assert info.documents == 38 and info.sequence == 3 and info.embedding_model == "test-model"
+    await channel.close()
+    await server.stop(grace=1)
+
+
+@pytest.mark.parametrize("make_request,field", [
+    (lambda x: shard_pb2.ShardSearchRequest(queries=matrix_to_pb(x[:, :4]), k=3), "dimension 8"),
+    (lambda x: shard_pb2.ShardSearchRequest(queries=matrix_to_pb(x), k=0), "k:"),
+    (lambda x: shard_pb2.ShardSearchRequest(queries=matrix_to_pb(x), k=100000), "k:"),
+    (lambda x: shard_pb2.ShardSearchRequest(queries=matrix_to_pb(np.full_like(x, np.nan)), k=3), "NaN"),
+    (lambda x: shard_pb2.ShardSearchRequest(k=3), "queries"),
+    (lambda x: shard_pb2.ShardSearchRequest(queries=common_pb2.FloatMatrix(rows=2, cols=8, data=b"123"), k=3),
+     "queries: data holds 3 bytes"),
+    (lambda x: shard_pb2.ShardSearchRequest(queries=matrix_to_pb(x), k=3, params=common_pb2.SearchParams(nprobe=0)),
+     "nprobe"),
+])
+async def test_bad_search_input_is_invalid_argument(tmp_path, make_request, field):
+    server, channel, stub = await _start(tmp_path)
+    x = _vecs(2)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.Search(make_request(x))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in err.value.details()
+    assert (await stub.Info(shard_pb2.ShardInfoRequest())).dim == DIM  # still serving
+    await channel.close()
+    await server.stop(grace=1)
+
+
+async def test_bad_upserts_are_invalid_argument_and_write_nothing(tmp_path):
+    server, channel, stub = await _start(tmp_path)
+    x = _vecs(3)
+    bad_requests = [
+        (_upsert_request(["a", "a"], x[:2]), "duplicate id"),
+        (_upsert_request(["", "b"], x[:2]), "id: must not be empty"),
+        (_upsert_request(["a"], x[:1, :4]), "dimension 8"),
+        (_upsert_request(["a"], np.full((1, DIM), np.inf, np.float32)), "NaN or infinity"),
+        (shard_pb2.UpsertRequest(), "empty batch"),
+    ]
+    for request, field in bad_requests:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async for _ in stub.Upsert(iter([request])):
+                pass
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, field
+        assert field in err.value.details()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.Delete(shard_pb2.ShardDeleteRequest(ids=[]))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info = await stub.Info(shard_pb2.ShardInfoRequest())
+    assert info.documents == 0 and info.sequence == 0
+    # a good batch after the bad ones is accepted
+    assert [r.upserted async for r in stub.Upsert(iter([_upsert_request(["ok"], x[:1])]))] == [1]
+    await channel.close()
+    await server.stop(grace=1)
+
+
+async def test_model_mixing_is_refused(tmp_path):
+    server, channel, stub = await _start(tmp_path)
+    x = _vecs(2)
+    [r async for r in stub.Upsert(iter([_upsert_request(["a"], x[:1])]))]
+    other = _upsert_request(["b"], x[1:])
+    other.embedding_model = "another-model"
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        [r async for r in stub.Upsert(iter([other]))]
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "mixing models" in err.value.details()
+    await channel.close()
+    await server.stop(grace=1)

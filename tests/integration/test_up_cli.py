@@ -1,0 +1,81 @@
+"""`ragcluster up` as a user runs it: separate processes, cluster.json, graceful stop, reopen."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from ragcluster.client import RouterClient
+from tests.conftest import make_documents
+
+
+def _up(data_dir, *extra):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ragcluster.cli", "up", "--shards", "2", "--replicas", "2", "--generators", "0",
+         "--data-dir", str(data_dir), "--port", "0", "--json", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    text = ""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()  # --json prints cluster.json once every process is SERVING
+        if not line:
+            raise AssertionError(f"up exited: {proc.wait()} {proc.stderr.read()}")
+        text += line
+        if line.startswith("}"):
+            return proc, json.loads(text)
+    proc.kill()
+    raise AssertionError("up did not become ready")
+
+
+def _stop(proc, manifest):
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 0
+    for p in manifest["processes"]:  # every child is gone
+        try:
+            os.kill(p["pid"], 0)
+            raise AssertionError(f"{p['role']} pid {p['pid']} still running")
+        except ProcessLookupError:
+            pass
+
+
+def test_up_writes_manifest_stops_cleanly_and_reopens(tmp_path):
+    proc, manifest = _up(tmp_path)
+    try:
+        roles = sorted((p["role"], p["shard"], p["replica"]) for p in manifest["processes"])
+        assert roles == [("router", None, None), ("shard", 0, 0), ("shard", 0, 1), ("shard", 1, 0), ("shard", 1, 1)]
+        assert json.loads((tmp_path / "cluster.json").read_text())["router"] == manifest["router"]
+        docs = make_documents(30, seed=9, prefix="up")
+        with RouterClient(manifest["router"]) as client:
+            assert client.ingest(docs).acknowledged == 30
+            status = client.status()
+            assert status["documents"] == 30
+            # writes went to both replicas of each shard
+            for s in status["shards"]:
+                assert [r["documents"] for r in s["replicas"]] == [s["documents"]] * 2
+            before = client.search("the harbour crane records", k=5)["hits"]
+    finally:
+        _stop(proc, manifest)
+
+    proc, manifest = _up(tmp_path)  # same data dir: the same data comes back
+    try:
+        with RouterClient(manifest["router"]) as client:
+            assert client.status()["documents"] == 30
+            after = client.search("the harbour crane records", k=5)["hits"]
+            assert [h["id"] for h in after] == [h["id"] for h in before]
+            assert [h["text"] for h in after] == [h["text"] for h in before]
+            # the query is re-embedded by a new process: scores agree to float noise
+            assert all(abs(a["score"] - b["score"]) < 1e-5 for a, b in zip(after, before))
+    finally:
+        _stop(proc, manifest)
+
+
+def test_up_refuses_another_shard_count_on_existing_data(tmp_path):
+    (tmp_path / "layout.json").write_text(json.dumps({"shards": 3, "metric": "ip"}))
+    result = subprocess.run([sys.executable, "-m", "ragcluster.cli", "up", "--shards", "2", "--generators", "0",
+                             "--data-dir", str(tmp_path), "--port", "0"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "--shards 3" in result.stderr
