@@ -52,7 +52,8 @@ class RouterClient:
         }
 
     def ask_events(self, question: str, k: int = 0, max_tokens: int | None = None, temperature: float | None = None,
-                   seed: int | None = None, timeout: float | None = None) -> Iterator[router_pb2.AskEvent]:
+                   seed: int | None = None, repetition_penalty: float | None = None,
+                   timeout: float | None = None) -> Iterator[router_pb2.AskEvent]:
         sampling = common_pb2.SamplingParams()
         if max_tokens is not None:
             sampling.max_tokens = max_tokens
@@ -60,6 +61,8 @@ class RouterClient:
             sampling.temperature = temperature
         if seed is not None:
             sampling.seed = seed
+        if repetition_penalty is not None:
+            sampling.repetition_penalty = repetition_penalty
         request = router_pb2.AskRequest(question=question, k=k, sampling=sampling)
         yield from self.stub.Ask(request, timeout=timeout or self.timeout)
 

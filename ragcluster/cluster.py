@@ -176,9 +176,12 @@ class LocalCluster:
     def _write_manifest(self) -> None:
         data = {"router": self.router_address, "data_dir": str(self.dir), "spec": asdict(self.spec),
                 "processes": [asdict(m) for m in self.members]}
-        tmp = self.dir / "cluster.json.tmp"
-        tmp.write_text(json.dumps(data, indent=2))
-        os.replace(tmp, self.dir / "cluster.json")
+        _atomic_write(self.dir / "cluster.json", json.dumps(data, indent=2))
+        # Prometheus file_sd targets (deploy/prometheus/prometheus.yml reads this file)
+        targets = [{"targets": [m.metrics], "labels": {"role": m.role, "shard": "" if m.shard is None else str(m.shard),
+                                                         "replica": "" if m.replica is None else str(m.replica)}}
+                   for m in self.members if m.metrics]
+        _atomic_write(self.dir / "prometheus-targets.json", json.dumps(targets, indent=2))
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM the router first (it drains), then the rest; SIGKILL whatever outlives ``timeout``."""
@@ -204,6 +207,12 @@ class LocalCluster:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def wait_for_serving(address: str, timeout: float = 30.0, service: str = "") -> None:

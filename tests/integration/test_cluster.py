@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ragcluster.client import RouterClient
 from ragcluster.v1 import router_pb2, router_pb2_grpc
 from router.service import embedding_text
-from tests.conftest import make_queries
+from ragcluster.corpus import make_queries
 
 pytestmark = pytest.mark.vllm
 

@@ -15,7 +15,7 @@ from router.__main__ import build_server as build_router
 from router.config import RouterConfig
 from shard_server.__main__ import build_server as build_shard
 from shard_server.config import ShardConfig
-from tests.conftest import make_documents
+from ragcluster.corpus import make_documents
 
 
 def _dead_address() -> str:

@@ -10,7 +10,7 @@ import sys
 import time
 
 from ragcluster.client import RouterClient
-from tests.conftest import make_documents
+from ragcluster.corpus import make_documents
 
 
 def _up(data_dir, *extra):
