@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -75,10 +78,17 @@ class Engine:
         self.tokenizer = None
         self.max_model_len = 0
         self.active = 0
+        self._ipc_dir = ""
 
     async def start(self) -> None:
         AsyncLLM, *_ = _import_vllm()
         from transformers import AutoTokenizer
+
+        # vLLM's ZMQ IPC sockets go to VLLM_RPC_BASE_PATH (default /tmp) and are left behind on exit:
+        # give this node a private directory and remove it on shutdown.
+        if "VLLM_RPC_BASE_PATH" not in os.environ:
+            self._ipc_dir = tempfile.mkdtemp(prefix="ragcluster-vllm-ipc-")
+            os.environ["VLLM_RPC_BASE_PATH"] = self._ipc_dir
 
         self.llm = AsyncLLM.from_engine_args(self.engine_args)
         self.max_model_len = int(self.llm.model_config.max_model_len)
@@ -91,6 +101,11 @@ class Engine:
         if self.llm is not None:
             self.llm.shutdown()
             self.llm = None
+        if self._ipc_dir:
+            shutil.rmtree(self._ipc_dir, ignore_errors=True)
+            if os.environ.get("VLLM_RPC_BASE_PATH") == self._ipc_dir:
+                del os.environ["VLLM_RPC_BASE_PATH"]
+            self._ipc_dir = ""
 
     @property
     def has_chat_template(self) -> bool:

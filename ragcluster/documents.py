@@ -66,3 +66,21 @@ def validate_id(doc_id: str, where: str = "id") -> None:
         raise InvalidArgument(f"{where}: must not be empty")
     if len(doc_id.encode("utf-8")) > MAX_ID_BYTES:
         raise InvalidArgument(f"{where}: longer than {MAX_ID_BYTES} bytes")
+
+
+def validate_batch(docs: list[Document], max_batch: int, item: str = "documents[{i}]") -> None:
+    """A write batch: non-empty, at most ``max_batch``, every document valid, no id twice.
+
+    ``item`` names a document in error messages (``{i}`` is its index), e.g. ``documents[{i}].document``.
+    """
+    if not docs:
+        raise InvalidArgument("documents: empty batch")
+    if len(docs) > max_batch:
+        raise InvalidArgument(f"documents: batch of {len(docs)} exceeds the maximum {max_batch}")
+    seen: set[str] = set()
+    for i, doc in enumerate(docs):
+        where = item.format(i=i)
+        doc.validate(where)
+        if doc.id in seen:
+            raise InvalidArgument(f"{where}.id: duplicate id {doc.id!r} in one batch")
+        seen.add(doc.id)

@@ -14,6 +14,7 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ragcluster.convert import document_from_pb, document_to_pb, matrix_to_pb
+from ragcluster.documents import validate_batch
 from ragcluster.errors import InvalidArgument, Unavailable
 from ragcluster.hashing import shard_for
 from ragcluster.log import request_id
@@ -192,19 +193,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def Ingest(self, request_iterator, context):
         total = 0
         async for request in request_iterator:
-            if not request.documents:
-                raise InvalidArgument("documents: empty batch")
-            if len(request.documents) > self.config.max_ingest_batch:
-                raise InvalidArgument(
-                    f"documents: batch of {len(request.documents)} exceeds the maximum {self.config.max_ingest_batch}"
-                )
             docs = [document_from_pb(d) for d in request.documents]
-            seen: set[str] = set()
-            for i, doc in enumerate(docs):
-                doc.validate(f"documents[{i}]")
-                if doc.id in seen:
-                    raise InvalidArgument(f"documents[{i}].id: duplicate id {doc.id!r} in one batch")
-                seen.add(doc.id)
+            validate_batch(docs, self.config.max_ingest_batch)
             vectors = await self._embed([embedding_text(d.title, d.text) for d in docs], "document")
             by_shard: dict[int, shard_pb2.UpsertRequest] = defaultdict(
                 lambda: shard_pb2.UpsertRequest(embedding_model=self.embedder.name)
@@ -239,29 +229,29 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             dim=self.embedder.dim if self.embedder else 0, max_k=self.config.max_k,
         )
 
+        async def probe(channel, info_call, status):
+            """Fill ``status`` from a health check and an Info call; unreachable leaves UNREACHABLE."""
+            try:
+                check = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+                status.health = health_pb2.HealthCheckResponse.ServingStatus.Name(check.status)
+                return await info_call(timeout=timeout)
+            except grpc.aio.AioRpcError:
+                return None
+
         async def replica_status(replica) -> router_pb2.ReplicaStatus:
             status = router_pb2.ReplicaStatus(address=replica.address, health="UNREACHABLE")
-            try:
-                check = await health_pb2_grpc.HealthStub(replica.channel).Check(
-                    health_pb2.HealthCheckRequest(), timeout=timeout)
-                status.health = health_pb2.HealthCheckResponse.ServingStatus.Name(check.status)
-                info = await replica.stub.Info(shard_pb2.ShardInfoRequest(), timeout=timeout)
-                status.documents, status.sequence = info.documents, info.sequence
-                status.index_factory = info.index_factory
-            except grpc.aio.AioRpcError:
-                pass
+            info = await probe(replica.channel, lambda **kw: replica.stub.Info(shard_pb2.ShardInfoRequest(), **kw),
+                               status)
+            if info is not None:
+                status.documents, status.sequence, status.index_factory = info.documents, info.sequence, info.index_factory
             return status
 
         async def generator_status(node) -> router_pb2.GeneratorStatus:
             status = router_pb2.GeneratorStatus(address=node.address, health="UNREACHABLE")
-            try:
-                check = await health_pb2_grpc.HealthStub(node.channel).Check(
-                    health_pb2.HealthCheckRequest(), timeout=timeout)
-                status.health = health_pb2.HealthCheckResponse.ServingStatus.Name(check.status)
-                info = await node.stub.Info(generator_pb2.GeneratorInfoRequest(), timeout=timeout)
+            info = await probe(node.channel, lambda **kw: node.stub.Info(generator_pb2.GeneratorInfoRequest(), **kw),
+                               status)
+            if info is not None:
                 status.model, status.max_context_length = info.model, info.max_context_length
-            except grpc.aio.AioRpcError:
-                pass
             return status
 
         for group in self.groups:

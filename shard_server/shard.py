@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ragcluster.documents import Document, validate_id
+from ragcluster.documents import Document, validate_batch, validate_id
 from ragcluster.errors import FailedPrecondition, InvalidArgument
 from shard_server import metrics
 from shard_server.index import VectorIndex, parse_metric
@@ -99,16 +99,7 @@ class Shard:
     # --- writes ---------------------------------------------------------------------------------
     def upsert(self, docs: list[Document], vectors: np.ndarray, embedding_model: str = "") -> tuple[int, int]:
         """Durably store and index ``docs``; returns (count, sequence) once durable."""
-        if not docs:
-            raise InvalidArgument("documents: empty batch")
-        if len(docs) > self.max_upsert_batch:
-            raise InvalidArgument(f"documents: batch of {len(docs)} exceeds the maximum {self.max_upsert_batch}")
-        seen: set[str] = set()
-        for i, doc in enumerate(docs):
-            doc.validate(f"documents[{i}].document")
-            if doc.id in seen:
-                raise InvalidArgument(f"documents[{i}].document.id: duplicate id {doc.id!r} in one batch")
-            seen.add(doc.id)
+        validate_batch(docs, self.max_upsert_batch, "documents[{i}].document")
         if vectors.shape[0] != len(docs):
             raise InvalidArgument(f"documents: {len(docs)} documents but {vectors.shape[0]} vectors")
         self._check_vectors(vectors, "documents.vector")

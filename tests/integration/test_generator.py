@@ -28,9 +28,12 @@ async def node(tmp_path_factory):
     channel = grpc.aio.insecure_channel(server.address)
     stub = generator_pb2_grpc.GeneratorServiceStub(channel)
     engine = server.services[0].servicer.engine
+    ipc_dir = engine._ipc_dir
+    assert ipc_dir and os.path.isdir(ipc_dir)  # vLLM's IPC sockets live in the node's private dir
     yield stub, engine
     await channel.close()
     await server.stop(grace=1)
+    assert not os.path.exists(ipc_dir)  # and nothing is left behind in /tmp
 
 
 def _chat(text="Tell me about bees.", **sampling):

@@ -78,12 +78,20 @@ async def test_upsert_search_fetch_delete_and_restart(tmp_path):
      "nprobe"),
 ])
 async def test_bad_search_input_is_invalid_argument(tmp_path, make_request, field):
+    from prometheus_client import REGISTRY
+
+    def rejected():
+        labels = {"method": "Search", "code": "INVALID_ARGUMENT"}
+        return REGISTRY.get_sample_value("ragcluster_grpc_server_handled_total", labels) or 0
+
     server, channel, stub = await _start(tmp_path)
     x = _vecs(2)
+    before = rejected()
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.Search(make_request(x))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field in err.value.details()
+    assert rejected() == before + 1  # counted under its status code
     assert (await stub.Info(shard_pb2.ShardInfoRequest())).dim == DIM  # still serving
     await channel.close()
     await server.stop(grace=1)
