@@ -44,10 +44,15 @@ class IngestOptions:
     json: bool = option(False, "print a JSON summary")
 
 
+WHERE_HELP = ("metadata filter, ANDed when repeated: FIELD=VALUE, FIELD>=N, FIELD>N, FIELD<=N, FIELD<N, "
+              "FIELD~=A,B,C (any of)")
+
+
 @dataclass
 class SearchOptions:
     router: str = option(DEFAULT_ROUTER, "router address host:port")
     k: int = option(10, "number of hits", short="-k")
+    where: list[str] = option([], WHERE_HELP, metavar="COND")
     timeout: float = option(30.0, "deadline in seconds")
     json: bool = option(False, "print JSON: {hits: [{id, score, shard, text, metadata}], coverage}")
 
@@ -56,6 +61,7 @@ class SearchOptions:
 class AskOptions:
     router: str = option(DEFAULT_ROUTER, "router address host:port")
     k: int = option(5, "passages to retrieve", short="-k")
+    where: list[str] = option([], WHERE_HELP, metavar="COND")
     max_tokens: int = option(256, "longest answer in tokens")
     temperature: float = option(0.0, "sampling temperature (0 = greedy)")
     timeout: float = option(180.0, "deadline in seconds")
@@ -66,6 +72,41 @@ class AskOptions:
 class StatusOptions:
     router: str = option(DEFAULT_ROUTER, "router address host:port")
     json: bool = option(False, "print JSON: {documents, shards: [{shard, documents, replicas}], generators}")
+
+
+def _value(text: str):
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_where(conditions: list[str]) -> list[dict]:
+    """``["topic=science", "words>=30", "topic~=a,b"]`` -> filter conditions for the client."""
+    out = []
+    for cond in conditions:
+        for op, key in ((">=", "gte"), ("<=", "lte"), ("~=", "any_of"), (">", "gt"), ("<", "lt"), ("=", "equals")):
+            field, sep, value = cond.partition(op)
+            if sep and field.strip():
+                field = field.strip()
+                if key == "any_of":
+                    out.append({"field": field, "any_of": [_value(v) for v in value.split(",") if v.strip()]})
+                elif key == "equals":
+                    out.append({"field": field, "equals": _value(value.strip())})
+                else:
+                    try:
+                        out.append({"field": field, key: float(value)})
+                    except ValueError:
+                        raise SystemExit(f"ragcluster: error: --where {cond!r}: {op} needs a number") from None
+                break
+        else:
+            raise SystemExit(f"ragcluster: error: --where {cond!r}: expected FIELD=VALUE, FIELD>=N, ... or FIELD~=A,B")
+    return out
 
 
 def _console(stderr: bool = False):
@@ -174,7 +215,7 @@ def cmd_search(opts: SearchOptions, ns) -> int:
     from ragcluster.client import RouterClient
 
     with RouterClient(opts.router) as client:
-        result = client.search(ns.text, k=opts.k, timeout=opts.timeout)
+        result = client.search(ns.text, k=opts.k, timeout=opts.timeout, where=parse_where(opts.where))
     if opts.json:
         result.pop("timings", None)
         print(json.dumps(result))
@@ -197,7 +238,8 @@ def cmd_ask(opts: AskOptions, ns) -> int:
     from ragcluster.client import RouterClient
 
     out = _console()
-    kwargs = dict(k=opts.k, max_tokens=opts.max_tokens, temperature=opts.temperature, timeout=opts.timeout)
+    kwargs = dict(k=opts.k, max_tokens=opts.max_tokens, temperature=opts.temperature, timeout=opts.timeout,
+                  where=parse_where(opts.where))
     with RouterClient(opts.router) as client:
         if opts.json:
             print(json.dumps(client.ask(ns.question, **kwargs)))

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from ragcluster.convert import coverage_to_json, document_to_pb, hit_to_json
+from ragcluster.convert import coverage_to_json, document_to_pb, filter_to_pb, hit_to_json
 from ragcluster.documents import Document
 from ragcluster.serving import channel_options
 from ragcluster.v1 import common_pb2, router_pb2, router_pb2_grpc
@@ -36,8 +36,11 @@ class RouterClient:
         self.close()
 
     def search(self, text: str | None = None, k: int = 10, vector: list[float] | None = None,
-               timeout: float | None = None) -> dict:
+               timeout: float | None = None, where: list[dict] | None = None) -> dict:
+        """``where``: filter conditions, e.g. ``[{"field": "topic", "equals": "science"}, {"field": "n", "gte": 3}]``."""
         request = router_pb2.SearchRequest(k=k)
+        if where:
+            request.filter.CopyFrom(filter_to_pb(where))
         if vector is not None:
             request.vector.values.extend(vector)
         else:
@@ -53,7 +56,7 @@ class RouterClient:
 
     def ask_events(self, question: str, k: int = 0, max_tokens: int | None = None, temperature: float | None = None,
                    seed: int | None = None, repetition_penalty: float | None = None,
-                   timeout: float | None = None) -> Iterator[router_pb2.AskEvent]:
+                   timeout: float | None = None, where: list[dict] | None = None) -> Iterator[router_pb2.AskEvent]:
         sampling = common_pb2.SamplingParams()
         if max_tokens is not None:
             sampling.max_tokens = max_tokens
@@ -64,6 +67,8 @@ class RouterClient:
         if repetition_penalty is not None:
             sampling.repetition_penalty = repetition_penalty
         request = router_pb2.AskRequest(question=question, k=k, sampling=sampling)
+        if where:
+            request.filter.CopyFrom(filter_to_pb(where))
         yield from self.stub.Ask(request, timeout=timeout or self.timeout)
 
     def ask(self, question: str, on_delta: Callable[[str], None] | None = None, **kwargs) -> dict:

@@ -71,3 +71,21 @@ def hit_to_json(hit: common_pb2.Hit) -> dict:
         "id": doc.id, "score": float(hit.score), "shard": hit.shard, "title": doc.title, "text": doc.text,
         "metadata": doc.metadata,
     }
+
+
+def filter_to_pb(conditions: list[dict]) -> common_pb2.Filter:
+    """From JSON-like conditions: ``{"field": f, "equals": v}`` | ``{"field", "any_of": [...]}`` |
+    ``{"field", "gte"/"gt"/"lte"/"lt": number}``."""
+    pb = common_pb2.Filter()
+    for i, c in enumerate(conditions):
+        cond = pb.must.add(field=str(c.get("field", "")))
+        if "equals" in c:
+            cond.equals.CopyFrom(metadata_to_pb(c["equals"]))
+        elif "any_of" in c:
+            cond.any_of.values.extend(metadata_to_pb(v) for v in c["any_of"])
+        else:
+            bounds = {k: float(c[k]) for k in ("gte", "gt", "lte", "lt") if k in c}
+            if not bounds:
+                raise InvalidArgument(f"filter[{i}]: needs equals, any_of or a range bound (gte, gt, lte, lt)")
+            cond.range.CopyFrom(common_pb2.Range(**bounds))
+    return pb

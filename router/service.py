@@ -91,12 +91,15 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             return values.reshape(1, -1)
         raise InvalidArgument("query: set text or vector")
 
-    async def retrieve(self, vector: np.ndarray, k: int, params: common_pb2.SearchParams | None, budget: float
-                       ) -> tuple[list[common_pb2.Hit], common_pb2.Coverage]:
+    async def retrieve(self, vector: np.ndarray, k: int, params: common_pb2.SearchParams | None, budget: float,
+                       flt: common_pb2.Filter | None = None) -> tuple[list[common_pb2.Hit], common_pb2.Coverage]:
         start = time.perf_counter()
-        request = shard_pb2.ShardSearchRequest(queries=matrix_to_pb(vector), k=k, include_documents=True)
+        request = shard_pb2.ShardSearchRequest(queries=matrix_to_pb(vector), k=k, include_documents=True,
+                                               unknown_fields_match_nothing=True)
         if params is not None:
             request.params.CopyFrom(params)
+        if flt is not None and flt.must:
+            request.filter.CopyFrom(flt)
         answers = await fan_out(self.groups, request, budget)
         coverage = common_pb2.Coverage(shards_total=len(self.groups))
         parts, documents = [], {}
@@ -117,6 +120,10 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         if coverage.shards_answered == 0:
             reasons = "; ".join(f"shard {f.shard}: {f.message}" for f in coverage.failures)
             raise Unavailable(f"no shard answered: {reasons}")
+        answered = [a.response for a in answers if a.response is not None]
+        unknown_everywhere = set.intersection(*(set(r.unknown_fields) for r in answered))
+        if unknown_everywhere:
+            raise InvalidArgument(f"filter: unknown metadata field(s) {', '.join(sorted(unknown_everywhere))}")
         hits = [
             common_pb2.Hit(document=documents[(h.shard, h.id)], score=h.score, shard=h.shard)
             for h in merge_topk(parts, k, self.higher_is_better)
@@ -134,7 +141,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         vector = await self._query_vector(request, timings)
         t = time.perf_counter()
         params = request.params if request.HasField("params") else None
-        hits, coverage = await self.retrieve(vector, k, params, budget - (time.perf_counter() - start))
+        flt = request.filter if request.HasField("filter") else None
+        hits, coverage = await self.retrieve(vector, k, params, budget - (time.perf_counter() - start), flt)
         timings.retrieve_seconds = time.perf_counter() - t
         timings.total_seconds = time.perf_counter() - start
         return router_pb2.SearchResponse(hits=hits, coverage=coverage, timings=timings)
@@ -157,7 +165,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         vector = await self._embed([question], "query")
         timings.embed_seconds = time.perf_counter() - start
         t = time.perf_counter()
-        hits, coverage = await self.retrieve(vector, k, None, self._budget(context))
+        flt = request.filter if request.HasField("filter") else None
+        hits, coverage = await self.retrieve(vector, k, None, self._budget(context), flt)
         timings.retrieve_seconds = time.perf_counter() - t
         yield router_pb2.AskEvent(hits=router_pb2.AskHits(hits=hits, coverage=coverage))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from pathlib import Path
 
 from ragcluster.config import add_config_arguments, config_from_args
 from ragcluster.log import setup_logging
@@ -14,23 +15,32 @@ from shard_server.config import ShardConfig
 
 
 def build_server(config: ShardConfig) -> GrpcServer:
+    from shard_server.maintenance import Maintenance
     from shard_server.service import ShardServicer
-    from shard_server.shard import Shard
+    from shard_server.shard import STORE_FILE, Shard
+    from shard_server.snapshot import restore_from
 
-    holder: dict = {}
-    servicer = ShardServicer()
+    state: dict = {}
+    servicer = ShardServicer(after_write=lambda: state["maintenance"].after_write())
 
     async def load() -> None:
+        if config.restore_from and not (Path(config.data_dir) / STORE_FILE).exists():
+            await asyncio.to_thread(restore_from, config.restore_from, Path(config.data_dir))
         shard = await asyncio.to_thread(
             Shard, config.data_dir, config.shard_id, config.dim, config.metric, config.index_factory,
             config.embedding_model, config.max_k, config.max_batch, config.max_upsert_batch, config.nprobe,
-            config.ef_search,
+            config.ef_search, config.max_store_bytes, config.rebuild_tombstone_share,
+            ef_construction=config.ef_construction,
         )
-        holder["shard"] = servicer.shard = shard
+        state["shard"] = servicer.shard = shard
+        state["maintenance"] = Maintenance(shard, config.checkpoint_interval_seconds)
+        state["maintenance"].start()
 
     async def close() -> None:
-        if "shard" in holder:
-            holder["shard"].close()
+        if "maintenance" in state:
+            await state["maintenance"].stop()
+        if "shard" in state:
+            await asyncio.to_thread(state["shard"].close)  # writes a final checkpoint: fast restarts
 
     spec = service_spec(servicer, shard_pb2, "ShardService", shard_pb2_grpc)
     return GrpcServer(config, [spec], load=load, close=close)

@@ -21,3 +21,10 @@ class ShardConfig(ServerConfig):
     max_upsert_batch: int = option(4096, "most documents in one upsert message")
     nprobe: int = option(16, "default nprobe for IVF indexes")
     ef_search: int = option(64, "default efSearch for HNSW indexes")
+    ef_construction: int = option(200, "efConstruction for building HNSW indexes")
+    checkpoint_interval_seconds: float = option(60.0, "write an index checkpoint this often when there were writes "
+                                                      "(and on shutdown); 0 = only on shutdown")
+    rebuild_tombstone_share: float = option(0.2, "rebuild the index in the background once tombstones (removed ids "
+                                                 "an index like HNSW cannot delete) exceed this share")
+    max_store_bytes: int = option(0, "refuse writes (RESOURCE_EXHAUSTED) beyond this store size; 0 = no limit")
+    restore_from: str = option("", "host:port of a shard replica to copy (Snapshot) when --data-dir holds no store")

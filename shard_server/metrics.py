@@ -3,7 +3,21 @@
 from prometheus_client import Counter, Gauge, Histogram
 
 VECTORS = Gauge("ragcluster_shard_vectors", "Live vectors in the shard's index", ["shard"])
+TOMBSTONES = Gauge("ragcluster_shard_tombstones", "Removed ids still inside an index that cannot delete", ["shard"])
 SEQUENCE = Gauge("ragcluster_shard_sequence", "Write sequence number (acknowledged write batches)", ["shard"])
+INDEX_BYTES = Gauge("ragcluster_shard_index_bytes", "Size of the last index checkpoint", ["shard"])
+STORE_BYTES = Gauge("ragcluster_shard_store_bytes", "Size of the document store (database + WAL)", ["shard"])
+CHECKPOINT_AGE = Gauge("ragcluster_shard_checkpoint_age_seconds", "Seconds since the last index checkpoint",
+                       ["shard"])
+CHECKPOINT_SECONDS = Histogram(
+    "ragcluster_shard_checkpoint_duration_seconds", "Time to write an index checkpoint", ["shard"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+CHECKPOINT_FAILURES = Counter("ragcluster_shard_checkpoint_failures", "Checkpoints unusable or not written",
+                              ["shard", "stage"])
+REBUILDS = Counter("ragcluster_shard_index_rebuilds", "Index rebuilds from the store", ["shard"])
+FILTER_FALLBACKS = Counter("ragcluster_shard_filter_exact_fallbacks",
+                           "Filtered queries scored exactly because the index returned fewer than k", ["shard"])
 SEARCH_SECONDS = Histogram(
     "ragcluster_shard_search_duration_seconds", "Time in the index for one search call (a batch)", ["shard"],
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),

@@ -7,15 +7,38 @@ import asyncio
 
 import numpy as np
 
-from ragcluster.convert import document_from_pb, document_to_pb, matrix_from_pb
+from ragcluster.convert import document_from_pb, document_to_pb, matrix_from_pb, metadata_from_pb
 from ragcluster.errors import InvalidArgument, Unavailable
 from ragcluster.v1 import common_pb2, shard_pb2, shard_pb2_grpc
+from shard_server.filters import Condition, Filter
 from shard_server.shard import Shard
 
 
+def filter_from_pb(pb: common_pb2.Filter) -> Filter:
+    """A metadata filter for the shard core."""
+    conditions = []
+    for c in pb.must:
+        cond = Condition(c.field)
+        test = c.WhichOneof("test")
+        if test == "equals":
+            cond.equals = metadata_from_pb(c.equals)
+        elif test == "any_of":
+            cond.any_of = [metadata_from_pb(v) for v in c.any_of.values]
+        elif test == "range":
+            r = c.range
+            for name in ("gte", "gt", "lte", "lt"):
+                if r.HasField(name):
+                    setattr(cond, name, getattr(r, name))
+            if not cond.is_range:
+                raise InvalidArgument(f"filter.must: range on {c.field!r} has no bound")
+        conditions.append(cond)
+    return Filter(conditions)
+
+
 class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
-    def __init__(self, shard: Shard | None = None):
+    def __init__(self, shard: Shard | None = None, after_write=lambda: None):
         self._shard = shard
+        self.after_write = after_write  # e.g. schedule a background rebuild when tombstones pile up
 
     @property
     def shard(self) -> Shard:
@@ -36,9 +59,11 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
             self.shard.search, queries, int(request.k),
             params.nprobe if params.HasField("nprobe") else None,
             params.ef_search if params.HasField("ef_search") else None,
-            request.include_documents,
+            request.include_documents, filter_from_pb(request.filter) if request.HasField("filter") else None,
+            request.unknown_fields_match_nothing,
         )
-        response = shard_pb2.ShardSearchResponse(vectors_searched=result.vectors_searched, shard=self.shard.shard_id)
+        response = shard_pb2.ShardSearchResponse(vectors_searched=result.vectors_searched, shard=self.shard.shard_id,
+                                                 unknown_fields=result.unknown_fields or [])
         for ids, scores in zip(result.ids, result.scores):
             response.results.add(ids=ids.tolist(), scores=scores.tolist())
         for iid, doc in result.documents.items():
@@ -55,10 +80,12 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
                 raise InvalidArgument(f"documents.vector: vectors of different lengths {sorted(dims)} in one batch")
             vectors = np.array([dv.vector for dv in request.documents], dtype=np.float32)
             count, sequence = await asyncio.to_thread(self.shard.upsert, docs, vectors, request.embedding_model)
+            self.after_write()
             yield shard_pb2.UpsertResponse(upserted=count, sequence=sequence)
 
     async def Delete(self, request, context):
         deleted, sequence = await asyncio.to_thread(self.shard.delete, list(request.ids))
+        self.after_write()
         return shard_pb2.ShardDeleteResponse(deleted=deleted, sequence=sequence)
 
     async def Fetch(self, request, context):
@@ -71,5 +98,22 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         return shard_pb2.ShardInfoResponse(
             shard=info.shard, documents=info.documents, dim=info.dim, metric=metric,
             index_factory=info.index_factory, embedding_model=info.embedding_model, sequence=info.sequence,
-            trained=info.trained, max_k=info.max_k, max_batch=info.max_batch,
+            trained=info.trained, max_k=info.max_k, max_batch=info.max_batch, stored_documents=info.stored_documents,
+            tombstones=info.tombstones, checkpoint_sequence=info.checkpoint_sequence, index_bytes=info.index_bytes,
         )
+
+    async def Snapshot(self, request, context):
+        from shard_server.snapshot import snapshot_chunks
+
+        chunks = snapshot_chunks(self.shard)
+        sentinel = object()
+        try:
+            while (chunk := await asyncio.to_thread(next, chunks, sentinel)) is not sentinel:
+                yield chunk
+        finally:
+            await asyncio.to_thread(chunks.close)  # removes the temporary copy
+
+    async def Rebuild(self, request, context):
+        seconds = await asyncio.to_thread(self.shard.rebuild, True)
+        info = await asyncio.to_thread(self.shard.info)
+        return shard_pb2.RebuildResponse(documents=info.documents, sequence=info.sequence, seconds=seconds)

@@ -1,8 +1,13 @@
 """A shard: the durable store plus the derived FAISS index, with input guards (pure: no grpc).
 
-Writes go to the store first (durable), then to the index, under one write lock; searches take only
-the index lock, held briefly by writers, so reads keep working during ingest. On open, the index is
-rebuilt from the store.
+- Writes go to the store first (durable, acknowledged after commit), then to the index, one at a time.
+- Searches and checkpoint serialisation share a read lock on the index; index mutations take it
+  exclusively for the moment of the update, so reads keep working during ingest and checkpoints.
+- The index is checkpointed (atomically, with the sequence it covers); on open the checkpoint is loaded
+  and the writes after it replayed from the store. A missing, corrupt or incompatible checkpoint is
+  rebuilt from the store (never trusted).
+- Indexes that cannot delete (HNSW) keep tombstones; past ``rebuild_tombstone_share`` the index is rebuilt
+  from a consistent snapshot of the store, in the background, then brought up to date and swapped in.
 """
 
 from __future__ import annotations
@@ -18,10 +23,65 @@ import numpy as np
 from ragcluster.documents import Document, validate_batch, validate_id
 from ragcluster.errors import FailedPrecondition, InvalidArgument
 from shard_server import metrics
+from shard_server.checkpoint import CorruptCheckpoint, read_checkpoint, write_checkpoint
+from shard_server.filters import Filter, compile_filter
 from shard_server.index import VectorIndex, parse_metric
 from shard_server.store import DocumentStore
 
 logger = logging.getLogger(__name__)
+
+STORE_FILE = "shard.sqlite3"
+CHECKPOINT_FILE = "index.ckpt"
+
+
+class RWLock:
+    """Many readers or one writer; a waiting writer blocks new readers (no writer starvation)."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+        self._waiting_writers = 0
+
+    def read(self):
+        return _Guard(self._acquire_read, self._release_read)
+
+    def write(self):
+        return _Guard(self._acquire_write, self._release_write)
+
+    def _acquire_read(self):
+        with self._cond:
+            self._cond.wait_for(lambda: not self._writer and not self._waiting_writers)
+            self._readers += 1
+
+    def _release_read(self):
+        with self._cond:
+            self._readers -= 1
+            if not self._readers:
+                self._cond.notify_all()
+
+    def _acquire_write(self):
+        with self._cond:
+            self._waiting_writers += 1
+            self._cond.wait_for(lambda: not self._writer and not self._readers)
+            self._waiting_writers -= 1
+            self._writer = True
+
+    def _release_write(self):
+        with self._cond:
+            self._writer = False
+            self._cond.notify_all()
+
+
+class _Guard:
+    def __init__(self, acquire, release):
+        self._acquire, self._release = acquire, release
+
+    def __enter__(self):
+        self._acquire()
+
+    def __exit__(self, *exc):
+        self._release()
 
 
 @dataclass
@@ -36,6 +96,10 @@ class ShardInfo:
     trained: bool
     max_k: int
     max_batch: int
+    stored_documents: int = 0
+    tombstones: int = 0
+    checkpoint_sequence: int = 0
+    index_bytes: int = 0
 
 
 @dataclass
@@ -44,26 +108,44 @@ class SearchResult:
     scores: list[np.ndarray]
     documents: dict[int, Document]
     vectors_searched: int
+    unknown_fields: list[str] = None  # filter fields this shard has never seen
 
 
 class Shard:
     def __init__(self, data_dir: Path, shard_id: int = 0, dim: int = 384, metric: str = "ip",
                  index_factory: str = "Flat", embedding_model: str = "", max_k: int = 1000,
-                 max_batch: int = 1024, max_upsert_batch: int = 4096, nprobe: int = 16, ef_search: int = 64):
+                 max_batch: int = 1024, max_upsert_batch: int = 4096, nprobe: int = 16, ef_search: int = 64,
+                 max_store_bytes: int = 0, rebuild_tombstone_share: float = 0.2, exact_filter_limit: int = 200_000,
+                 ef_construction: int = 200):
+        self.data_dir = Path(data_dir)
         self.shard_id = shard_id
         self.max_k, self.max_batch, self.max_upsert_batch = max_k, max_batch, max_upsert_batch
         self.metric = parse_metric(metric)
-        self.store = DocumentStore(Path(data_dir) / "shard.sqlite3", dim)
-        self._check_layout(dim, self.metric, index_factory)
-        self.embedding_model = self.store.get_meta("embedding_model", "") or embedding_model
-        self.index = VectorIndex(dim, index_factory, self.metric, nprobe=nprobe, ef_search=ef_search)
         self.dim = dim
         self.index_factory = index_factory
-        self._write_lock = threading.Lock()
-        self._index_lock = threading.Lock()
-        self._rebuild()
+        self.nprobe, self.ef_search, self.ef_construction = nprobe, ef_search, ef_construction
+        self.rebuild_tombstone_share = rebuild_tombstone_share
+        self.exact_filter_limit = exact_filter_limit
+        self.store = DocumentStore(self.data_dir / STORE_FILE, dim, max_store_bytes)
+        self._check_layout(dim, self.metric)
+        self.embedding_model = self.store.get_meta("embedding_model", "") or embedding_model
+        self._write_lock = threading.Lock()  # one writer at a time: store commit + index update
+        self._index_lock = RWLock()
+        self._rebuild_lock = threading.Lock()
+        self.checkpoint_sequence = 0
+        self.checkpoint_time = 0.0
+        self.index_bytes = 0
+        self.index = self._open_index()
+        metrics.CHECKPOINT_AGE.labels(shard_id).set_function(
+            lambda: time.time() - self.checkpoint_time if self.checkpoint_time else float("nan"))
+        metrics.STORE_BYTES.labels(shard_id).set_function(self.store.size_bytes)
+        self._publish()
 
-    def _check_layout(self, dim: int, metric: str, factory: str) -> None:
+    def _new_index(self) -> VectorIndex:
+        return VectorIndex(self.dim, self.index_factory, self.metric, nprobe=self.nprobe, ef_search=self.ef_search,
+                           ef_construction=self.ef_construction)
+
+    def _check_layout(self, dim: int, metric: str) -> None:
         """The store remembers its dim and metric; reopening with others would corrupt results."""
         for key, value in (("dim", str(dim)), ("metric", metric)):
             stored = self.store.get_meta(key)
@@ -73,21 +155,111 @@ class Shard:
                 raise FailedPrecondition(
                     f"{key}: this data dir was created with {key}={stored}, not {value} (use a new --data-dir)"
                 )
-        if self.store.get_meta("index_factory") != factory:
-            self.store.set_meta("index_factory", factory)  # derived: rebuilt below with the new factory
+        self.store.set_meta("index_factory", self.index_factory)  # derived: the index is rebuilt if it changed
 
-    def _rebuild(self) -> None:
+    # --- open: checkpoint + replay, or rebuild ------------------------------------------------------
+    def _open_index(self) -> VectorIndex:
         start = time.perf_counter()
-        for iids, vectors in self.store.iter_vectors():
-            self.index.add(iids, self.index.prepare(vectors))
-        metrics.VECTORS.labels(self.shard_id).set(self.index.ntotal)
-        logger.info("index %s rebuilt from store: %d vectors in %.2fs", self.index_factory, self.index.ntotal,
+        path = self.data_dir / CHECKPOINT_FILE
+        index = self._new_index()
+        if path.exists():
+            try:
+                header, index_bytes, tombstones = read_checkpoint(path)
+                if not index.compatible(header):
+                    raise CorruptCheckpoint(f"built for {header.get('factory')}/{header.get('metric')}/"
+                                            f"{header.get('dim')}, not {self.index_factory}/{self.metric}/{self.dim}")
+                if header["sequence"] > self.store.sequence:
+                    raise CorruptCheckpoint(f"covers sequence {header['sequence']}, ahead of the store's "
+                                            f"{self.store.sequence}")
+                index.load_state(header, index_bytes, tombstones)
+                self._replay(index, header["sequence"])
+                self.checkpoint_sequence = header["sequence"]
+                self.checkpoint_time = path.stat().st_mtime
+                self.index_bytes = path.stat().st_size
+                logger.info("index loaded from checkpoint (sequence %d) + replay to %d: %d vectors in %.2fs",
+                            header["sequence"], self.store.sequence, index.ntotal, time.perf_counter() - start)
+                return index
+            except (CorruptCheckpoint, RuntimeError, KeyError, ValueError) as exc:
+                metrics.CHECKPOINT_FAILURES.labels(self.shard_id, "load").inc()
+                logger.warning("checkpoint %s unusable (%s); rebuilding the index from the store", path, exc)
+                index = self._new_index()
+        with self.store.consistent_read() as conn:
+            for iids, vectors in self.store.iter_vectors(conn):
+                index.add(iids, index.prepare(vectors))
+        logger.info("index %s rebuilt from store: %d vectors in %.2fs", self.index_factory, index.ntotal,
                     time.perf_counter() - start)
+        return index
 
-    def close(self) -> None:
+    def _replay(self, index: VectorIndex, since: int) -> None:
+        """Bring ``index`` (which covers sequence ``since``) up to date with the store."""
+        index.remove(self.store.removed_since(since))
+        for iids, vectors in self.store.iter_vectors(since_sequence=since):
+            index.add(iids, index.prepare(vectors))
+
+    def _publish(self) -> None:
+        metrics.VECTORS.labels(self.shard_id).set(self.index.ntotal)
+        metrics.TOMBSTONES.labels(self.shard_id).set(self.index.tombstones)
+        metrics.SEQUENCE.labels(self.shard_id).set(self.store.sequence)
+        metrics.INDEX_BYTES.labels(self.shard_id).set(self.index_bytes)
+
+    # --- checkpoints and rebuilds -----------------------------------------------------------------
+    def checkpoint(self) -> bool:
+        """Write the index with the sequence it covers; False when nothing changed since the last one."""
+        start = time.perf_counter()
+        with self._write_lock:  # freeze writes so the index matches exactly one sequence number
+            sequence = self.store.sequence
+            if sequence == self.checkpoint_sequence and (self.data_dir / CHECKPOINT_FILE).exists():
+                return False
+            with self._index_lock.read():  # searches go on meanwhile
+                header, index_bytes, tombstones = self.index.state()
+        header["sequence"] = sequence
+        try:
+            size = write_checkpoint(self.data_dir / CHECKPOINT_FILE, header, index_bytes, tombstones)
+        except OSError as exc:
+            metrics.CHECKPOINT_FAILURES.labels(self.shard_id, "write").inc()
+            logger.error("checkpoint failed: %s (the store is intact; will retry)", exc)
+            return False
+        self.store.prune_removed(sequence)
+        self.checkpoint_sequence, self.checkpoint_time, self.index_bytes = sequence, time.time(), size
+        seconds = time.perf_counter() - start
+        metrics.CHECKPOINT_SECONDS.labels(self.shard_id).observe(seconds)
+        self._publish()
+        logger.info("checkpoint at sequence %d: %d bytes in %.2fs", sequence, size, seconds)
+        return True
+
+    def needs_rebuild(self) -> bool:
+        return self.index.tombstones > 0 and self.index.tombstone_share >= self.rebuild_tombstone_share
+
+    def rebuild(self, train: bool = False) -> float:
+        """Rebuild the index from the store (dropping tombstones; ``train`` forces training now).
+
+        Built from a consistent snapshot without blocking anything, then brought up to date and swapped
+        in under the write lock."""
+        with self._rebuild_lock:
+            start = time.perf_counter()
+            index = self._new_index()
+            with self.store.consistent_read() as conn:
+                since = self.store.sequence_in(conn)
+                for iids, vectors in self.store.iter_vectors(conn):
+                    index.add(iids, index.prepare(vectors))
+            if train:
+                index.train_now()
+            with self._write_lock:
+                self._replay(index, since)
+                with self._index_lock.write():
+                    self.index = index
+            seconds = time.perf_counter() - start
+            metrics.REBUILDS.labels(self.shard_id).inc()
+            self._publish()
+            logger.info("index rebuilt from store: %d vectors in %.2fs", index.ntotal, seconds)
+            return seconds
+
+    def close(self, checkpoint: bool = True) -> None:
+        if checkpoint:
+            self.checkpoint()
         self.store.close()
 
-    # --- guards ---------------------------------------------------------------------------------
+    # --- guards -----------------------------------------------------------------------------------
     def _check_vectors(self, x: np.ndarray, field: str) -> None:
         if x.ndim != 2 or x.shape[1] != self.dim:
             got = x.shape[1] if x.ndim == 2 else x.shape
@@ -96,7 +268,7 @@ class Shard:
             bad = int(np.argwhere(~np.isfinite(x))[0][0])
             raise InvalidArgument(f"{field}[{bad}]: contains NaN or infinity")
 
-    # --- writes ---------------------------------------------------------------------------------
+    # --- writes -----------------------------------------------------------------------------------
     def upsert(self, docs: list[Document], vectors: np.ndarray, embedding_model: str = "") -> tuple[int, int]:
         """Durably store and index ``docs``; returns (count, sequence) once durable."""
         validate_batch(docs, self.max_upsert_batch, "documents[{i}].document")
@@ -116,12 +288,10 @@ class Shard:
                     )
             prepared = self.index.prepare(vectors)
             iids, replaced, sequence = self.store.upsert(docs, prepared)
-            with self._index_lock:
+            with self._index_lock.write():
                 self.index.remove(replaced)
                 self.index.add(iids, prepared)
-                ntotal = self.index.ntotal
-        metrics.VECTORS.labels(self.shard_id).set(ntotal)
-        metrics.SEQUENCE.labels(self.shard_id).set(sequence)
+        self._publish()
         metrics.WRITE_SECONDS.labels(self.shard_id, "upsert").observe(time.perf_counter() - start)
         return len(docs), sequence
 
@@ -135,17 +305,16 @@ class Shard:
         start = time.perf_counter()
         with self._write_lock:
             removed, sequence = self.store.delete(ids)
-            with self._index_lock:
+            with self._index_lock.write():
                 self.index.remove(removed)
-                ntotal = self.index.ntotal
-        metrics.VECTORS.labels(self.shard_id).set(ntotal)
-        metrics.SEQUENCE.labels(self.shard_id).set(sequence)
+        self._publish()
         metrics.WRITE_SECONDS.labels(self.shard_id, "delete").observe(time.perf_counter() - start)
         return len(removed), sequence
 
-    # --- reads ----------------------------------------------------------------------------------
+    # --- reads ------------------------------------------------------------------------------------
     def search(self, queries: np.ndarray, k: int, nprobe: int | None = None, ef_search: int | None = None,
-               include_documents: bool = False) -> SearchResult:
+               include_documents: bool = False, flt: Filter | None = None,
+               unknown_fields_match_nothing: bool = False) -> SearchResult:
         if k <= 0 or k > self.max_k:
             raise InvalidArgument(f"k: must be between 1 and {self.max_k}, got {k}")
         if queries.shape[0] > self.max_batch:
@@ -155,22 +324,55 @@ class Shard:
             raise InvalidArgument(f"params.nprobe: must be between 1 and 65536, got {nprobe}")
         if ef_search is not None and not 1 <= ef_search <= 65536:
             raise InvalidArgument(f"params.ef_search: must be between 1 and 65536, got {ef_search}")
+        allowed, unknown = None, []
+        if flt is not None and flt.must:
+            fields = self.store.fields()
+            unknown = sorted({c.field for c in flt.must if c.field and c.field not in fields})
+            if unknown and unknown_fields_match_nothing:
+                allowed = np.zeros(0, np.int64)
+            else:
+                allowed = self.store.filter_iids(compile_filter(flt, fields))
         start = time.perf_counter()
         prepared = self.index.prepare(queries)
-        with self._index_lock:
+        nq = len(prepared)
+        if allowed is not None and len(allowed) == 0:
+            empty = [np.zeros(0, np.int64)] * nq, [np.zeros(0, np.float32)] * nq
+            return SearchResult(*empty, {}, self.index.ntotal, unknown)
+        with self._index_lock.read():
             ntotal = self.index.ntotal
-            scores, ids = self.index.search(prepared, min(k, max(ntotal, 1)), nprobe, ef_search)
+            kk = min(k, max(ntotal, 1))
+            scores, ids = self.index.search(prepared, kk, nprobe, ef_search, allowed)
         out_ids, out_scores = [], []
         for row_ids, row_scores in zip(ids, scores):
             valid = row_ids >= 0
             out_ids.append(row_ids[valid])
             out_scores.append(row_scores[valid])
+        if allowed is not None:
+            self._exact_fallback(prepared, min(k, len(allowed)), allowed, out_ids, out_scores)
         documents: dict[int, Document] = {}
         if include_documents:
             documents = self.store.get_by_iids(np.concatenate(out_ids).tolist() if out_ids else [])
         metrics.SEARCH_SECONDS.labels(self.shard_id).observe(time.perf_counter() - start)
-        metrics.SEARCH_QUERIES.labels(self.shard_id).inc(len(queries))
-        return SearchResult(out_ids, out_scores, documents, ntotal)
+        metrics.SEARCH_QUERIES.labels(self.shard_id).inc(nq)
+        return SearchResult(out_ids, out_scores, documents, ntotal, unknown)
+
+    def _exact_fallback(self, queries, want: int, allowed, out_ids, out_scores) -> None:
+        """An approximate index may miss matches of a selective filter (e.g. IVF lists not probed): score
+        those queries exactly over the matching vectors, so k hits come back when k documents match."""
+        short = [q for q in range(len(queries)) if len(out_ids[q]) < want]
+        if not short or len(allowed) > self.exact_filter_limit:
+            return
+        iids, vectors = self.store.vectors_for(allowed)
+        vectors = self.index.prepare(vectors)
+        metrics.FILTER_FALLBACKS.labels(self.shard_id).inc(len(short))
+        for q in short:
+            if self.metric == "ip":
+                scores = vectors @ queries[q]
+                order = np.argsort(-scores, kind="stable")[:want]
+            else:
+                scores = ((vectors - queries[q]) ** 2).sum(axis=1)
+                order = np.argsort(scores, kind="stable")[:want]
+            out_ids[q], out_scores[q] = iids[order], scores[order].astype(np.float32)
 
     def fetch(self, ids: list[str]) -> list[Document]:
         for i, doc_id in enumerate(ids):
@@ -179,7 +381,8 @@ class Shard:
         return [found[i] for i in ids if i in found]
 
     def info(self) -> ShardInfo:
-        with self._index_lock:
-            ntotal, trained = self.index.ntotal, self.index.trained
+        with self._index_lock.read():
+            ntotal, trained, tombstones = self.index.ntotal, self.index.trained, self.index.tombstones
         return ShardInfo(self.shard_id, ntotal, self.dim, self.metric, self.index_factory, self.embedding_model,
-                         self.store.sequence, trained, self.max_k, self.max_batch)
+                         self.store.sequence, trained, self.max_k, self.max_batch, self.store.count(), tombstones,
+                         self.checkpoint_sequence, self.index_bytes)

@@ -1,13 +1,21 @@
 """The shard's source of truth: documents, metadata and vectors in SQLite (WAL, synchronous=FULL).
 
 A write returns only after its transaction is committed and fsynced, so whatever the caller then
-acknowledges survives a crash. Internal ids (``iid``) are SQLite AUTOINCREMENT rowids: stable int64s,
-never reused, so an index entry can never point at a different document than the one it was built from.
-Upserting an existing id deletes the old row and inserts a new one (new iid) in the same transaction.
+acknowledges survives a crash. Every write batch gets the next sequence number; each document row
+records the sequence that wrote it and every removed internal id (deleted or replaced) is logged with
+the sequence that removed it, so a FAISS checkpoint taken at sequence S is brought up to date by
+replaying ``changes_since(S)``.
+
+Internal ids (``iid``) are SQLite AUTOINCREMENT rowids: stable int64s, never reused, so an index entry
+can never point at a different document than the one it was built from. Upserting an existing id
+deletes the old row and inserts a new one (new iid) in the same transaction.
+
+Metadata is also kept as (iid, key, string | number) rows with indexes, for filters.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -17,7 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from ragcluster.documents import Document
+from ragcluster.errors import FailedPrecondition, ResourceExhausted
 
+SCHEMA_VERSION = "2"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS docs (
     iid INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -25,21 +35,67 @@ CREATE TABLE IF NOT EXISTS docs (
     title TEXT NOT NULL,
     text TEXT NOT NULL,
     metadata TEXT NOT NULL,
-    vector BLOB NOT NULL
+    vector BLOB NOT NULL,
+    seq INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS docs_seq ON docs(seq);
+CREATE TABLE IF NOT EXISTS removed (iid INTEGER PRIMARY KEY, seq INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS removed_seq ON removed(seq);
+CREATE TABLE IF NOT EXISTS meta_kv (iid INTEGER NOT NULL, key TEXT NOT NULL, s TEXT, n REAL);
+CREATE INDEX IF NOT EXISTS meta_kv_s ON meta_kv(key, s);
+CREATE INDEX IF NOT EXISTS meta_kv_n ON meta_kv(key, n);
+CREATE INDEX IF NOT EXISTS meta_kv_iid ON meta_kv(iid);
+CREATE TABLE IF NOT EXISTS fields (key TEXT PRIMARY KEY, kind TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
+def _kind(value) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    return "string"
+
+
+def _kv(value) -> tuple[str | None, float | None]:
+    if isinstance(value, bool):
+        return None, float(value)
+    if isinstance(value, (int, float)):
+        return None, float(value)
+    return str(value), None
+
+
+@contextlib.contextmanager
+def _storage_errors(op: str):
+    """SQLite's "full" errors become RESOURCE_EXHAUSTED (nothing was acknowledged)."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        msg = str(exc).lower()
+        if "full" in msg or "no space" in msg:
+            raise ResourceExhausted(f"{op}: storage full ({exc}); the write was not acknowledged") from exc
+        raise
+
+
 class DocumentStore:
-    def __init__(self, path: Path, dim: int):
+    def __init__(self, path: Path, dim: int, max_bytes: int = 0):
         self.path = Path(path)
         self.dim = dim
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._write = self._connect()
+        version = self._write.execute("PRAGMA user_version").fetchone()[0]
+        has_docs = self._write.execute("SELECT 1 FROM sqlite_master WHERE name = 'docs'").fetchone()
+        if has_docs and str(version) != SCHEMA_VERSION:
+            raise FailedPrecondition(f"{self.path}: store schema {version}, this version needs {SCHEMA_VERSION}")
         self._write.executescript(SCHEMA)
+        self._write.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        if max_bytes > 0:
+            page = self._write.execute("PRAGMA page_size").fetchone()[0]
+            self._write.execute(f"PRAGMA max_page_count = {max(1, max_bytes // page)}")
         self._write_lock = threading.Lock()
         self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
@@ -51,9 +107,13 @@ class DocumentStore:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._local.conn = self._connect()
+            self._readers.append(conn)
         return conn
 
     def close(self) -> None:
+        for conn in self._readers:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
         self._write.close()
 
     # --- metadata -------------------------------------------------------------------------------
@@ -62,12 +122,21 @@ class DocumentStore:
         return row[0] if row else default
 
     def set_meta(self, key: str, value: str) -> None:
-        with self._write_lock:
+        with self._write_lock, _storage_errors("meta"):
             self._write.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
 
     @property
     def sequence(self) -> int:
         return int(self.get_meta("sequence", "0") or 0)
+
+    @staticmethod
+    def sequence_in(conn: sqlite3.Connection) -> int:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'sequence'").fetchone()
+        return int(row[0]) if row else 0
+
+    def fields(self) -> dict[str, str]:
+        """Metadata keys seen so far and their kind: string | number | bool | mixed."""
+        return dict(self._reader().execute("SELECT key, kind FROM fields").fetchall())
 
     # --- writes ---------------------------------------------------------------------------------
     def upsert(self, docs: Sequence[Document], vectors: np.ndarray) -> tuple[np.ndarray, list[int], int]:
@@ -75,52 +144,73 @@ class DocumentStore:
         vectors = np.ascontiguousarray(vectors, dtype="<f4")
         new_iids = np.empty(len(docs), dtype=np.int64)
         replaced: list[int] = []
-        with self._write_lock:
+        with self._write_lock, _storage_errors("upsert"):
             cur = self._write.cursor()
             cur.execute("BEGIN IMMEDIATE")
             try:
+                sequence = self._next_sequence(cur)
+                known = dict(cur.execute("SELECT key, kind FROM fields").fetchall())
                 for i, doc in enumerate(docs):
                     row = cur.execute("SELECT iid FROM docs WHERE id = ?", (doc.id,)).fetchone()
                     if row:
                         replaced.append(row[0])
-                        cur.execute("DELETE FROM docs WHERE iid = ?", (row[0],))
+                        self._remove_row(cur, row[0], sequence)
                     cur.execute(
-                        "INSERT INTO docs(id, title, text, metadata, vector) VALUES (?, ?, ?, ?, ?)",
-                        (doc.id, doc.title, doc.text, json.dumps(doc.metadata), vectors[i].tobytes()),
+                        "INSERT INTO docs(id, title, text, metadata, vector, seq) VALUES (?, ?, ?, ?, ?, ?)",
+                        (doc.id, doc.title, doc.text, json.dumps(doc.metadata), vectors[i].tobytes(), sequence),
                     )
-                    new_iids[i] = cur.lastrowid
-                sequence = self._bump_sequence(cur)
+                    iid = new_iids[i] = cur.lastrowid
+                    for key, value in doc.metadata.items():
+                        cur.execute("INSERT INTO meta_kv(iid, key, s, n) VALUES (?, ?, ?, ?)", (iid, key, *_kv(value)))
+                        kind = _kind(value)
+                        if key not in known or known[key] not in (kind, "mixed"):
+                            new_kind = kind if key not in known else "mixed"
+                            cur.execute("INSERT OR REPLACE INTO fields(key, kind) VALUES (?, ?)", (key, new_kind))
+                            known[key] = new_kind
                 cur.execute("COMMIT")
             except BaseException:
-                cur.execute("ROLLBACK")
+                if self._write.in_transaction:  # SQLite may already have rolled back (e.g. SQLITE_FULL)
+                    cur.execute("ROLLBACK")
                 raise
         return new_iids, replaced, sequence
 
     def delete(self, ids: Sequence[str]) -> tuple[list[int], int]:
         """Delete documents by id durably. Returns (removed iids, sequence)."""
         removed: list[int] = []
-        with self._write_lock:
+        with self._write_lock, _storage_errors("delete"):
             cur = self._write.cursor()
             cur.execute("BEGIN IMMEDIATE")
             try:
+                sequence = self._next_sequence(cur)
                 for doc_id in ids:
                     row = cur.execute("SELECT iid FROM docs WHERE id = ?", (doc_id,)).fetchone()
                     if row:
                         removed.append(row[0])
-                        cur.execute("DELETE FROM docs WHERE iid = ?", (row[0],))
-                sequence = self._bump_sequence(cur)
+                        self._remove_row(cur, row[0], sequence)
                 cur.execute("COMMIT")
             except BaseException:
-                cur.execute("ROLLBACK")
+                if self._write.in_transaction:  # SQLite may already have rolled back (e.g. SQLITE_FULL)
+                    cur.execute("ROLLBACK")
                 raise
         return removed, sequence
 
     @staticmethod
-    def _bump_sequence(cur: sqlite3.Cursor) -> int:
+    def _remove_row(cur: sqlite3.Cursor, iid: int, sequence: int) -> None:
+        cur.execute("DELETE FROM docs WHERE iid = ?", (iid,))
+        cur.execute("DELETE FROM meta_kv WHERE iid = ?", (iid,))
+        cur.execute("INSERT OR REPLACE INTO removed(iid, seq) VALUES (?, ?)", (iid, sequence))
+
+    @staticmethod
+    def _next_sequence(cur: sqlite3.Cursor) -> int:
         row = cur.execute("SELECT value FROM meta WHERE key = 'sequence'").fetchone()
         sequence = (int(row[0]) if row else 0) + 1
         cur.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('sequence', ?)", (str(sequence),))
         return sequence
+
+    def prune_removed(self, upto_sequence: int) -> None:
+        """Forget removals a checkpoint already covers."""
+        with self._write_lock, contextlib.suppress(sqlite3.OperationalError):
+            self._write.execute("DELETE FROM removed WHERE seq <= ?", (upto_sequence,))
 
     # --- reads ----------------------------------------------------------------------------------
     def count(self) -> int:
@@ -130,42 +220,93 @@ class DocumentStore:
     def _doc(row) -> Document:
         return Document(row[0], row[2], row[1], json.loads(row[3]))
 
-    def get_by_iids(self, iids: Sequence[int]) -> dict[int, Document]:
-        out: dict[int, Document] = {}
+    def _chunked(self, sql: str, keys: Sequence) -> Iterator[tuple]:
         conn = self._reader()
+        for start in range(0, len(keys), 500):
+            chunk = list(keys[start : start + 500])
+            yield from conn.execute(sql.format(marks=",".join("?" * len(chunk))), chunk)
+
+    def get_by_iids(self, iids: Sequence[int]) -> dict[int, Document]:
         unique = list(dict.fromkeys(int(i) for i in iids))
-        for start in range(0, len(unique), 500):
-            chunk = unique[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            for row in conn.execute(f"SELECT iid, id, title, text, metadata FROM docs WHERE iid IN ({marks})", chunk):
-                out[row[0]] = self._doc(row[1:])
-        return out
+        sql = "SELECT iid, id, title, text, metadata FROM docs WHERE iid IN ({marks})"
+        return {row[0]: self._doc(row[1:]) for row in self._chunked(sql, unique)}
 
     def get_by_ids(self, ids: Sequence[str]) -> dict[str, Document]:
-        out: dict[str, Document] = {}
-        conn = self._reader()
-        unique = list(dict.fromkeys(ids))
-        for start in range(0, len(unique), 500):
-            chunk = unique[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            for row in conn.execute(f"SELECT id, title, text, metadata FROM docs WHERE id IN ({marks})", chunk):
-                out[row[0]] = self._doc(row)
-        return out
+        sql = "SELECT id, title, text, metadata FROM docs WHERE id IN ({marks})"
+        return {row[0]: self._doc(row) for row in self._chunked(sql, list(dict.fromkeys(ids)))}
 
-    def iter_vectors(self, batch: int = 10_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """All (iids, vectors) in iid order, ``batch`` rows at a time."""
+    def vectors_for(self, iids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        sql = "SELECT iid, vector FROM docs WHERE iid IN ({marks})"
+        rows = list(self._chunked(sql, [int(i) for i in iids]))
+        return self._rows_to_arrays(rows)
+
+    def _rows_to_arrays(self, rows) -> tuple[np.ndarray, np.ndarray]:
+        iids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        if not rows:
+            return iids, np.zeros((0, self.dim), dtype=np.float32)
+        vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), self.dim)
+        return iids, vecs.astype(np.float32)
+
+    def filter_iids(self, clauses: list[tuple[str, list]]) -> np.ndarray:
+        """Internal ids matching every (sql_where, params) clause over ``meta_kv`` (AND)."""
+        sql = " INTERSECT ".join(f"SELECT iid FROM meta_kv WHERE {where}" for where, _ in clauses)
+        params = [p for _, ps in clauses for p in ps]
+        rows = self._reader().execute(sql, params).fetchall()
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+    @contextlib.contextmanager
+    def consistent_read(self):
+        """A connection holding one read transaction: every query sees the same snapshot."""
         conn = self._connect()
+        try:
+            conn.execute("BEGIN")
+            conn.execute("SELECT 1 FROM meta LIMIT 1").fetchall()  # the snapshot starts at the first read
+            yield conn
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("COMMIT")
+            conn.close()
+
+    def iter_vectors(self, conn: sqlite3.Connection | None = None, since_sequence: int = 0,
+                     batch: int = 10_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(iids, vectors) of live documents written after ``since_sequence``, in iid order."""
+        own = conn is None
+        conn = conn or self._connect()
         try:
             last = -1
             while True:
                 rows = conn.execute(
-                    "SELECT iid, vector FROM docs WHERE iid > ? ORDER BY iid LIMIT ?", (last, batch)
+                    "SELECT iid, vector FROM docs WHERE iid > ? AND seq > ? ORDER BY iid LIMIT ?",
+                    (last, since_sequence, batch),
                 ).fetchall()
                 if not rows:
                     return
-                iids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-                vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), self.dim)
-                yield iids, vecs.astype(np.float32)
+                iids, vecs = self._rows_to_arrays(rows)
+                yield iids, vecs
                 last = int(iids[-1])
         finally:
-            conn.close()
+            if own:
+                conn.close()
+
+    def removed_since(self, since_sequence: int, conn: sqlite3.Connection | None = None) -> list[int]:
+        conn = conn or self._reader()
+        return [r[0] for r in conn.execute("SELECT iid FROM removed WHERE seq > ?", (since_sequence,))]
+
+    def backup_to(self, path: Path) -> int:
+        """A consistent copy of the whole store at ``path``; returns its sequence number."""
+        dest = sqlite3.connect(path)
+        try:
+            with self._write_lock:  # no write in the middle: the copy is one sequence number
+                self._write.backup(dest)
+            sequence = self.sequence_in(dest)
+        finally:
+            dest.close()
+        return sequence
+
+    def size_bytes(self) -> int:
+        total = 0
+        for suffix in ("", "-wal"):
+            p = Path(str(self.path) + suffix)
+            if p.exists():
+                total += p.stat().st_size
+        return total

@@ -8,16 +8,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ShardSearchRequest(_message.Message):
-    __slots__ = ("queries", "k", "params", "include_documents")
+    __slots__ = ("queries", "k", "params", "include_documents", "filter", "unknown_fields_match_nothing")
     QUERIES_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_FIELDS_MATCH_NOTHING_FIELD_NUMBER: _ClassVar[int]
     queries: _common_pb2.FloatMatrix
     k: int
     params: _common_pb2.SearchParams
     include_documents: bool
-    def __init__(self, queries: _Optional[_Union[_common_pb2.FloatMatrix, _Mapping]] = ..., k: _Optional[int] = ..., params: _Optional[_Union[_common_pb2.SearchParams, _Mapping]] = ..., include_documents: _Optional[bool] = ...) -> None: ...
+    filter: _common_pb2.Filter
+    unknown_fields_match_nothing: bool
+    def __init__(self, queries: _Optional[_Union[_common_pb2.FloatMatrix, _Mapping]] = ..., k: _Optional[int] = ..., params: _Optional[_Union[_common_pb2.SearchParams, _Mapping]] = ..., include_documents: _Optional[bool] = ..., filter: _Optional[_Union[_common_pb2.Filter, _Mapping]] = ..., unknown_fields_match_nothing: _Optional[bool] = ...) -> None: ...
 
 class TopK(_message.Message):
     __slots__ = ("ids", "scores")
@@ -28,7 +32,7 @@ class TopK(_message.Message):
     def __init__(self, ids: _Optional[_Iterable[int]] = ..., scores: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ShardSearchResponse(_message.Message):
-    __slots__ = ("results", "documents", "vectors_searched", "shard")
+    __slots__ = ("results", "documents", "vectors_searched", "shard", "unknown_fields")
     class DocumentsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -40,11 +44,13 @@ class ShardSearchResponse(_message.Message):
     DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
     VECTORS_SEARCHED_FIELD_NUMBER: _ClassVar[int]
     SHARD_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_FIELDS_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[TopK]
     documents: _containers.MessageMap[int, _common_pb2.Document]
     vectors_searched: int
     shard: int
-    def __init__(self, results: _Optional[_Iterable[_Union[TopK, _Mapping]]] = ..., documents: _Optional[_Mapping[int, _common_pb2.Document]] = ..., vectors_searched: _Optional[int] = ..., shard: _Optional[int] = ...) -> None: ...
+    unknown_fields: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, results: _Optional[_Iterable[_Union[TopK, _Mapping]]] = ..., documents: _Optional[_Mapping[int, _common_pb2.Document]] = ..., vectors_searched: _Optional[int] = ..., shard: _Optional[int] = ..., unknown_fields: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DocumentVector(_message.Message):
     __slots__ = ("document", "vector")
@@ -101,7 +107,7 @@ class ShardInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ShardInfoResponse(_message.Message):
-    __slots__ = ("shard", "documents", "dim", "metric", "index_factory", "embedding_model", "sequence", "trained", "max_k", "max_batch")
+    __slots__ = ("shard", "documents", "dim", "metric", "index_factory", "embedding_model", "sequence", "trained", "max_k", "max_batch", "stored_documents", "tombstones", "checkpoint_sequence", "index_bytes")
     SHARD_FIELD_NUMBER: _ClassVar[int]
     DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
@@ -112,6 +118,10 @@ class ShardInfoResponse(_message.Message):
     TRAINED_FIELD_NUMBER: _ClassVar[int]
     MAX_K_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
+    STORED_DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    TOMBSTONES_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    INDEX_BYTES_FIELD_NUMBER: _ClassVar[int]
     shard: int
     documents: int
     dim: int
@@ -122,4 +132,62 @@ class ShardInfoResponse(_message.Message):
     trained: bool
     max_k: int
     max_batch: int
-    def __init__(self, shard: _Optional[int] = ..., documents: _Optional[int] = ..., dim: _Optional[int] = ..., metric: _Optional[_Union[_common_pb2.Metric, str]] = ..., index_factory: _Optional[str] = ..., embedding_model: _Optional[str] = ..., sequence: _Optional[int] = ..., trained: _Optional[bool] = ..., max_k: _Optional[int] = ..., max_batch: _Optional[int] = ...) -> None: ...
+    stored_documents: int
+    tombstones: int
+    checkpoint_sequence: int
+    index_bytes: int
+    def __init__(self, shard: _Optional[int] = ..., documents: _Optional[int] = ..., dim: _Optional[int] = ..., metric: _Optional[_Union[_common_pb2.Metric, str]] = ..., index_factory: _Optional[str] = ..., embedding_model: _Optional[str] = ..., sequence: _Optional[int] = ..., trained: _Optional[bool] = ..., max_k: _Optional[int] = ..., max_batch: _Optional[int] = ..., stored_documents: _Optional[int] = ..., tombstones: _Optional[int] = ..., checkpoint_sequence: _Optional[int] = ..., index_bytes: _Optional[int] = ...) -> None: ...
+
+class SnapshotRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SnapshotHeader(_message.Message):
+    __slots__ = ("shard", "sequence", "size_bytes", "dim", "metric", "index_factory", "embedding_model", "documents")
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FACTORY_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_MODEL_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    shard: int
+    sequence: int
+    size_bytes: int
+    dim: int
+    metric: _common_pb2.Metric
+    index_factory: str
+    embedding_model: str
+    documents: int
+    def __init__(self, shard: _Optional[int] = ..., sequence: _Optional[int] = ..., size_bytes: _Optional[int] = ..., dim: _Optional[int] = ..., metric: _Optional[_Union[_common_pb2.Metric, str]] = ..., index_factory: _Optional[str] = ..., embedding_model: _Optional[str] = ..., documents: _Optional[int] = ...) -> None: ...
+
+class SnapshotTrailer(_message.Message):
+    __slots__ = ("sha256",)
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    sha256: str
+    def __init__(self, sha256: _Optional[str] = ...) -> None: ...
+
+class SnapshotChunk(_message.Message):
+    __slots__ = ("header", "data", "trailer")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    TRAILER_FIELD_NUMBER: _ClassVar[int]
+    header: SnapshotHeader
+    data: bytes
+    trailer: SnapshotTrailer
+    def __init__(self, header: _Optional[_Union[SnapshotHeader, _Mapping]] = ..., data: _Optional[bytes] = ..., trailer: _Optional[_Union[SnapshotTrailer, _Mapping]] = ...) -> None: ...
+
+class RebuildRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RebuildResponse(_message.Message):
+    __slots__ = ("documents", "sequence", "seconds")
+    DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    documents: int
+    sequence: int
+    seconds: float
+    def __init__(self, documents: _Optional[int] = ..., sequence: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...

@@ -60,6 +60,16 @@ class ShardServiceStub:
                 request_serializer=ragcluster_dot_v1_dot_shard__pb2.ShardInfoRequest.SerializeToString,
                 response_deserializer=ragcluster_dot_v1_dot_shard__pb2.ShardInfoResponse.FromString,
                 _registered_method=True)
+        self.Snapshot = channel.unary_stream(
+                '/ragcluster.v1.ShardService/Snapshot',
+                request_serializer=ragcluster_dot_v1_dot_shard__pb2.SnapshotRequest.SerializeToString,
+                response_deserializer=ragcluster_dot_v1_dot_shard__pb2.SnapshotChunk.FromString,
+                _registered_method=True)
+        self.Rebuild = channel.unary_unary(
+                '/ragcluster.v1.ShardService/Rebuild',
+                request_serializer=ragcluster_dot_v1_dot_shard__pb2.RebuildRequest.SerializeToString,
+                response_deserializer=ragcluster_dot_v1_dot_shard__pb2.RebuildResponse.FromString,
+                _registered_method=True)
 
 
 class ShardServiceServicer:
@@ -102,6 +112,21 @@ class ShardServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Snapshot(self, request, context):
+        """A consistent snapshot of the whole shard (its store), streamed: a header, data chunks, a trailer
+        with the SHA-256 of the data. A new replica starts from one (shard_server --restore-from).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Rebuild(self, request, context):
+        """Rebuild the index from the store now (drops tombstones; retrains indexes that need training).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ShardServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -129,6 +154,16 @@ def add_ShardServiceServicer_to_server(servicer, server):
                     servicer.Info,
                     request_deserializer=ragcluster_dot_v1_dot_shard__pb2.ShardInfoRequest.FromString,
                     response_serializer=ragcluster_dot_v1_dot_shard__pb2.ShardInfoResponse.SerializeToString,
+            ),
+            'Snapshot': grpc.unary_stream_rpc_method_handler(
+                    servicer.Snapshot,
+                    request_deserializer=ragcluster_dot_v1_dot_shard__pb2.SnapshotRequest.FromString,
+                    response_serializer=ragcluster_dot_v1_dot_shard__pb2.SnapshotChunk.SerializeToString,
+            ),
+            'Rebuild': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rebuild,
+                    request_deserializer=ragcluster_dot_v1_dot_shard__pb2.RebuildRequest.FromString,
+                    response_serializer=ragcluster_dot_v1_dot_shard__pb2.RebuildResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -267,6 +302,60 @@ class ShardService:
             '/ragcluster.v1.ShardService/Info',
             ragcluster_dot_v1_dot_shard__pb2.ShardInfoRequest.SerializeToString,
             ragcluster_dot_v1_dot_shard__pb2.ShardInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Snapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/ragcluster.v1.ShardService/Snapshot',
+            ragcluster_dot_v1_dot_shard__pb2.SnapshotRequest.SerializeToString,
+            ragcluster_dot_v1_dot_shard__pb2.SnapshotChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rebuild(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ragcluster.v1.ShardService/Rebuild',
+            ragcluster_dot_v1_dot_shard__pb2.RebuildRequest.SerializeToString,
+            ragcluster_dot_v1_dot_shard__pb2.RebuildResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,80 @@
+"""Shard snapshots: a consistent copy of the store streamed in chunks, and the client that starts a new
+replica from one. The receiving side writes to a temporary file, checks size and SHA-256, then renames
+it into place, so a broken transfer never leaves a half store behind."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+
+from ragcluster.errors import Unavailable
+from ragcluster.serving import channel_options
+from ragcluster.v1 import shard_pb2, shard_pb2_grpc
+from shard_server.shard import STORE_FILE, Shard
+
+logger = logging.getLogger(__name__)
+
+CHUNK_BYTES = 1 << 20
+
+
+def snapshot_chunks(shard: Shard) -> Iterator[shard_pb2.SnapshotChunk]:
+    """Header, data chunks, trailer. Blocking: run it in a thread."""
+    info = shard.info()
+    with tempfile.TemporaryDirectory(dir=shard.data_dir, prefix=".snapshot-") as tmp:
+        path = Path(tmp) / STORE_FILE
+        sequence = shard.store.backup_to(path)
+        size = path.stat().st_size
+        yield shard_pb2.SnapshotChunk(header=shard_pb2.SnapshotHeader(
+            shard=info.shard, sequence=sequence, size_bytes=size, dim=info.dim, index_factory=info.index_factory,
+            embedding_model=info.embedding_model, documents=info.stored_documents,
+        ))
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(CHUNK_BYTES):
+                digest.update(chunk)
+                yield shard_pb2.SnapshotChunk(data=chunk)
+        yield shard_pb2.SnapshotChunk(trailer=shard_pb2.SnapshotTrailer(sha256=digest.hexdigest()))
+
+
+def restore_from(address: str, data_dir: Path, timeout: float = 600.0) -> int:
+    """Copy a peer's store into ``data_dir`` (which must not hold one); returns the sequence copied."""
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    target = data_dir / STORE_FILE
+    if target.exists():
+        raise FileExistsError(f"{target} exists; restore only starts empty replicas")
+    tmp = data_dir / (STORE_FILE + ".restore")
+    header = None
+    digest = hashlib.sha256()
+    received = 0
+    try:
+        with grpc.insecure_channel(address, options=channel_options()) as channel, open(tmp, "wb") as f:
+            stub = shard_pb2_grpc.ShardServiceStub(channel)
+            for chunk in stub.Snapshot(shard_pb2.SnapshotRequest(), timeout=timeout):
+                kind = chunk.WhichOneof("kind")
+                if kind == "header":
+                    header = chunk.header
+                elif kind == "data":
+                    f.write(chunk.data)
+                    digest.update(chunk.data)
+                    received += len(chunk.data)
+                elif kind == "trailer":
+                    if header is None or received != header.size_bytes or chunk.trailer.sha256 != digest.hexdigest():
+                        raise Unavailable(f"snapshot from {address} is incomplete or corrupt")
+                    f.flush()
+                    os.fsync(f.fileno())
+                    os.replace(tmp, target)
+                    logger.info("restored %d bytes (sequence %d, %d documents) from %s", received,
+                                header.sequence, header.documents, address)
+                    return header.sequence
+        raise Unavailable(f"snapshot stream from {address} ended without a trailer")
+    except grpc.RpcError as exc:
+        raise Unavailable(f"snapshot from {address} failed: {exc.code().name}: {exc.details()}") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
