@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from prometheus_client.parser import text_string_to_metric_families
 
 from ragcluster.client import RouterClient
+from ragcluster.documents import Document
 from ragcluster.v1 import router_pb2, router_pb2_grpc
 from router.service import embedding_text
 from ragcluster.corpus import make_queries
@@ -210,3 +211,24 @@ def test_every_process_exports_metrics(cluster, ingested):
     assert _sample(gen, "ragcluster_generator_time_to_first_token_seconds",
                    "ragcluster_generator_time_to_first_token_seconds_count") >= 1
     assert any(name.startswith("vllm:") for name in gen), "vLLM's own metrics are served on the node's port"
+
+
+def test_filtered_search_through_router(cluster, ingested):
+    router = cluster.router_address
+    with RouterClient(router) as client:
+        science = client.search("how does nature work", k=5, where=[{"field": "topic", "equals": "science"}])
+        assert len(science["hits"]) == 5 and {h["metadata"]["topic"] for h in science["hits"]} == {"science"}
+        ranged = client.search("a river", k=10, where=[{"field": "n", "gte": 10, "lt": 20},
+                                                       {"field": "group", "any_of": ["even"]}])
+        assert sorted(h["metadata"]["n"] for h in ranged["hits"]) == [10, 12, 14, 16, 18]
+        # a field that exists on one shard only: the others match nothing, no error
+        assert client.ingest([Document("only-one", "A unique note about kites.", metadata={"kite": 1})]).acknowledged == 1
+        one = client.search("kites", k=3, where=[{"field": "kite", "equals": 1}])
+        assert [h["id"] for h in one["hits"]] == ["only-one"] and one["coverage"]["shards_answered"] == 3
+        client.delete(["only-one"])
+    cli = [sys.executable, "-m", "ragcluster.cli", "search", "--router", router, "rivers", "--json"]
+    out = json.loads(subprocess.run(cli + ["--where", "topic=history", "-k", "3"], capture_output=True, text=True,
+                                    timeout=120, check=True).stdout)
+    assert len(out["hits"]) == 3 and all(h["metadata"]["topic"] == "history" for h in out["hits"])
+    bad = subprocess.run(cli + ["--where", "colour=red"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "INVALID_ARGUMENT" in bad.stderr and "colour" in bad.stderr

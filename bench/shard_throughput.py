@@ -1,0 +1,112 @@
+"""Shard search throughput over gRPC vs the same FAISS index queried in-process (one script, same data).
+
+Builds a shard of N x 384 random unit vectors with the shard core, serves it with `python -m shard_server`,
+and measures queries/s for batch 1 and batch 32: sequential calls from one client, against
+`VectorIndex.search` on an identical index in this process.
+
+    .venv/bin/python bench/shard_throughput.py [--vectors 100000] [--factory Flat] [--seconds 5] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def qps(fn, batches, seconds: float) -> float:
+    """Queries/s of fn over the batches, cycling until ``seconds`` pass (bounded by time)."""
+    for b in batches[:3]:
+        fn(b)  # warm-up
+    done, start, i = 0, time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        b = batches[i % len(batches)]
+        fn(b)
+        done += len(b)
+        i += 1
+    return done / (time.perf_counter() - start)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--vectors", type=int, default=100_000)
+    parser.add_argument("--dim", type=int, default=384)
+    parser.add_argument("--factory", default="Flat")
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    import grpc
+
+    from ragcluster.cluster import wait_for_serving
+    from ragcluster.convert import matrix_to_pb
+    from ragcluster.documents import Document
+    from ragcluster.v1 import shard_pb2, shard_pb2_grpc
+    from shard_server.shard import Shard
+
+    rng = np.random.default_rng(0)
+    results = {"vectors": args.vectors, "dim": args.dim, "factory": args.factory, "k": args.k}
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "shard"
+        t = time.perf_counter()
+        shard = Shard(data, dim=args.dim, index_factory=args.factory)
+        for start in range(0, args.vectors, 4096):
+            n = min(4096, args.vectors - start)
+            x = rng.standard_normal((n, args.dim)).astype(np.float32)
+            shard.upsert([Document(f"v{start + i}", "") for i in range(n)], x)
+        results["build_seconds"] = time.perf_counter() - t
+        local = shard.index  # the very index the server will load from this data dir (via the checkpoint)
+        shard.checkpoint()
+        queries = rng.standard_normal((32 * 64, args.dim)).astype(np.float32)
+        queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+
+        ready = Path(tmp) / "ready.json"
+        proc = subprocess.Popen([sys.executable, "-m", "shard_server", "--port", "0", "--metrics-port", "-1",
+                                 "--dim", str(args.dim), "--index-factory", args.factory, "--data-dir", str(data),
+                                 "--ready-file", str(ready), "--log-level", "WARNING"])
+        try:
+            deadline = time.monotonic() + 300
+            while not ready.exists():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit("shard server did not start")
+                time.sleep(0.05)
+            address = json.loads(ready.read_text())["grpc"]
+            wait_for_serving(address)
+            with grpc.insecure_channel(address) as channel:
+                stub = shard_pb2_grpc.ShardServiceStub(channel)
+                for bs in (1, 32):
+                    batches = [queries[i:i + bs] for i in range(0, len(queries), bs)]
+                    grpc_qps = qps(lambda b: stub.Search(shard_pb2.ShardSearchRequest(
+                        queries=matrix_to_pb(b), k=args.k), timeout=30), batches, args.seconds)
+                    docs_qps = qps(lambda b: stub.Search(shard_pb2.ShardSearchRequest(
+                        queries=matrix_to_pb(b), k=args.k, include_documents=True), timeout=30), batches, args.seconds)
+                    local_qps = qps(lambda b: local.search(b, args.k), batches, args.seconds)
+                    results[f"batch{bs}"] = {"grpc_qps": grpc_qps, "grpc_with_documents_qps": docs_qps,
+                                             "in_process_qps": local_qps, "ratio": grpc_qps / local_qps}
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+            shard.close(checkpoint=False)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    print(f"{args.vectors} x {args.dim} {args.factory}, k={args.k}; built in {results['build_seconds']:.1f}s")
+    print(f"{'batch':>6}{'gRPC q/s':>12}{'+docs q/s':>12}{'in-proc q/s':>13}{'gRPC/in-proc':>14}")
+    for bs in (1, 32):
+        r = results[f"batch{bs}"]
+        print(f"{bs:>6}{r['grpc_qps']:>12.0f}{r['grpc_with_documents_qps']:>12.0f}{r['in_process_qps']:>13.0f}"
+              f"{r['ratio']:>14.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
