@@ -44,31 +44,52 @@ def build_server(config: GeneratorConfig, engine_args) -> GrpcServer:
     engine = Engine(engine_args, name, config.max_pending)
     servicer = GeneratorServicer(engine, config.default_max_tokens)
 
+    tasks: list[asyncio.Task] = []
+
+    async def watch_engine() -> None:
+        """NOT_SERVING and a clean exit as soon as the engine dies (vLLM cannot recover from that)."""
+        while True:
+            reason = engine.dead()
+            if not reason:
+                try:
+                    await asyncio.wait_for(engine.llm.check_health(), timeout=config.engine_check_seconds * 5)
+                except Exception as exc:  # EngineDeadError, or a hung engine
+                    reason = f"engine health check failed: {exc!r}"
+            if reason:
+                await server.fail(reason)
+                return
+            await asyncio.sleep(config.engine_check_seconds)
+
     async def load() -> None:
         path = await asyncio.to_thread(resolve_model, model_spec)
         engine_args.model = str(path)
         if engine_args.tokenizer in (None, model_spec):
             engine_args.tokenizer = str(path)
         await engine.start()
+        tasks.append(asyncio.create_task(watch_engine()))
 
     async def close() -> None:
+        for task in tasks:
+            task.cancel()
         engine.shutdown()
 
     spec = service_spec(servicer, generator_pb2, "GeneratorService", generator_pb2_grpc)
-    return GrpcServer(config, [spec], load=load, close=close)
+    server = GrpcServer(config, [spec], load=load, close=close)
+    return server
 
 
-async def _serve(config, engine_args) -> None:
+async def _serve(config, engine_args) -> int:
     # build inside the running loop: grpc.aio channels bind to the loop they are created in
-    await serve_until_signalled(build_server(config, engine_args))
+    server = build_server(config, engine_args)
+    await serve_until_signalled(server)
+    return 1 if server.failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
     config, engine_args = parse_args(argv)
     setup_logging(config.log_level, config.log_json, name="generator")
-    asyncio.run(_serve(config, engine_args))
-    return 0
+    return asyncio.run(_serve(config, engine_args))
 
 
 if __name__ == "__main__":

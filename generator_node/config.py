@@ -14,3 +14,5 @@ class GeneratorConfig(ServerConfig):
     max_pending: int = option(64, "admission limit: requests in the engine (running + waiting); beyond it "
                                   "RESOURCE_EXHAUSTED at once")
     default_max_tokens: int = option(256, "max_tokens when a request leaves it unset")
+    engine_check_seconds: float = option(1.0, "how often the engine's health is checked; a dead engine makes the "
+                                              "node NOT_SERVING and exit non-zero")

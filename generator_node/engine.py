@@ -174,9 +174,12 @@ class Engine:
                 if out.finished:
                     finished = True
                     metrics.TOKENS.inc(completion)
+                    stats = getattr(out, "metrics", None)  # engine-core timestamps, when stats are on
+                    queued = max(0.0, stats.scheduled_ts - stats.queued_ts) if stats and stats.scheduled_ts else 0.0
+                    metrics.QUEUE_SECONDS.observe(queued)
                     yield Chunk(
                         finished=True, finish_reason=piece.finish_reason or "stop", prompt_tokens=len(prompt_ids),
-                        completion_tokens=completion, queue_seconds=0.0, ttft_seconds=first,
+                        completion_tokens=completion, queue_seconds=queued, ttft_seconds=first,
                         total_seconds=time.perf_counter() - arrival,
                     )
         finally:
@@ -187,6 +190,14 @@ class Engine:
                 # AsyncLLM.generate aborts on cancellation; abort explicitly for any other early exit.
                 if self.llm is not None:
                     await asyncio.shield(self.llm.abort(rid))
+
+    def dead(self) -> str:
+        """Why the engine is unusable ('' while it is fine)."""
+        if self.llm is None:
+            return "engine not running"
+        if self.llm.errored:
+            return f"engine died: {self.llm.dead_error!r}"
+        return ""
 
     def unfinished_requests(self) -> int:
         return self.llm.get_num_unfinished_requests() if self.llm is not None else 0

@@ -11,3 +11,7 @@ ACTIVE = Gauge("ragcluster_generator_active_requests", "Requests in the engine (
 REJECTED = Counter("ragcluster_generator_rejected_requests", "Requests refused by admission control")
 TOKENS = Counter("ragcluster_generator_generated_tokens", "Completion tokens streamed")
 ABORTED = Counter("ragcluster_generator_aborted_requests", "Requests aborted by cancellation or deadline")
+QUEUE_SECONDS = Histogram(
+    "ragcluster_generator_queue_duration_seconds", "Time a request waited in the engine before being scheduled",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)

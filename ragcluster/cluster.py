@@ -8,6 +8,7 @@ process (role, shard, replica, grpc, metrics, pid). Reopening the same data dir 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -67,12 +68,83 @@ def generator_env() -> dict[str, str]:
     return env
 
 
+class ServerProcess:
+    """One server as a child process (``python -m MODULE --ready-file F ...``), started and waited for."""
+
+    def __init__(self, module: str, args: list[str], run_dir: Path, name: str, env: dict | None = None,
+                 host: str = "127.0.0.1"):
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self.ready_file = run_dir / f"{name}.json"
+        self.ready_file.unlink(missing_ok=True)
+        self.log = run_dir / f"{name}.log"
+        self.grpc = self.metrics = ""
+        with open(self.log, "ab") as log:
+            cmd = [sys.executable, "-m", module, "--ready-file", str(self.ready_file), "--host", host,
+                   "--metrics-port", "0", *args]
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env or dict(os.environ),
+                                         start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def poll_ready(self) -> bool:
+        """True once the ready file exists (the server is SERVING); raises if the process died."""
+        if self.proc.poll() is not None:
+            tail = self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+            raise ClusterError(f"{self.name} (pid {self.proc.pid}) exited with {self.proc.returncode}:\n{tail}")
+        if not self.ready_file.exists():
+            return False
+        data = json.loads(self.ready_file.read_text())
+        self.grpc, self.metrics = data["grpc"], data["metrics"]
+        return True
+
+    def wait_ready(self, timeout: float = 300.0) -> "ServerProcess":
+        wait_all_ready([self], timeout)
+        return self
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        """SIGTERM (graceful), SIGKILL after ``timeout``; returns the exit code."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                logger.warning("%s (pid %d) did not stop in %.0fs; killing", self.name, self.proc.pid, timeout)
+                self.kill()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL the process group (the server and any children, e.g. vLLM's engine core)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+
+def wait_all_ready(processes: list[ServerProcess], timeout: float, progress=None) -> None:
+    deadline = time.monotonic() + timeout
+    pending = list(processes)
+    while pending:
+        for p in list(pending):
+            if p.poll_ready():
+                pending.remove(p)
+                if progress:
+                    progress(p)
+        if pending:
+            if time.monotonic() > deadline:
+                raise ClusterError(f"not ready after {timeout:.0f}s: {', '.join(p.name for p in pending)}")
+            time.sleep(0.05)  # waiting on the ready files (an event), bounded by the deadline
+
+
 class LocalCluster:
     def __init__(self, spec: ClusterSpec):
         self.spec = spec
         self.dir = Path(spec.data_dir).resolve()
         self.members: list[Member] = []
-        self._procs: list[subprocess.Popen] = []
+        self._procs: list[ServerProcess] = []
 
     # --- layout ---------------------------------------------------------------------------------
     def _check_layout(self) -> None:
@@ -94,48 +166,25 @@ class LocalCluster:
         return next(m.grpc for m in self.members if m.role == "router")
 
     # --- start / stop ---------------------------------------------------------------------------
-    def _spawn(self, member: Member, module: str, args: list[str], env: dict | None = None) -> tuple:
-        run = self.dir / "run"
-        logs = self.dir / "logs"
-        run.mkdir(parents=True, exist_ok=True)
-        logs.mkdir(parents=True, exist_ok=True)
+    def _spawn(self, member: Member, module: str, args: list[str], env: dict | None = None) -> ServerProcess:
         name = member.role + (f"-{member.shard}" if member.shard is not None else "") + (
             f"-r{member.replica}" if member.replica is not None else "")
-        ready = run / f"{name}.json"
-        ready.unlink(missing_ok=True)
-        log_path = logs / f"{name}.log"
-        member.log = str(log_path)
-        log = open(log_path, "ab")
-        cmd = [sys.executable, "-m", module, "--ready-file", str(ready), "--host", self.spec.host,
-               "--metrics-port", "0", *args]
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env or dict(os.environ),
-                                start_new_session=True)
-        log.close()
-        member.pid = proc.pid
-        self._procs.append(proc)
+        process = ServerProcess(module, args, self.dir / "run", name, env, host=self.spec.host)
+        member.pid, member.log = process.pid, str(process.log)
         self.members.append(member)
-        return member, proc, ready
+        self._procs.append(process)
+        return process
 
-    def _wait_ready(self, pending: list[tuple], timeout: float, progress=None) -> None:
-        deadline = time.monotonic() + timeout
-        pending = list(pending)
-        while pending:
-            for item in list(pending):
-                member, proc, ready = item
-                if proc.poll() is not None:
-                    tail = Path(member.log).read_text(errors="replace")[-3000:]
-                    raise ClusterError(f"{member.role} (pid {proc.pid}) exited with {proc.returncode}:\n{tail}")
-                if ready.exists():
-                    data = json.loads(ready.read_text())
-                    member.grpc, member.metrics = data["grpc"], data["metrics"]
-                    pending.remove(item)
-                    if progress:
-                        progress(member)
-            if pending:
-                if time.monotonic() > deadline:
-                    names = ", ".join(m.role for m, _, _ in pending)
-                    raise ClusterError(f"not ready after {timeout:.0f}s: {names} (see {self.dir / 'logs'})")
-                time.sleep(0.05)  # waiting on the ready files (an event), bounded by the deadline
+    def _wait_ready(self, processes: list[ServerProcess], timeout: float, progress=None) -> None:
+        by_process = {id(p): m for m, p in zip(self.members, self._procs)}
+
+        def ready(p: ServerProcess) -> None:
+            member = by_process[id(p)]
+            member.grpc, member.metrics = p.grpc, p.metrics
+            if progress:
+                progress(member)
+
+        wait_all_ready(processes, timeout, ready)
 
     def start(self, timeout: float = 600.0, progress=None) -> "LocalCluster":
         spec = self.spec
@@ -184,22 +233,11 @@ class LocalCluster:
         _atomic_write(self.dir / "prometheus-targets.json", json.dumps(targets, indent=2))
 
     def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM the router first (it drains), then the rest; SIGKILL whatever outlives ``timeout``."""
-        order = sorted(zip(self.members, self._procs), key=lambda mp: {"router": 0, "generator": 1, "shard": 2}[mp[0].role])
+        """SIGTERM the router first (it drains), then generators, then shards; SIGKILL what outlives ``timeout``."""
         for group in ("router", "generator", "shard"):
-            procs = [p for m, p in order if m.role == group and p.poll() is None]
-            for p in procs:
-                try:
-                    p.send_signal(signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-            for p in procs:
-                try:
-                    p.wait(timeout=timeout)
-                except subprocess.TimeoutExpired:
-                    logger.warning("pid %d did not stop in %.0fs; killing", p.pid, timeout)
-                    os.killpg(p.pid, signal.SIGKILL)
-                    p.wait(timeout=10)
+            for member, process in zip(self.members, self._procs):
+                if member.role == group:
+                    process.terminate(timeout)
         self._procs.clear()
 
     def __enter__(self) -> "LocalCluster":

@@ -78,6 +78,8 @@ class GrpcServer:
         self.metrics_port = 0
         self._metrics_httpd = None
         self._stopped = asyncio.Event()
+        self.failed = ""  # set by fail(): the process should exit non-zero
+        self._failure = asyncio.Event()
 
     @property
     def address(self) -> str:
@@ -129,6 +131,15 @@ class GrpcServer:
             health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         )
 
+    async def fail(self, reason: str) -> None:
+        """An unrecoverable fault (e.g. the engine died): NOT_SERVING now, then stop; exit non-zero."""
+        if self.failed:
+            return
+        self.failed = reason
+        logger.error("unrecoverable: %s; NOT_SERVING, shutting down", reason)
+        await self.set_serving(False)
+        self._failure.set()
+
     async def stop(self, grace: float | None = None) -> None:
         if self._stopped.is_set():
             return
@@ -163,12 +174,17 @@ async def serve_until_signalled(server: GrpcServer, stop_event: asyncio.Event | 
         loop.add_signal_handler(sig, stop.set)
     start = asyncio.create_task(server.start())
     waiter = asyncio.create_task(stop.wait())
-    done, _ = await asyncio.wait({start, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    failure = asyncio.create_task(server._failure.wait())
+    done, _ = await asyncio.wait({start, waiter, failure}, return_when=asyncio.FIRST_COMPLETED)
     if start in done:
         start.result()  # a failed start raises here
-        await waiter
+        await asyncio.wait({waiter, failure}, return_when=asyncio.FIRST_COMPLETED)
+    elif failure in done:
+        start.cancel()
     else:
         start.cancel()
         logger.info("stop requested while loading")
     logger.info("shutting down (grace %.1fs)", server.config.grace_seconds)
     await server.stop()
+    waiter.cancel()
+    failure.cancel()

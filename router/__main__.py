@@ -16,19 +16,24 @@ from router.config import RouterConfig, parse_shards
 def build_server(config: RouterConfig) -> GrpcServer:
     from router.fanout import ShardGroup
     from router.generate import GeneratorPool
+    from router.prompt import PromptTemplate
     from router.service import RouterServicer
 
     shards = parse_shards(config.shard)
     if not shards:
         raise SystemExit("router: at least one --shard N=host:port is required")
     groups = [ShardGroup(n, shards[n]) for n in sorted(shards)]
-    pool = GeneratorPool(config.generator)
-    servicer = RouterServicer(config, groups, pool)
+    pool = GeneratorPool(config.generator, config.generator_eject_seconds)
+    template = PromptTemplate(config.prompt_system, config.prompt_passage, config.prompt_user)
+    template.check()
+    servicer = RouterServicer(config, groups, pool, template=template)
 
     async def load() -> None:
         from ragcluster.embedding import Embedder
 
-        servicer.embedder = await asyncio.to_thread(Embedder, config.embedding_model, config.embedding_dtype)
+        await pool.start()
+        if servicer.embedder is None:
+            servicer.embedder = await asyncio.to_thread(Embedder, config.embedding_model, config.embedding_dtype)
 
     async def close() -> None:
         for group in groups:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from ragcluster.config import ServerConfig, option
 from ragcluster.errors import InvalidArgument
+from router.prompt import DEFAULT_PASSAGE, DEFAULT_SYSTEM, DEFAULT_USER
 
 
 @dataclass
@@ -24,6 +25,10 @@ class RouterConfig(ServerConfig):
     timeout_seconds: float = option(30.0, "deadline for requests that carry none")
     generate_timeout_seconds: float = option(120.0, "deadline for the generation part of an Ask")
     max_ingest_batch: int = option(1024, "most documents in one Ingest message")
+    generator_eject_seconds: float = option(5.0, "a generator that failed a call gets no traffic for this long")
+    prompt_system: str = option(DEFAULT_SYSTEM, "Ask prompt: system message ('' for none)")
+    prompt_passage: str = option(DEFAULT_PASSAGE, "Ask prompt: one passage; fields {n} {id} {title} {text} {score}")
+    prompt_user: str = option(DEFAULT_USER, "Ask prompt: user message; fields {passages} {question}")
 
 
 def parse_shards(specs: list[str]) -> dict[int, list[str]]:

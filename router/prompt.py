@@ -27,6 +27,14 @@ class PromptTemplate:
     user: str = DEFAULT_USER  # fields: passages, question
     separator: str = "\n\n"
 
+    def check(self) -> None:
+        """Fail at start-up (not at the first Ask) on a template with unknown fields."""
+        try:
+            self.format_passage(1, Passage("id", "text", "title", 0.5))
+            self.messages("question", ["passage"])
+        except (KeyError, IndexError, ValueError) as exc:
+            raise InvalidArgument(f"prompt template: {exc!r} (see --help for the fields each template takes)") from exc
+
     def format_passage(self, n: int, passage: "Passage") -> str:
         title = passage.title or passage.id
         return self.passage.format(n=n, id=passage.id, title=title, text=passage.text, score=passage.score)

@@ -3,11 +3,6 @@ replicas; restart from a checkpoint is fast."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -16,7 +11,7 @@ import grpc
 import numpy as np
 import pytest
 
-from ragcluster.cluster import wait_for_serving
+from ragcluster.cluster import ServerProcess, wait_for_serving
 from ragcluster.convert import matrix_to_pb
 from ragcluster.v1 import common_pb2, shard_pb2, shard_pb2_grpc
 
@@ -24,34 +19,23 @@ DIM = 32
 
 
 class ShardProcess:
+    """A shard server process on ``data_dir`` with a client stub."""
+
     def __init__(self, data_dir: Path, *args: str):
-        self.ready = data_dir.parent / f"{data_dir.name}.ready.json"
-        self.ready.unlink(missing_ok=True)
-        self.log = open(data_dir.parent / f"{data_dir.name}.log", "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "shard_server", "--port", "0", "--metrics-port", "-1", "--dim", str(DIM),
-             "--data-dir", str(data_dir), "--ready-file", str(self.ready), *args],
-            stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
-        while not self.ready.exists():  # bounded wait for the ready file (written once SERVING)
-            assert self.proc.poll() is None, f"shard exited with {self.proc.returncode}"
-            assert time.monotonic() < deadline, "shard did not start"
-            time.sleep(0.05)
-        self.address = json.loads(self.ready.read_text())["grpc"]
+        self.server = ServerProcess("shard_server", ["--port", "0", "--dim", str(DIM), "--data-dir", str(data_dir),
+                                                     *args], data_dir.parent, data_dir.name).wait_ready(120)
+        self.address = self.server.grpc
         wait_for_serving(self.address, timeout=30)
         self.channel = grpc.insecure_channel(self.address)
         self.stub = shard_pb2_grpc.ShardServiceStub(self.channel)
 
     def kill9(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
+        self.server.kill()
         self.channel.close()
 
     def stop(self) -> None:
         self.channel.close()
-        self.proc.send_signal(signal.SIGTERM)
-        assert self.proc.wait(timeout=60) == 0
-        self.log.close()
+        assert self.server.terminate(60) == 0
 
 
 def vectors(n, seed):

@@ -46,3 +46,11 @@ def test_template_numbers_and_citations_match():
     assert messages[0]["role"] == "system" and "[1]" in messages[0]["content"]
     assert "[1] a" in messages[1]["content"] and "Question: why?" in messages[1]["content"]
     assert "(no passages)" in t.messages("why?", [])[1]["content"]
+
+
+def test_bad_template_fails_at_startup():
+    PromptTemplate().check()
+    with pytest.raises(InvalidArgument, match="prompt template"):
+        PromptTemplate(passage="[{n}] {missing}").check()
+    with pytest.raises(InvalidArgument, match="prompt template"):
+        PromptTemplate(user="{question} {0}").check()
