@@ -62,6 +62,21 @@ async def test_info_and_count_tokens(node):
     assert counts.chat_tokens == len(engine.encode(engine.chat_prompt([{"role": "user", "content": "hello world"}])))
 
 
+async def test_chat_template_is_applied(node):
+    stub, engine = node
+    request = _chat("What is a shard?", max_tokens=2)
+    events, _ = await _collect(stub, request)
+    counted = await stub.CountTokens(generator_pb2.CountTokensRequest(chat=request.chat))
+    # the prompt the engine saw is the templated chat, role markers included
+    assert events[-1].complete.prompt_tokens == counted.chat_tokens
+    templated = engine.chat_prompt([{"role": "user", "content": "What is a shard?"}])
+    assert templated.startswith("<|im_start|>user\nWhat is a shard?<|im_end|>") and templated.endswith(
+        "<|im_start|>assistant\n")
+    raw, _ = await _collect(stub, generator_pb2.GenerateRequest(prompt="What is a shard?",
+                                                                sampling=common_pb2.SamplingParams(max_tokens=2)))
+    assert raw[-1].complete.prompt_tokens < counted.chat_tokens  # a raw prompt is passed as is
+
+
 async def test_stream_order_max_tokens_and_final_event(node):
     stub, _ = node
     events, text = await _collect(stub, _chat(max_tokens=12, temperature=0.0))
@@ -70,6 +85,7 @@ async def test_stream_order_max_tokens_and_final_event(node):
     done = events[-1].complete
     assert done.completion_tokens == 12 and done.finish_reason == "length"
     assert done.prompt_tokens > 0 and 0 < done.time_to_first_token_seconds <= done.total_seconds
+    assert 0 <= done.queue_seconds < done.total_seconds
     assert text
 
 
