@@ -205,7 +205,10 @@ class LocalCluster:
                     *spec.generator_args,
                 ], env=generator_env()))
             self._wait_ready(waiting, timeout, progress)
-            router_args = ["--port", str(spec.port), "--embedding-model", spec.embedding_model]
+            # every process shares this machine: one embedding thread avoids OpenMP oversubscription against
+            # the engines' threads (10x slower encodes when both spin on the same cores)
+            router_args = ["--port", str(spec.port), "--embedding-model", spec.embedding_model,
+                           "--embedding-threads", "1"]
             for s in range(spec.shards):
                 addrs = ",".join(m.grpc for m in self.members if m.role == "shard" and m.shard == s)
                 router_args += ["--shard", f"{s}={addrs}"]

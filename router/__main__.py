@@ -33,9 +33,12 @@ def build_server(config: RouterConfig) -> GrpcServer:
 
         await pool.start()
         if servicer.embedder is None:
-            servicer.embedder = await asyncio.to_thread(Embedder, config.embedding_model, config.embedding_dtype)
+            servicer.embedder = await asyncio.to_thread(
+                Embedder, config.embedding_model, config.embedding_dtype, threads=config.embedding_threads
+            )
 
     async def close() -> None:
+        await servicer.close()
         for group in groups:
             await group.close()
         await pool.close()

@@ -18,6 +18,10 @@ class RouterConfig(ServerConfig):
     generator: list[str] = option([], "a generator node host:port; repeat for several", metavar="HOST:PORT")
     embedding_model: str = option("all-MiniLM-L6-v2", "sentence-transformers model: name or local folder")
     embedding_dtype: str = option("float32", "embedding precision", choices=["float32", "bfloat16"])
+    embedding_threads: int = option(0, "torch threads for embedding (0 = torch's default: all cores); use 1 when "
+                                       "the router shares a small machine with other busy processes")
+    embed_max_batch: int = option(32, "query micro-batching: most texts in one encode call (1 = no batching)")
+    embed_max_wait_us: int = option(500, "query micro-batching: longest a text waits for others, in microseconds")
     default_k: int = option(10, "k when a search request leaves it 0")
     max_k: int = option(100, "largest k a request may ask for")
     ask_k: int = option(5, "passages retrieved for Ask when the request leaves k 0")

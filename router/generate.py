@@ -92,16 +92,24 @@ class GeneratorPool:
 
     async def build_prompt(self, node: GeneratorNode, question: str, passages: list[Passage], max_tokens: int,
                            template: PromptTemplate, timeout: float) -> Prompt:
+        """Fit the best passages into the node's context minus the answer budget.
+
+        One CountTokens call in the common case (everything fits); otherwise passages are chosen by their
+        counts and the result verified with the real template, dropping the last one while over budget."""
         info = await self.node_info(node, timeout)
         budget = answer_budget(info.max_context_length, max_tokens)
         passages = order_passages(passages)
         formatted = [template.format_passage(i + 1, p) for i, p in enumerate(passages)]
-        base_messages = template.messages(question, [])
+        messages = template.messages(question, formatted)
         counts = await node.stub.CountTokens(
-            generator_pb2.CountTokensRequest(texts=formatted, chat=_chat(base_messages)), timeout=timeout
+            generator_pb2.CountTokensRequest(texts=formatted, chat=_chat(messages)), timeout=timeout
         )
-        chosen = select_passages(counts.chat_tokens, list(counts.counts), budget)
-        for _ in range(len(chosen) + 1):  # verify with the real template; drop the last passage if over
+        if counts.chat_tokens <= budget:
+            return Prompt(messages, [p.id for p in passages], counts.chat_tokens)
+        # the prompt without passages, estimated from the full one (exactly checked below)
+        base = max(0, counts.chat_tokens - sum(c + 2 for c in counts.counts))
+        chosen = select_passages(base, list(counts.counts), budget)
+        for _ in range(len(chosen) + 1):
             included = [passages[i] for i in chosen]
             messages = template.messages(question, [template.format_passage(n + 1, p) for n, p in enumerate(included)])
             total = (await node.stub.CountTokens(generator_pb2.CountTokensRequest(chat=_chat(messages)),

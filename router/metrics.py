@@ -24,3 +24,11 @@ TTFT_SECONDS = Histogram(
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 INGESTED = Counter("ragcluster_router_ingested_documents", "Documents acknowledged by shards through Ingest")
+EMBED_BATCH_SIZE = Histogram(
+    "ragcluster_router_embed_batch_size", "Query texts coalesced into one encode call",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
+EMBED_WAIT_SECONDS = Histogram(
+    "ragcluster_router_embed_wait_seconds", "Time a query text waited to be batched",
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
+)

@@ -23,6 +23,7 @@ from router import metrics
 from router.config import RouterConfig
 from router.fanout import ShardGroup, fan_out
 from router.generate import GeneratorPool
+from router.batching import MicroBatcher
 from router.merge import ShardTopK, merge_topk
 from router.prompt import Passage, PromptTemplate
 
@@ -42,9 +43,24 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self.config = config
         self.groups = groups
         self.pool = pool
-        self.embedder = embedder  # set once loaded
         self.template = template or PromptTemplate()
         self.higher_is_better = True
+        self.batcher: MicroBatcher | None = None
+        self.embedder = embedder  # set once loaded
+
+    @property
+    def embedder(self):
+        return self._embedder
+
+    @embedder.setter
+    def embedder(self, embedder) -> None:
+        self._embedder = embedder
+        if embedder is not None:
+            self.batcher = MicroBatcher(embedder.encode, self.config.embed_max_batch, self.config.embed_max_wait_us)
+
+    async def close(self) -> None:
+        if self.batcher is not None:
+            await self.batcher.close()
 
     # --- helpers --------------------------------------------------------------------------------
     def _budget(self, context) -> float:
@@ -54,10 +70,15 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         return min(remaining, self.config.timeout_seconds)
 
     async def _embed(self, texts: list[str], kind: str) -> np.ndarray:
+        """Queries go through the micro-batcher; document batches are encoded as they come, on the same
+        embedding thread (one encode at a time: the model uses all cores itself)."""
         if self.embedder is None:
             raise Unavailable("router is still loading its embedding model")
+        if kind == "query" and len(texts) == 1:
+            return (await self.batcher.encode(texts[0])).reshape(1, -1)
         start = time.perf_counter()
-        vectors = await asyncio.to_thread(self.embedder.encode, texts)
+        loop = asyncio.get_running_loop()
+        vectors = await loop.run_in_executor(self.batcher.executor, self.embedder.encode, texts)
         metrics.EMBED_SECONDS.labels(kind).observe(time.perf_counter() - start)
         return vectors
 

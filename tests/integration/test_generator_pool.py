@@ -119,6 +119,20 @@ async def test_unready_node_gets_no_traffic_and_load_spreads(pool_cluster):
     assert {d.generator for d in done} == {nodes[0].grpc, nodes[1].grpc}
 
 
+async def test_prompt_is_trimmed_to_fit_the_context(pool_cluster):
+    stub, _, _, _ = pool_cluster
+    events = [e async for e in stub.Ask(router_pb2.AskRequest(
+        question="what does the river feed?", k=5, sampling={"max_tokens": 850, "temperature": 0.0}), timeout=60)]
+    hits = [h.document.id for h in events[0].hits.hits]
+    done = events[-1].complete
+    assert len(hits) == 5
+    assert 0 < len(done.citations) < 5  # only what fits in 1024 - 850 tokens
+    # in score order; a passage too long to fit is skipped and a shorter, lower-ranked one still tried
+    assert list(done.citations) == [h for h in hits if h in set(done.citations)]
+    assert done.citations[0] == hits[0] or len(done.citations) < 5
+    assert done.prompt_tokens + 850 <= 1024
+
+
 async def test_killed_node_is_routed_around_then_probed_back(pool_cluster):
     stub, nodes, _, run = pool_cluster
     g1 = nodes[0]
