@@ -53,6 +53,7 @@ class SearchOptions:
     router: str = option(DEFAULT_ROUTER, "router address host:port")
     k: int = option(10, "number of hits", short="-k")
     where: list[str] = option([], WHERE_HELP, metavar="COND")
+    min_coverage: float = option(0.0, "fail unless this share of shards (0..1] answers; 0 = accept partial results")
     timeout: float = option(30.0, "deadline in seconds")
     json: bool = option(False, "print JSON: {hits: [{id, score, shard, text, metadata}], coverage}")
 
@@ -214,8 +215,19 @@ def cmd_ingest(opts: IngestOptions, ns) -> int:
 def cmd_search(opts: SearchOptions, ns) -> int:
     from ragcluster.client import RouterClient
 
+    from ragcluster.client import coverage_from_error
+
     with RouterClient(opts.router) as client:
-        result = client.search(ns.text, k=opts.k, timeout=opts.timeout, where=parse_where(opts.where))
+        try:
+            result = client.search(ns.text, k=opts.k, timeout=opts.timeout, where=parse_where(opts.where),
+                                   min_coverage=opts.min_coverage or None)
+        except grpc.RpcError as exc:
+            coverage = coverage_from_error(exc)
+            if coverage is None:
+                raise
+            if opts.json:
+                print(json.dumps({"error": exc.code().name, "message": exc.details(), "coverage": coverage}))
+            return _fail(f"{exc.code().name}: {exc.details()}")
     if opts.json:
         result.pop("timings", None)
         print(json.dumps(result))

@@ -36,9 +36,13 @@ class RouterClient:
         self.close()
 
     def search(self, text: str | None = None, k: int = 10, vector: list[float] | None = None,
-               timeout: float | None = None, where: list[dict] | None = None) -> dict:
-        """``where``: filter conditions, e.g. ``[{"field": "topic", "equals": "science"}, {"field": "n", "gte": 3}]``."""
+               timeout: float | None = None, where: list[dict] | None = None,
+               min_coverage: float | None = None) -> dict:
+        """``where``: filter conditions, e.g. ``[{"field": "topic", "equals": "science"}, {"field": "n", "gte": 3}]``.
+        ``min_coverage``: fail (UNAVAILABLE, see ``coverage_from_error``) below this share of shards."""
         request = router_pb2.SearchRequest(k=k)
+        if min_coverage is not None:
+            request.min_coverage = min_coverage
         if where:
             request.filter.CopyFrom(filter_to_pb(where))
         if vector is not None:
@@ -135,3 +139,15 @@ class RouterClient:
                  "max_context_length": g.max_context_length} for g in r.generators
             ],
         }
+
+
+def coverage_from_error(error: grpc.RpcError) -> dict | None:
+    """The Coverage a router put in an error's details (min_coverage not met), as JSON; else None."""
+    from grpc_status import rpc_status
+
+    status = rpc_status.from_call(error)
+    for detail in status.details if status is not None else []:
+        coverage = common_pb2.Coverage()
+        if detail.Unpack(coverage):
+            return coverage_to_json(coverage)
+    return None

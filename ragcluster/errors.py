@@ -3,9 +3,14 @@ codes, so no core module needs to import grpc."""
 
 
 class RagclusterError(Exception):
-    """Base class; ``code`` names the gRPC status code the boundary answers with."""
+    """Base class; ``code`` names the gRPC status code the boundary answers with; ``details`` are
+    protobuf messages sent along as google.rpc.Status details (rich error model)."""
 
     code = "INTERNAL"
+
+    def __init__(self, message: str = "", details: list | None = None):
+        super().__init__(message)
+        self.details = details or []
 
 
 class InvalidArgument(RagclusterError, ValueError):

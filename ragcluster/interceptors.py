@@ -54,6 +54,20 @@ def _code_name(context: grpc.aio.ServicerContext) -> str:
         return str(code)
 
 
+def _rich_status(exc: RagclusterError):
+    from google.protobuf import any_pb2
+    from google.rpc import status_pb2
+    from grpc_status import rpc_status
+
+    details = []
+    for message in exc.details:
+        packed = any_pb2.Any()
+        packed.Pack(message)
+        details.append(packed)
+    code = getattr(grpc.StatusCode, exc.code)
+    return rpc_status.to_status(status_pb2.Status(code=code.value[0], message=str(exc), details=details))
+
+
 class _Observed:
     """Times one RPC, counts its status code, sets the correlation id and maps exceptions to statuses."""
 
@@ -73,6 +87,8 @@ class _Observed:
                 code = _code_name(self.context)
             elif isinstance(exc, RagclusterError):
                 code = exc.code
+                if exc.details:
+                    await self.context.abort_with_status(_rich_status(exc))
                 await self.context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
             elif isinstance(exc, grpc.aio.AbortError):
                 code = _code_name(self.context)

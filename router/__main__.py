@@ -14,7 +14,7 @@ from router.config import RouterConfig, parse_shards
 
 
 def build_server(config: RouterConfig) -> GrpcServer:
-    from router.fanout import ShardGroup
+    from router.fanout import ReplicaPolicy, ShardGroup
     from router.generate import GeneratorPool
     from router.prompt import PromptTemplate
     from router.service import RouterServicer
@@ -22,7 +22,8 @@ def build_server(config: RouterConfig) -> GrpcServer:
     shards = parse_shards(config.shard)
     if not shards:
         raise SystemExit("router: at least one --shard N=host:port is required")
-    groups = [ShardGroup(n, shards[n]) for n in sorted(shards)]
+    policy = ReplicaPolicy(config.hedge_delay_ms, config.eject_after, config.eject_seconds, config.write_quorum)
+    groups = [ShardGroup(n, shards[n], policy) for n in sorted(shards)]
     pool = GeneratorPool(config.generator, config.generator_eject_seconds)
     template = PromptTemplate(config.prompt_system, config.prompt_passage, config.prompt_user)
     template.check()
@@ -31,7 +32,7 @@ def build_server(config: RouterConfig) -> GrpcServer:
     async def load() -> None:
         from ragcluster.embedding import Embedder
 
-        await pool.start()
+        await asyncio.gather(pool.start(), *(g.start(config.dns_refresh_seconds) for g in groups))
         if servicer.embedder is None:
             servicer.embedder = await asyncio.to_thread(
                 Embedder, config.embedding_model, config.embedding_dtype, threads=config.embedding_threads

@@ -12,8 +12,9 @@ from router.prompt import DEFAULT_PASSAGE, DEFAULT_SYSTEM, DEFAULT_USER
 @dataclass
 class RouterConfig(ServerConfig):
     shard: list[str] = option(
-        [], "a shard and its replicas: N=host:port[,host:port...]; repeat once per shard (env: ';'-separated)",
-        metavar="N=HOST:PORT[,...]",
+        [], "a shard and its replicas: N=host:port[,host:port...] or N=dns:///name:port (every address the name "
+            "resolves to is a replica, e.g. a Kubernetes headless service); repeat per shard (env: ';'-separated)",
+        metavar="N=ADDR[,ADDR...]",
     )
     generator: list[str] = option([], "a generator node host:port; repeat for several", metavar="HOST:PORT")
     embedding_model: str = option("all-MiniLM-L6-v2", "sentence-transformers model: name or local folder")
@@ -29,6 +30,17 @@ class RouterConfig(ServerConfig):
     timeout_seconds: float = option(30.0, "deadline for requests that carry none")
     generate_timeout_seconds: float = option(120.0, "deadline for the generation part of an Ask")
     max_ingest_batch: int = option(1024, "most documents in one Ingest message")
+    hedge_delay_ms: float = option(0.0, "send a hedged request to a second replica after this long (0 = the "
+                                        "shard's observed p95 latency, -1 = never hedge)")
+    eject_after: int = option(3, "eject a shard replica after this many consecutive failed calls")
+    eject_seconds: float = option(10.0, "how long an ejected replica gets no reads (it returns at once when its "
+                                        "health turns SERVING again)")
+    write_quorum: str = option("all", "a write is acknowledged when all live replicas (all) or a majority of all "
+                                      "replicas (majority) made it durable", choices=["all", "majority"])
+    dns_refresh_seconds: float = option(30.0, "re-resolve dns:/// shard addresses this often")
+    max_in_flight: int = option(512, "admission control: requests served at once; beyond it RESOURCE_EXHAUSTED")
+    deadline_margin_ms: float = option(20.0, "answer this long before the caller's deadline (partial results "
+                                             "rather than DEADLINE_EXCEEDED)")
     generator_eject_seconds: float = option(5.0, "a generator that failed a call gets no traffic for this long")
     prompt_system: str = option(DEFAULT_SYSTEM, "Ask prompt: system message ('' for none)")
     prompt_passage: str = option(DEFAULT_PASSAGE, "Ask prompt: one passage; fields {n} {id} {title} {text} {score}")

@@ -1,33 +1,58 @@
-"""Calls to shard replicas: one long-lived channel per replica, per-call timeouts from the caller's
-budget, failover to another replica on UNAVAILABLE, and a fan-out that never lets one shard fail the
-whole search (failures are reported as coverage)."""
+"""Shard replicas as the router sees them, and the fan-out.
+
+Reads: each shard call gets the caller's remaining budget; a replica is chosen by least outstanding
+requests among those SERVING (health-watched) and not ejected; on UNAVAILABLE the call fails over to the
+next replica; when the first replica has not answered after the hedge delay (default: the shard's observed
+p95), a hedged request goes to a second replica, the first answer wins and the other call is cancelled.
+A replica is ejected after consecutive failures and comes back when its health says SERVING again.
+One shard failing never fails a search: it is reported in the coverage.
+
+Writes go to every live replica of the owning shard, one batch at a time per shard (so replicas apply
+the same batches in the same order and their sequence numbers are comparable), and are acknowledged
+when all live replicas (policy ``all``) or a majority of all replicas (policy ``majority``) made them
+durable. A replica that comes back behind (lower sequence than the most advanced live replica), or that
+missed a write, is taken out of reads and restored from a snapshot of an up-to-date replica first.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
+import socket
 import time
 from dataclasses import dataclass
 
 import grpc
+import numpy as np
 
 from ragcluster.errors import InvalidArgument, Unavailable
 from ragcluster.serving import channel_options
 from ragcluster.v1 import common_pb2, shard_pb2, shard_pb2_grpc
 from router import metrics
+from router.health import Backend, Watchers
 
 logger = logging.getLogger(__name__)
 
-_FAILOVER_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN}
+_FAILOVER_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL,
+                   grpc.StatusCode.RESOURCE_EXHAUSTED}
 
 
 @dataclass
-class Replica:
-    address: str
-    channel: grpc.aio.Channel
-    stub: shard_pb2_grpc.ShardServiceStub
-    outstanding: int = 0
+class ReplicaPolicy:
+    hedge_delay_ms: float = 0.0  # 0 = auto (observed p95), < 0 = no hedging
+    eject_after: int = 3  # consecutive failures
+    eject_seconds: float = 10.0
+    write_quorum: str = "all"  # all (live replicas) | majority (of all replicas)
+
+
+class Replica(Backend):
+    def __init__(self, address: str):
+        super().__init__(address, grpc.aio.insecure_channel(address, options=channel_options()))
+        self.stub = shard_pb2_grpc.ShardServiceStub(self.channel)
+        self.catching_up = False
+        self.needs_sync = True  # check its sequence before it serves reads
 
 
 @dataclass
@@ -37,85 +62,262 @@ class ShardAnswer:
     failure: common_pb2.ShardFailure | None = None
 
 
+def resolve(address: str) -> list[str]:
+    """``dns:///host:port`` -> every address the name resolves to (a Kubernetes headless service lists
+    one per pod); anything else is taken as one host:port."""
+    if not address.startswith("dns:"):
+        return [address]
+    target = address.split("///", 1)[-1] if "///" in address else address[4:]
+    host, _, port = target.rpartition(":")
+    try:
+        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+    except (socket.gaierror, ValueError) as exc:
+        logger.warning("cannot resolve %s: %s", address, exc)
+        return []
+    out = []
+    for family, _, _, _, sockaddr in infos:
+        ip = sockaddr[0]
+        out.append(f"[{ip}]:{port}" if family == socket.AF_INET6 else f"{ip}:{port}")
+    return sorted(set(out))
+
+
 class ShardGroup:
     """One shard and its replicas."""
 
-    def __init__(self, shard: int, addresses: list[str]):
+    def __init__(self, shard: int, addresses: list[str], policy: ReplicaPolicy | None = None):
         self.shard = shard
-        self.replicas = []
-        for address in addresses:
-            channel = grpc.aio.insecure_channel(address, options=channel_options())
-            self.replicas.append(Replica(address, channel, shard_pb2_grpc.ShardServiceStub(channel)))
-        self._rr = itertools.count()
+        self.specs = list(addresses)
+        self.policy = policy or ReplicaPolicy()
+        self.replicas: list[Replica] = []
+        self._watchers = Watchers()
+        self.write_lock = asyncio.Lock()
+        self._latencies: collections.deque[float] = collections.deque(maxlen=512)
+        self._rotation = itertools.count()
         self.last_documents = 0
+        self._sync_task: asyncio.Task | None = None
+        self._refresh_task: asyncio.Task | None = None
+        for spec in self.specs:
+            if not spec.startswith("dns:"):
+                self.replicas.append(self._new_replica(spec))
 
-    def ordered(self) -> list[Replica]:
-        """Replicas to try, least outstanding first (round-robin among equals)."""
-        start = next(self._rr) % len(self.replicas)
-        rotated = self.replicas[start:] + self.replicas[:start]
-        return sorted(rotated, key=lambda r: r.outstanding)
+    def _new_replica(self, address: str) -> Replica:
+        replica = Replica(address)
+        replica.on_serving = lambda r=replica: self._mark_for_sync(r)
+        return replica
+
+    async def start(self, refresh_seconds: float = 30.0) -> None:
+        await self._add([a for spec in self.specs if spec.startswith("dns:") for a in resolve(spec)])
+        await self._watchers.start(self.replicas, f"shard {self.shard} replica")
+        await self.sync()  # compare sequences before the first read
+        if any(s.startswith("dns:") for s in self.specs):
+            self._refresh_task = asyncio.create_task(self._refresh_loop(refresh_seconds))
+
+    async def _add(self, addresses: list[str]) -> list[Replica]:
+        known = {r.address for r in self.replicas}
+        added = [self._new_replica(a) for a in addresses if a not in known]
+        self.replicas.extend(added)
+        return added
+
+    async def _refresh_loop(self, every: float) -> None:
+        while True:
+            await asyncio.sleep(every)  # periodic DNS refresh (a timer)
+            wanted = {a for spec in self.specs for a in (resolve(spec) if spec.startswith("dns:") else [spec])}
+            added = await self._add(sorted(wanted))
+            if added:
+                logger.info("shard %d: new replicas %s", self.shard, [r.address for r in added])
+                await self._watchers.start(added, f"shard {self.shard} replica")
+            for gone in [r for r in self.replicas if r.address not in wanted]:
+                logger.info("shard %d: replica %s left DNS", self.shard, gone.address)
+                self.replicas.remove(gone)
+
+    # --- reads ----------------------------------------------------------------------------------
+    def readable(self) -> list[Replica]:
+        """Replicas to read from, least outstanding first."""
+        now = time.monotonic()
+        ok = [r for r in self.replicas if r.usable(now) and not r.catching_up and not r.needs_sync]
+        start = next(self._rotation) % max(len(ok), 1)  # equals take turns
+        return sorted(ok[start:] + ok[:start], key=lambda r: r.outstanding)
+
+    def hedge_delay(self) -> float | None:
+        if self.policy.hedge_delay_ms < 0:
+            return None
+        if self.policy.hedge_delay_ms > 0:
+            return self.policy.hedge_delay_ms / 1000
+        if len(self._latencies) < 20:
+            return 0.02  # until the shard's own latencies are known
+        return float(min(max(np.percentile(self._latencies, 95), 0.001), 1.0))
+
+    async def _call(self, replica: Replica, request, deadline: float):
+        replica.outstanding += 1
+        start = time.perf_counter()
+        try:
+            response = await replica.stub.Search(request, timeout=max(deadline - time.monotonic(), 0.001))
+        except grpc.aio.AioRpcError as exc:
+            metrics.SHARD_CALLS.labels(self.shard, exc.code().name).inc()
+            if exc.code() in _FAILOVER_CODES and replica.record(False, self.policy.eject_after,
+                                                                self.policy.eject_seconds):
+                metrics.EJECTIONS.labels(self.shard).inc()
+                logger.warning("shard %d replica %s ejected after %d failures", self.shard, replica.address,
+                               self.policy.eject_after)
+            raise
+        finally:
+            replica.outstanding -= 1
+        elapsed = time.perf_counter() - start
+        replica.record(True, self.policy.eject_after, self.policy.eject_seconds)
+        self._latencies.append(elapsed)
+        metrics.SHARD_CALLS.labels(self.shard, "OK").inc()
+        metrics.SHARD_CALL_SECONDS.labels(self.shard).observe(elapsed)
+        return response
 
     async def search(self, request: shard_pb2.ShardSearchRequest, timeout: float) -> shard_pb2.ShardSearchResponse:
         deadline = time.monotonic() + timeout
-        last: grpc.aio.AioRpcError | None = None
-        for replica in self.ordered():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            replica.outstanding += 1
-            start = time.perf_counter()
-            try:
-                response = await replica.stub.Search(request, timeout=remaining)
-                metrics.SHARD_CALLS.labels(self.shard, "OK").inc()
-                metrics.SHARD_CALL_SECONDS.labels(self.shard).observe(time.perf_counter() - start)
-                self.last_documents = response.vectors_searched
-                return response
-            except grpc.aio.AioRpcError as exc:
-                metrics.SHARD_CALLS.labels(self.shard, exc.code().name).inc()
-                if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                    raise InvalidArgument(exc.details()) from exc
-                last = exc
-                if exc.code() not in _FAILOVER_CODES:
-                    raise
-                logger.warning("shard %d replica %s: %s; trying another", self.shard, replica.address, exc.code().name)
-            finally:
-                replica.outstanding -= 1
-        if last is not None:
-            raise last
+        candidates = self.readable()
+        if not candidates:
+            raise Unavailable(f"no SERVING replica of shard {self.shard}")
+        pending: dict[asyncio.Task, Replica] = {}
+        hedged: set[asyncio.Task] = set()
+        launched = 0
+        last_error: BaseException | None = None
+
+        def launch() -> asyncio.Task:
+            nonlocal launched
+            task = asyncio.create_task(self._call(candidates[launched], request, deadline))
+            pending[task] = candidates[launched]
+            launched += 1
+            return task
+
+        launch()
+        delay = self.hedge_delay()
+        hedge_at = time.monotonic() + delay if delay is not None and len(candidates) > 1 else None
+        try:
+            while pending:
+                now = time.monotonic()
+                if now >= deadline:
+                    break
+                wake = min(deadline, hedge_at) if hedge_at is not None else deadline
+                done, _ = await asyncio.wait(pending, timeout=max(wake - now, 0), return_when=asyncio.FIRST_COMPLETED)
+                if not done:
+                    if hedge_at is not None and time.monotonic() >= hedge_at and launched < len(candidates):
+                        hedged.add(launch())
+                        metrics.HEDGES.labels(self.shard).inc()
+                        hedge_at = None
+                    continue
+                for task in done:
+                    pending.pop(task)
+                    exc = task.exception()
+                    if exc is None:
+                        if task in hedged:
+                            metrics.HEDGES_WON.labels(self.shard).inc()
+                        response = task.result()
+                        self.last_documents = response.vectors_searched
+                        return response
+                    last_error = exc
+                    if isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                        raise InvalidArgument(exc.details()) from exc
+                    retriable = isinstance(exc, grpc.aio.AioRpcError) and exc.code() in _FAILOVER_CODES
+                    if retriable and launched < len(candidates) and not pending:
+                        metrics.FAILOVERS.labels(self.shard).inc()
+                        logger.warning("shard %d: %s failed (%s); failing over", self.shard,
+                                       candidates[launched - 1].address, exc.code().name)
+                        launch()
+        finally:
+            for task in pending:
+                task.cancel()  # the losing hedge, or calls past the deadline
+        if last_error is not None:
+            raise last_error
         raise asyncio.TimeoutError()
 
-    async def upsert(self, request: shard_pb2.UpsertRequest, timeout: float) -> int:
-        """Write to every replica; acknowledged when all have made it durable."""
+    # --- writes ---------------------------------------------------------------------------------
+    def _write_targets(self) -> list[Replica]:
+        now = time.monotonic()
+        return [r for r in self.replicas if r.usable(now) and not r.catching_up]
 
+    async def _write(self, op: str, call) -> list:
+        async with self.write_lock:
+            targets = self._write_targets()
+            needed = len(targets) if self.policy.write_quorum == "all" else len(self.replicas) // 2 + 1
+            if not targets or len(targets) < needed:
+                raise Unavailable(f"shard {self.shard}: {len(targets)} live replica(s), {op} needs {max(needed, 1)} "
+                                  f"({self.policy.write_quorum})")
+            results = await asyncio.gather(*(call(r) for r in targets), return_exceptions=True)
+        ok, failures = [], []
+        for replica, result in zip(targets, results):
+            if isinstance(result, grpc.aio.AioRpcError) and result.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                raise InvalidArgument(result.details())
+            if isinstance(result, grpc.aio.AioRpcError) and result.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                raise Unavailable(f"shard {self.shard}: {result.details()}")
+            if isinstance(result, BaseException):
+                failures.append((replica, result))
+                self._mark_for_sync(replica)  # it may have missed this write: catch up before reading
+            else:
+                ok.append(result)
+        if len(ok) < needed:
+            detail = "; ".join(f"{r.address}: {getattr(e, 'code', lambda: '')()} {getattr(e, 'details', lambda: e)()}"
+                               for r, e in failures)
+            raise Unavailable(f"shard {self.shard}: {op} acknowledged by {len(ok)} of {needed} replicas: {detail}")
+        return ok
+
+    async def upsert(self, request: shard_pb2.UpsertRequest, timeout: float) -> int:
         async def one(replica: Replica) -> int:
             async for response in replica.stub.Upsert(iter([request]), timeout=timeout):
                 return response.upserted
             raise Unavailable(f"shard {self.shard} replica {replica.address}: upsert stream ended without an ack")
 
-        results = await asyncio.gather(*(one(r) for r in self.replicas), return_exceptions=True)
-        return _all_acknowledged(self.shard, "upsert", self.replicas, results)
+        return max(await self._write("upsert", one))
 
     async def delete(self, ids: list[str], timeout: float) -> int:
         request = shard_pb2.ShardDeleteRequest(ids=ids)
-        results = await asyncio.gather(
-            *(r.stub.Delete(request, timeout=timeout) for r in self.replicas), return_exceptions=True
-        )
-        return _all_acknowledged(self.shard, "delete", self.replicas, results, lambda r: r.deleted)
+        results = await self._write("delete", lambda r: r.stub.Delete(request, timeout=timeout))
+        return max(r.deleted for r in results)
+
+    # --- catch-up -------------------------------------------------------------------------------
+    def _mark_for_sync(self, replica: Replica) -> None:
+        replica.needs_sync = True
+        if self._sync_task is None or self._sync_task.done():
+            self._sync_task = asyncio.get_running_loop().create_task(self.sync())
+
+    async def sync(self, attempts: int = 3) -> None:
+        """Compare sequences; restore lagging replicas from the most advanced live one. Writes to this
+        shard wait meanwhile, so the copy cannot fall behind while it is made."""
+        for _ in range(attempts):
+            async with self.write_lock:
+                live = [r for r in self.replicas if r.serving]
+                infos = await asyncio.gather(*(r.stub.Info(shard_pb2.ShardInfoRequest(), timeout=10) for r in live),
+                                             return_exceptions=True)
+                seqs = {r: i.sequence for r, i in zip(live, infos) if not isinstance(i, BaseException)}
+                if not seqs:
+                    return
+                source = max(seqs, key=lambda r: (seqs[r], not r.needs_sync))
+                lagging = [r for r in seqs if seqs[r] < seqs[source] or (r.needs_sync and r is not source
+                                                                          and seqs[r] != seqs[source])]
+                for r in seqs:
+                    if r not in lagging:
+                        r.needs_sync = False
+                if not lagging:
+                    return
+                for replica in lagging:
+                    replica.catching_up = True
+                    logger.info("shard %d replica %s is behind (sequence %d < %d): restoring from %s", self.shard,
+                                replica.address, seqs[replica], seqs[source], source.address)
+                    try:
+                        done = await replica.stub.Restore(shard_pb2.RestoreRequest(source=source.address), timeout=600)
+                        metrics.CATCHUPS.labels(self.shard).inc()
+                        if done.sequence == seqs[source]:
+                            replica.needs_sync = False
+                    except grpc.aio.AioRpcError as exc:
+                        logger.warning("shard %d replica %s restore failed: %s", self.shard, replica.address,
+                                       exc.details())
+                    finally:
+                        replica.catching_up = False
+            if not any(r.needs_sync for r in self.replicas if r.serving):
+                return
 
     async def close(self) -> None:
+        for task in (self._sync_task, self._refresh_task):
+            if task is not None:
+                task.cancel()
+        await self._watchers.stop()
         await asyncio.gather(*(r.channel.close() for r in self.replicas))
-
-
-def _all_acknowledged(shard, op, replicas, results, value=lambda r: r) -> int:
-    for replica, result in zip(replicas, results):
-        if isinstance(result, grpc.aio.AioRpcError):
-            if result.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                raise InvalidArgument(result.details())
-            raise Unavailable(f"shard {shard} replica {replica.address}: {op} failed: {result.code().name}: "
-                              f"{result.details()}")
-        if isinstance(result, BaseException):
-            raise result
-    return max(value(r) for r in results)
 
 
 def failure_from_exception(shard: int, exc: BaseException) -> common_pb2.ShardFailure:
@@ -123,7 +325,9 @@ def failure_from_exception(shard: int, exc: BaseException) -> common_pb2.ShardFa
         isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     ):
         reason = common_pb2.SHARD_FAILURE_REASON_TIMEOUT
-    elif isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.UNAVAILABLE:
+    elif isinstance(exc, Unavailable) or (
+        isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.UNAVAILABLE
+    ):
         reason = common_pb2.SHARD_FAILURE_REASON_UNAVAILABLE
     else:
         reason = common_pb2.SHARD_FAILURE_REASON_ERROR
@@ -139,7 +343,7 @@ async def fan_out(groups: list[ShardGroup], request: shard_pb2.ShardSearchReques
             return ShardAnswer(group.shard, await group.search(request, timeout))
         except InvalidArgument:
             raise
-        except (grpc.aio.AioRpcError, asyncio.TimeoutError) as exc:
+        except (grpc.aio.AioRpcError, asyncio.TimeoutError, Unavailable) as exc:
             return ShardAnswer(group.shard, None, failure_from_exception(group.shard, exc))
 
     return list(await asyncio.gather(*(one(g) for g in groups)))

@@ -3,87 +3,50 @@ and prompt budgeting with the node's own tokenizer."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ragcluster.errors import InvalidArgument, Unavailable
 from ragcluster.serving import channel_options
 from ragcluster.v1 import common_pb2, generator_pb2, generator_pb2_grpc
+from router.health import Backend, Watchers
 from router.prompt import Passage, Prompt, PromptTemplate, answer_budget, order_passages, select_passages
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class GeneratorNode:
-    address: str
-    channel: grpc.aio.Channel
-    stub: generator_pb2_grpc.GeneratorServiceStub
-    outstanding: int = 0
-    info: generator_pb2.GeneratorInfoResponse | None = None
-    serving: bool = False  # from the node's grpc.health.v1 Watch stream
-    ejected_until: float = 0.0  # after a failed call: skipped until then
-    known: asyncio.Event = field(default_factory=asyncio.Event)  # first health status received
+class GeneratorNode(Backend):
+    def __init__(self, address: str, channel: grpc.aio.Channel):
+        super().__init__(address, channel)
+        self.stub = generator_pb2_grpc.GeneratorServiceStub(channel)
+        self.info: generator_pb2.GeneratorInfoResponse | None = None
+
+        def reset_info() -> None:
+            self.info = None  # a restarted node may run another model
+
+        self.on_serving = reset_info
 
 
 class GeneratorPool:
-    """Generator endpoints with health tracking: each node's health is watched (a grpc.health.v1 Watch
-    stream, reconnected with backoff), so a node that is not SERVING — still loading, draining, or dead —
-    gets no traffic, and comes back by itself once it reports SERVING again."""
+    """Generator endpoints with health tracking (router/health.py): a node that is not SERVING — still
+    loading, draining, or dead — gets no traffic, and comes back by itself once it reports SERVING."""
 
     def __init__(self, addresses: list[str], eject_seconds: float = 5.0):
         self.eject_seconds = eject_seconds
-        self.nodes = []
-        self._tasks: list[asyncio.Task] = []
-        for address in addresses:
-            channel = grpc.aio.insecure_channel(address, options=channel_options())
-            self.nodes.append(GeneratorNode(address, channel, generator_pb2_grpc.GeneratorServiceStub(channel)))
+        self.nodes = [GeneratorNode(a, grpc.aio.insecure_channel(a, options=channel_options())) for a in addresses]
+        self._watchers = Watchers()
 
     async def start(self, wait_seconds: float = 5.0) -> None:
         """Start watching every node; wait (bounded) until each has reported a first status."""
-        self._tasks = [asyncio.create_task(self._watch(node)) for node in self.nodes]
-        if self.nodes:
-            waits = [asyncio.create_task(n.known.wait()) for n in self.nodes]
-            await asyncio.wait(waits, timeout=wait_seconds)
-            for w in waits:
-                w.cancel()
-
-    async def _watch(self, node: GeneratorNode) -> None:
-        backoff = 0.1
-        stub = health_pb2_grpc.HealthStub(node.channel)
-        while True:
-            try:
-                async for response in stub.Watch(health_pb2.HealthCheckRequest()):
-                    serving = response.status == health_pb2.HealthCheckResponse.SERVING
-                    if serving and not node.serving:
-                        node.info = None  # a restarted node may run another model
-                        logger.info("generator %s is SERVING", node.address)
-                    node.serving = serving
-                    node.known.set()
-                    backoff = 0.1
-            except grpc.aio.AioRpcError:
-                pass
-            if node.serving:
-                logger.warning("generator %s unreachable; no traffic until it is SERVING again", node.address)
-            node.serving = False
-            node.known.set()
-            await asyncio.sleep(backoff)  # reconnect backoff (a timer, bounded at 5 s)
-            backoff = min(backoff * 2, 5.0)
+        await self._watchers.start(self.nodes, "generator", wait_seconds)
 
     def ordered(self) -> list[GeneratorNode]:
         """SERVING, non-ejected nodes, least outstanding requests first."""
         now = time.monotonic()
-        return sorted((n for n in self.nodes if n.serving and n.ejected_until <= now), key=lambda n: n.outstanding)
-
-    def eject(self, node: GeneratorNode) -> None:
-        node.ejected_until = time.monotonic() + self.eject_seconds
+        return sorted((n for n in self.nodes if n.usable(now)), key=lambda n: n.outstanding)
 
     async def node_info(self, node: GeneratorNode, timeout: float) -> generator_pb2.GeneratorInfoResponse:
         if node.info is None:
@@ -165,17 +128,14 @@ class GeneratorPool:
                                node.address, exc.code().name, self.eject_seconds)
                 node.info = None
                 if exc.code() == grpc.StatusCode.UNAVAILABLE:
-                    self.eject(node)
+                    node.eject(self.eject_seconds)
                 errors.append(f"{node.address}: {exc.code().name}")
             finally:
                 node.outstanding -= 1
         raise Unavailable("no generator node could serve the request: " + "; ".join(errors or ["deadline passed"]))
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._watchers.stop()
         for node in self.nodes:
             await node.channel.close()
 

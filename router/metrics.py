@@ -1,6 +1,6 @@
 """Router tier metrics (per-RPC metrics come from ragcluster.interceptors)."""
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 FANOUT_SECONDS = Histogram(
     "ragcluster_router_fanout_duration_seconds", "Time to fan a search out to all shards and merge",
@@ -32,3 +32,10 @@ EMBED_WAIT_SECONDS = Histogram(
     "ragcluster_router_embed_wait_seconds", "Time a query text waited to be batched",
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
 )
+HEDGES = Counter("ragcluster_router_hedges_sent", "Hedged requests sent to a second replica", ["shard"])
+HEDGES_WON = Counter("ragcluster_router_hedges_won", "Hedged requests that answered first", ["shard"])
+FAILOVERS = Counter("ragcluster_router_failovers", "Shard calls retried on another replica", ["shard"])
+EJECTIONS = Counter("ragcluster_router_ejections", "Replicas ejected after consecutive failures", ["shard"])
+CATCHUPS = Counter("ragcluster_router_catchups", "Lagging replicas restored from a snapshot", ["shard"])
+IN_FLIGHT = Gauge("ragcluster_router_in_flight_requests", "Requests being served by the router")
+REJECTED = Counter("ragcluster_router_rejected_requests", "Requests refused by admission control")

@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ragcluster.convert import document_from_pb, document_to_pb, matrix_to_pb
 from ragcluster.documents import validate_batch
-from ragcluster.errors import InvalidArgument, Unavailable
+from ragcluster.errors import InvalidArgument, ResourceExhausted, Unavailable
 from ragcluster.hashing import shard_for
 from ragcluster.log import request_id
 from ragcluster.v1 import common_pb2, generator_pb2, router_pb2, router_pb2_grpc, shard_pb2
@@ -47,6 +47,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self.higher_is_better = True
         self.batcher: MicroBatcher | None = None
         self.embedder = embedder  # set once loaded
+        self.in_flight = 0
 
     @property
     def embedder(self):
@@ -64,10 +65,43 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
 
     # --- helpers --------------------------------------------------------------------------------
     def _budget(self, context) -> float:
+        """Time for the shard calls: the caller's remaining deadline minus a margin to answer in time."""
         remaining = context.time_remaining() if context is not None else None
         if remaining is None:
             return self.config.timeout_seconds
-        return min(remaining, self.config.timeout_seconds)
+        return max(min(remaining - self.config.deadline_margin_ms / 1000, self.config.timeout_seconds), 0.001)
+
+    def _admit(self):
+        servicer = self
+
+        class _Admission:
+            def __enter__(self):
+                if servicer.in_flight >= servicer.config.max_in_flight:
+                    metrics.REJECTED.inc()
+                    raise ResourceExhausted(
+                        f"router busy: {servicer.in_flight} requests in flight (limit {servicer.config.max_in_flight})")
+                servicer.in_flight += 1
+                metrics.IN_FLIGHT.set(servicer.in_flight)
+
+            def __exit__(self, *exc):
+                servicer.in_flight -= 1
+                metrics.IN_FLIGHT.set(servicer.in_flight)
+
+        return _Admission()
+
+    @staticmethod
+    def _check_coverage(coverage: common_pb2.Coverage, request) -> None:
+        if not request.HasField("min_coverage"):
+            return
+        wanted = request.min_coverage
+        if not 0 < wanted <= 1:
+            raise InvalidArgument(f"min_coverage: must be in (0, 1], got {wanted}")
+        have = coverage.shards_answered / max(coverage.shards_total, 1)
+        if have + 1e-9 < wanted:
+            reasons = "; ".join(f"shard {f.shard}: {common_pb2.ShardFailureReason.Name(f.reason)}"
+                                for f in coverage.failures)
+            raise Unavailable(f"coverage {coverage.shards_answered}/{coverage.shards_total} shards is below "
+                              f"min_coverage {wanted:g} ({reasons})", details=[coverage])
 
     async def _embed(self, texts: list[str], kind: str) -> np.ndarray:
         """Queries go through the micro-batcher; document batches are encoded as they come, on the same
@@ -155,6 +189,10 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
 
     # --- RPCs -----------------------------------------------------------------------------------
     async def Search(self, request: router_pb2.SearchRequest, context) -> router_pb2.SearchResponse:
+        with self._admit():
+            return await self._search(request, context)
+
+    async def _search(self, request: router_pb2.SearchRequest, context) -> router_pb2.SearchResponse:
         start = time.perf_counter()
         budget = self._budget(context)
         k = self._k(request.k, self.config.default_k)
@@ -164,11 +202,17 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         params = request.params if request.HasField("params") else None
         flt = request.filter if request.HasField("filter") else None
         hits, coverage = await self.retrieve(vector, k, params, budget - (time.perf_counter() - start), flt)
+        self._check_coverage(coverage, request)
         timings.retrieve_seconds = time.perf_counter() - t
         timings.total_seconds = time.perf_counter() - start
         return router_pb2.SearchResponse(hits=hits, coverage=coverage, timings=timings)
 
     async def Ask(self, request: router_pb2.AskRequest, context):
+        with self._admit():
+            async for event in self._ask(request, context):
+                yield event
+
+    async def _ask(self, request: router_pb2.AskRequest, context):
         start = time.perf_counter()
         question = request.question.strip()
         if not question:
@@ -188,6 +232,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         t = time.perf_counter()
         flt = request.filter if request.HasField("filter") else None
         hits, coverage = await self.retrieve(vector, k, None, self._budget(context), flt)
+        self._check_coverage(coverage, request)
         timings.retrieve_seconds = time.perf_counter() - t
         yield router_pb2.AskEvent(hits=router_pb2.AskHits(hits=hits, coverage=coverage))
 
@@ -221,6 +266,11 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 ))
 
     async def Ingest(self, request_iterator, context):
+        with self._admit():
+            async for response in self._ingest(request_iterator, context):
+                yield response
+
+    async def _ingest(self, request_iterator, context):
         total = 0
         async for request in request_iterator:
             docs = [document_from_pb(d) for d in request.documents]

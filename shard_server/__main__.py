@@ -20,12 +20,31 @@ def build_server(config: ShardConfig) -> GrpcServer:
     from shard_server.shard import STORE_FILE, Shard
     from shard_server.snapshot import restore_from
 
-    state: dict = {}
-    servicer = ShardServicer(after_write=lambda: state["maintenance"].after_write())
+    state: dict = {"lock": asyncio.Lock()}
+
+    async def restore(source: str) -> None:
+        """Replace this replica's data with a snapshot of ``source``; keep our own on failure."""
+        async with state["lock"]:
+            await server.set_serving(False)
+            await state["maintenance"].stop()
+            old = state.pop("shard")
+            servicer.shard = None  # requests meanwhile: UNAVAILABLE "still loading"
+            await asyncio.to_thread(old.close, False)
+            try:
+                await asyncio.to_thread(restore_from, source, Path(config.data_dir), 600.0, True)
+            finally:
+                await open_shard()
+                await server.set_serving(True)
+
+    servicer = ShardServicer(after_write=lambda: state["maintenance"].after_write(), restore=restore,
+                             search_delay_seconds=config.search_delay_ms / 1000)
 
     async def load() -> None:
         if config.restore_from and not (Path(config.data_dir) / STORE_FILE).exists():
             await asyncio.to_thread(restore_from, config.restore_from, Path(config.data_dir))
+        await open_shard()
+
+    async def open_shard() -> None:
         shard = await asyncio.to_thread(
             Shard, config.data_dir, config.shard_id, config.dim, config.metric, config.index_factory,
             config.embedding_model, config.max_k, config.max_batch, config.max_upsert_batch, config.nprobe,
@@ -43,7 +62,8 @@ def build_server(config: ShardConfig) -> GrpcServer:
             await asyncio.to_thread(state["shard"].close)  # writes a final checkpoint: fast restarts
 
     spec = service_spec(servicer, shard_pb2, "ShardService", shard_pb2_grpc)
-    return GrpcServer(config, [spec], load=load, close=close)
+    server = GrpcServer(config, [spec], load=load, close=close)
+    return server
 
 
 async def _serve(config) -> None:

@@ -28,3 +28,4 @@ class ShardConfig(ServerConfig):
                                                  "an index like HNSW cannot delete) exceed this share")
     max_store_bytes: int = option(0, "refuse writes (RESOURCE_EXHAUSTED) beyond this store size; 0 = no limit")
     restore_from: str = option("", "host:port of a shard replica to copy (Snapshot) when --data-dir holds no store")
+    search_delay_ms: float = option(0.0, "testing only: add this much latency to every Search (a slow replica)")

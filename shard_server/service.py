@@ -36,9 +36,12 @@ def filter_from_pb(pb: common_pb2.Filter) -> Filter:
 
 
 class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
-    def __init__(self, shard: Shard | None = None, after_write=lambda: None):
+    def __init__(self, shard: Shard | None = None, after_write=lambda: None, restore=None,
+                 search_delay_seconds: float = 0.0):
         self._shard = shard
         self.after_write = after_write  # e.g. schedule a background rebuild when tombstones pile up
+        self.restore = restore  # async (source) -> None: replaces the shard's data (owned by __main__)
+        self.search_delay_seconds = search_delay_seconds  # testing: a slow replica
 
     @property
     def shard(self) -> Shard:
@@ -51,6 +54,8 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         self._shard = shard
 
     async def Search(self, request: shard_pb2.ShardSearchRequest, context) -> shard_pb2.ShardSearchResponse:
+        if self.search_delay_seconds:
+            await asyncio.sleep(self.search_delay_seconds)
         if not request.HasField("queries"):
             raise InvalidArgument("queries: required")
         queries = matrix_from_pb(request.queries, "queries")
@@ -112,6 +117,17 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
                 yield chunk
         finally:
             await asyncio.to_thread(chunks.close)  # removes the temporary copy
+
+    async def Restore(self, request, context):
+        if not request.source:
+            raise InvalidArgument("source: required (host:port of the replica to copy)")
+        if self.restore is None:
+            raise Unavailable("restore is not available on this server")
+        start = asyncio.get_running_loop().time()
+        await self.restore(request.source)
+        info = await asyncio.to_thread(self.shard.info)
+        return shard_pb2.RestoreResponse(sequence=info.sequence, documents=info.documents,
+                                         seconds=asyncio.get_running_loop().time() - start)
 
     async def Rebuild(self, request, context):
         seconds = await asyncio.to_thread(self.shard.rebuild, True)

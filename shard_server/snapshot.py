@@ -16,7 +16,7 @@ import grpc
 from ragcluster.errors import Unavailable
 from ragcluster.serving import channel_options
 from ragcluster.v1 import shard_pb2, shard_pb2_grpc
-from shard_server.shard import STORE_FILE, Shard
+from shard_server.shard import CHECKPOINT_FILE, STORE_FILE, Shard
 
 logger = logging.getLogger(__name__)
 
@@ -42,12 +42,15 @@ def snapshot_chunks(shard: Shard) -> Iterator[shard_pb2.SnapshotChunk]:
         yield shard_pb2.SnapshotChunk(trailer=shard_pb2.SnapshotTrailer(sha256=digest.hexdigest()))
 
 
-def restore_from(address: str, data_dir: Path, timeout: float = 600.0) -> int:
-    """Copy a peer's store into ``data_dir`` (which must not hold one); returns the sequence copied."""
+def restore_from(address: str, data_dir: Path, timeout: float = 600.0, replace: bool = False) -> int:
+    """Copy a peer's store into ``data_dir``; returns the sequence copied.
+
+    Without ``replace`` the data dir must not hold a store. With it, the current store and index
+    checkpoint are replaced only once the copy is complete and verified (the shard must be closed)."""
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     target = data_dir / STORE_FILE
-    if target.exists():
+    if target.exists() and not replace:
         raise FileExistsError(f"{target} exists; restore only starts empty replicas")
     tmp = data_dir / (STORE_FILE + ".restore")
     header = None
@@ -69,6 +72,8 @@ def restore_from(address: str, data_dir: Path, timeout: float = 600.0) -> int:
                         raise Unavailable(f"snapshot from {address} is incomplete or corrupt")
                     f.flush()
                     os.fsync(f.fileno())
+                    for stale in (CHECKPOINT_FILE, STORE_FILE + "-wal", STORE_FILE + "-shm"):
+                        (data_dir / stale).unlink(missing_ok=True)
                     os.replace(tmp, target)
                     logger.info("restored %d bytes (sequence %d, %d documents) from %s", received,
                                 header.sequence, header.documents, address)

@@ -14,18 +14,20 @@ class Vector(_message.Message):
     def __init__(self, values: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("text", "vector", "k", "params", "filter")
+    __slots__ = ("text", "vector", "k", "params", "filter", "min_coverage")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
+    MIN_COVERAGE_FIELD_NUMBER: _ClassVar[int]
     text: str
     vector: Vector
     k: int
     params: _common_pb2.SearchParams
     filter: _common_pb2.Filter
-    def __init__(self, text: _Optional[str] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., k: _Optional[int] = ..., params: _Optional[_Union[_common_pb2.SearchParams, _Mapping]] = ..., filter: _Optional[_Union[_common_pb2.Filter, _Mapping]] = ...) -> None: ...
+    min_coverage: float
+    def __init__(self, text: _Optional[str] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., k: _Optional[int] = ..., params: _Optional[_Union[_common_pb2.SearchParams, _Mapping]] = ..., filter: _Optional[_Union[_common_pb2.Filter, _Mapping]] = ..., min_coverage: _Optional[float] = ...) -> None: ...
 
 class Timings(_message.Message):
     __slots__ = ("embed_seconds", "retrieve_seconds", "prompt_seconds", "time_to_first_token_seconds", "generate_seconds", "total_seconds")
@@ -54,16 +56,18 @@ class SearchResponse(_message.Message):
     def __init__(self, hits: _Optional[_Iterable[_Union[_common_pb2.Hit, _Mapping]]] = ..., coverage: _Optional[_Union[_common_pb2.Coverage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ...) -> None: ...
 
 class AskRequest(_message.Message):
-    __slots__ = ("question", "k", "sampling", "filter")
+    __slots__ = ("question", "k", "sampling", "filter", "min_coverage")
     QUESTION_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
+    MIN_COVERAGE_FIELD_NUMBER: _ClassVar[int]
     question: str
     k: int
     sampling: _common_pb2.SamplingParams
     filter: _common_pb2.Filter
-    def __init__(self, question: _Optional[str] = ..., k: _Optional[int] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., filter: _Optional[_Union[_common_pb2.Filter, _Mapping]] = ...) -> None: ...
+    min_coverage: float
+    def __init__(self, question: _Optional[str] = ..., k: _Optional[int] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., filter: _Optional[_Union[_common_pb2.Filter, _Mapping]] = ..., min_coverage: _Optional[float] = ...) -> None: ...
 
 class AskHits(_message.Message):
     __slots__ = ("hits", "coverage")

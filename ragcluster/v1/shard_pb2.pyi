@@ -191,3 +191,19 @@ class RebuildResponse(_message.Message):
     sequence: int
     seconds: float
     def __init__(self, documents: _Optional[int] = ..., sequence: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
+
+class RestoreRequest(_message.Message):
+    __slots__ = ("source",)
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    source: str
+    def __init__(self, source: _Optional[str] = ...) -> None: ...
+
+class RestoreResponse(_message.Message):
+    __slots__ = ("sequence", "documents", "seconds")
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    documents: int
+    seconds: float
+    def __init__(self, sequence: _Optional[int] = ..., documents: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...

@@ -70,6 +70,11 @@ class ShardServiceStub:
                 request_serializer=ragcluster_dot_v1_dot_shard__pb2.RebuildRequest.SerializeToString,
                 response_deserializer=ragcluster_dot_v1_dot_shard__pb2.RebuildResponse.FromString,
                 _registered_method=True)
+        self.Restore = channel.unary_unary(
+                '/ragcluster.v1.ShardService/Restore',
+                request_serializer=ragcluster_dot_v1_dot_shard__pb2.RestoreRequest.SerializeToString,
+                response_deserializer=ragcluster_dot_v1_dot_shard__pb2.RestoreResponse.FromString,
+                _registered_method=True)
 
 
 class ShardServiceServicer:
@@ -127,6 +132,14 @@ class ShardServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Restore(self, request, context):
+        """Replace this replica's data with a snapshot of another replica (catch-up after downtime). The
+        replica answers UNAVAILABLE while it restores; on failure it keeps its own data.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ShardServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -164,6 +177,11 @@ def add_ShardServiceServicer_to_server(servicer, server):
                     servicer.Rebuild,
                     request_deserializer=ragcluster_dot_v1_dot_shard__pb2.RebuildRequest.FromString,
                     response_serializer=ragcluster_dot_v1_dot_shard__pb2.RebuildResponse.SerializeToString,
+            ),
+            'Restore': grpc.unary_unary_rpc_method_handler(
+                    servicer.Restore,
+                    request_deserializer=ragcluster_dot_v1_dot_shard__pb2.RestoreRequest.FromString,
+                    response_serializer=ragcluster_dot_v1_dot_shard__pb2.RestoreResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -356,6 +374,33 @@ class ShardService:
             '/ragcluster.v1.ShardService/Rebuild',
             ragcluster_dot_v1_dot_shard__pb2.RebuildRequest.SerializeToString,
             ragcluster_dot_v1_dot_shard__pb2.RebuildResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Restore(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ragcluster.v1.ShardService/Restore',
+            ragcluster_dot_v1_dot_shard__pb2.RestoreRequest.SerializeToString,
+            ragcluster_dot_v1_dot_shard__pb2.RestoreResponse.FromString,
             options,
             channel_credentials,
             insecure,

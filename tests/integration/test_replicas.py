@@ -1,0 +1,238 @@
+"""Router with replicated shards (real shard processes, in-process router): a dead replica costs no
+failed request, a dead shard is reported in coverage (or refused with min_coverage), hedging hides a slow
+replica, a replica that comes back empty or behind catches up before it serves reads, deadlines hold."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+
+from ragcluster.client import RouterClient, coverage_from_error
+from ragcluster.cluster import ServerProcess
+from ragcluster.corpus import make_documents, make_queries
+from ragcluster.v1 import router_pb2, shard_pb2, shard_pb2_grpc
+from router.__main__ import build_server as build_router
+from router.config import RouterConfig
+
+
+def shard_process(run, shard: int, replica: int, *args, port: int = 0, data_tag: str = "") -> ServerProcess:
+    data = run / f"s{shard}r{replica}{data_tag}"
+    return ServerProcess("shard_server", ["--port", str(port), "--shard-id", str(shard), "--data-dir", str(data),
+                                          "--checkpoint-interval-seconds", "0", *args], run, f"s{shard}r{replica}")
+
+
+def port_of(process: ServerProcess) -> int:
+    return int(process.grpc.rsplit(":", 1)[1])
+
+
+def info(address: str) -> shard_pb2.ShardInfoResponse:
+    with grpc.insecure_channel(address) as channel:
+        return shard_pb2_grpc.ShardServiceStub(channel).Info(shard_pb2.ShardInfoRequest(), timeout=10)
+
+
+def caught_up(a: str, b: str) -> bool:
+    """Same sequence and count on both replicas (a replica answers UNAVAILABLE while it restores)."""
+    try:
+        x, y = info(a), info(b)
+    except grpc.RpcError as exc:
+        assert exc.code() == grpc.StatusCode.UNAVAILABLE
+        return False
+    return (x.sequence, x.documents) == (y.sequence, y.documents)
+
+
+def search_ids(address: str, vectors: np.ndarray) -> list[list[str]]:
+    from ragcluster.convert import matrix_to_pb
+
+    with grpc.insecure_channel(address) as channel:
+        res = shard_pb2_grpc.ShardServiceStub(channel).Search(
+            shard_pb2.ShardSearchRequest(queries=matrix_to_pb(vectors), k=5, include_documents=True), timeout=10)
+    return [[res.documents[i].id for i in r.ids] for r in res.results]
+
+
+class RouterInThread:
+    """The router on its own event loop thread, so tests can drive it with blocking clients."""
+
+    def __init__(self, config: RouterConfig, embedder):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+        async def start():
+            server = build_router(config)
+            server.services[0].servicer.embedder = embedder
+            await server.start()
+            return server
+
+        self.server = asyncio.run_coroutine_threadsafe(start(), self.loop).result(60)
+        self.address = self.server.address
+        self.servicer = self.server.services[0].servicer
+
+    def stop(self):
+        asyncio.run_coroutine_threadsafe(self.server.stop(grace=1), self.loop).result(60)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def replicated(tmp_path_factory, embedder):
+    run = tmp_path_factory.mktemp("replicas")
+    procs = {(s, r): shard_process(run, s, r) for s in range(2) for r in range(2)}
+    for p in procs.values():
+        p.wait_ready(120)
+    router = RouterInThread(RouterConfig(
+        port=0, metrics_port=-1, timeout_seconds=5.0, eject_seconds=2.0,
+        shard=[f"{s}={procs[(s, 0)].grpc},{procs[(s, 1)].grpc}" for s in range(2)]), embedder)
+    docs = make_documents(300, seed=31, prefix="r")
+    with RouterClient(router.address) as client:
+        assert client.ingest(docs).acknowledged == 300
+    yield run, procs, router, docs
+    router.stop()
+    for p in procs.values():
+        p.terminate(30)
+
+
+def load(address: str, stop: threading.Event, results: list, errors: list, min_coverage=None):
+    queries = make_queries(50, seed=5)
+    with RouterClient(address) as client:
+        for i in range(5000):  # bounded; stopped by the event long before
+            if stop.is_set():
+                return
+            try:
+                r = client.search(queries[i % 50], k=5, timeout=5, min_coverage=min_coverage)
+                results.append(r["coverage"])
+            except grpc.RpcError as exc:
+                errors.append(exc)
+
+
+def test_killing_a_replica_under_load_fails_no_request(replicated):
+    run, procs, router, _ = replicated
+    stop, results, errors = threading.Event(), [], []
+    threads = [threading.Thread(target=load, args=(router.address, stop, results, errors)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 30
+    while len(results) < 40 and time.monotonic() < deadline:  # traffic is flowing
+        time.sleep(0.01)
+    before = len(results)
+    procs[(0, 1)].kill()  # kill -9 a replica of shard 0 mid-load
+    while len(results) < before + 200 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors[:3]
+    assert len(results) >= before + 200
+    assert all(c["shards_answered"] == 2 and not c["degraded"] for c in results)
+
+
+def test_replica_back_empty_or_behind_catches_up_before_serving_reads(replicated, embedder):
+    run, procs, router, docs = replicated
+    # the replica killed above comes back on its port with an EMPTY data dir
+    port = port_of(procs[(0, 1)])
+    procs[(0, 1)] = shard_process(run, 0, 1, port=port, data_tag="-empty").wait_ready(120)
+    # meanwhile writes go on; the restored replica must end up with them too
+    more = make_documents(40, seed=32, prefix="late")
+    with RouterClient(router.address) as client:
+        assert client.ingest(more).acknowledged == 40
+    a, b = procs[(0, 0)].grpc, procs[(0, 1)].grpc
+    deadline = time.monotonic() + 60
+    while not caught_up(a, b):
+        assert time.monotonic() < deadline, "replica did not catch up"
+        time.sleep(0.1)
+    x = embedder.encode(make_queries(20, seed=6))
+    assert search_ids(a, x) == search_ids(b, x)  # identical answers
+
+    # now one that is merely behind: stop it, write, start it again on its own (old) data
+    port = port_of(procs[(1, 1)])
+    procs[(1, 1)].terminate(30)
+    with RouterClient(router.address) as client:
+        assert client.ingest(make_documents(40, seed=33, prefix="later")).acknowledged == 40
+    assert info(procs[(1, 0)].grpc).sequence > 0
+    procs[(1, 1)] = shard_process(run, 1, 1, port=port).wait_ready(120)
+    a, b = procs[(1, 0)].grpc, procs[(1, 1)].grpc
+    deadline = time.monotonic() + 60
+    while not caught_up(a, b):
+        assert time.monotonic() < deadline, "replica did not catch up"
+        time.sleep(0.1)
+    assert search_ids(a, x) == search_ids(b, x)
+
+
+def test_a_dead_shard_is_flagged_in_coverage_or_refused(replicated):
+    run, procs, router, _ = replicated
+    for r in range(2):
+        procs[(1, r)].kill()
+    with RouterClient(router.address) as client:
+        start = time.monotonic()
+        result = client.search("the night train", k=5, timeout=3)
+        assert time.monotonic() - start < 3
+        cov = result["coverage"]
+        assert (cov["shards_total"], cov["shards_answered"], cov["degraded"]) == (2, 1, True)
+        assert cov["failures"][0]["shard"] == 1 and cov["failures"][0]["reason"].endswith("UNAVAILABLE")
+        assert result["hits"] and all(h["shard"] == 0 for h in result["hits"])
+        with pytest.raises(grpc.RpcError) as err:
+            client.search("the night train", k=5, timeout=3, min_coverage=1.0)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "min_coverage" in err.value.details()
+        details = coverage_from_error(err.value)
+        assert details["shards_answered"] == 1 and details["shards_total"] == 2
+        assert client.search("the night train", k=5, timeout=3, min_coverage=0.5)["hits"]
+    for r in range(2):  # back for later tests
+        procs[(1, r)] = shard_process(run, 1, r, port=port_of(procs[(1, r)])).wait_ready(120)
+
+
+def _latencies(address: str, n: int) -> list[float]:
+    queries = make_queries(n, seed=8)
+    out = []
+    with RouterClient(address) as client:
+        for q in queries:
+            start = time.perf_counter()
+            client.search(q, k=5, timeout=10)
+            out.append(time.perf_counter() - start)
+    return out
+
+
+def test_hedging_hides_a_slow_replica(tmp_path, embedder):
+    fast = shard_process(tmp_path, 0, 0).wait_ready(120)
+    slow = shard_process(tmp_path, 0, 1, "--search-delay-ms", "400").wait_ready(120)
+    routers = {}
+    try:
+        for name, hedge in (("hedged", 0.0), ("unhedged", -1.0)):
+            routers[name] = RouterInThread(RouterConfig(port=0, metrics_port=-1, hedge_delay_ms=hedge,
+                                                        shard=[f"0={fast.grpc},{slow.grpc}"]), embedder)
+        with RouterClient(routers["hedged"].address) as client:
+            assert client.ingest(make_documents(100, seed=41, prefix="h")).acknowledged == 100
+        p99 = {name: float(np.percentile(_latencies(r.address, 60), 99)) for name, r in routers.items()}
+        print(f"\np99 with a 400 ms replica: hedged {p99['hedged'] * 1000:.0f} ms, "
+              f"unhedged {p99['unhedged'] * 1000:.0f} ms")
+        assert p99["unhedged"] > 0.4  # half the calls land on the slow replica
+        assert p99["hedged"] < 0.2  # the hedge answers from the fast one
+    finally:
+        for r in routers.values():
+            r.stop()
+        fast.terminate(30)
+        slow.terminate(30)
+
+
+def test_deadline_is_honoured_end_to_end(tmp_path, embedder):
+    ok = shard_process(tmp_path, 0, 0).wait_ready(120)
+    stuck = shard_process(tmp_path, 1, 0, "--search-delay-ms", "3000").wait_ready(120)
+    router = RouterInThread(RouterConfig(port=0, metrics_port=-1, shard=[f"0={ok.grpc}", f"1={stuck.grpc}"]),
+                            embedder)
+    try:
+        with RouterClient(router.address) as client:
+            for timeout in (0.3, 0.8):
+                start = time.monotonic()
+                result = client.search("glaciers", k=3, timeout=timeout)
+                elapsed = time.monotonic() - start
+                assert elapsed < timeout + 0.05, elapsed  # answered before the caller gave up
+                assert result["coverage"]["shards_answered"] == 1
+                assert result["coverage"]["failures"][0]["reason"].endswith("TIMEOUT")
+    finally:
+        router.stop()
+        ok.terminate(30)
+        stuck.terminate(30)
