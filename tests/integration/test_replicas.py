@@ -236,3 +236,43 @@ def test_deadline_is_honoured_end_to_end(tmp_path, embedder):
         router.stop()
         ok.terminate(30)
         stuck.terminate(30)
+
+
+def test_admission_control_and_graceful_drain(tmp_path, embedder):
+    slow = shard_process(tmp_path, 0, 0, "--search-delay-ms", "500").wait_ready(120)
+    router = RouterInThread(RouterConfig(port=0, metrics_port=-1, max_in_flight=2, shard=[f"0={slow.grpc}"]),
+                            embedder)
+    try:
+        outcomes: list = []
+
+        def one():
+            with RouterClient(router.address) as client:
+                start = time.monotonic()
+                try:
+                    client.search("fresh bread", k=3, timeout=10)
+                    outcomes.append(("OK", time.monotonic() - start))
+                except grpc.RpcError as exc:
+                    outcomes.append((exc.code().name, time.monotonic() - start))
+
+        threads = [threading.Thread(target=one) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        codes = [c for c, _ in outcomes]
+        assert codes.count("OK") >= 2 and "RESOURCE_EXHAUSTED" in codes
+        assert all(t < 0.3 for c, t in outcomes if c == "RESOURCE_EXHAUSTED")  # refused at once, not queued
+
+        # graceful stop: a request in flight when the router is told to stop still completes
+        result: list = []
+        thread = threading.Thread(target=lambda: result.append(
+            RouterClient(router.address).search("fresh bread", k=3, timeout=10)))
+        thread.start()
+        deadline = time.monotonic() + 10
+        while router.servicer.in_flight == 0 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        router.stop()  # grace 1 s > the 0.5 s the request still needs
+        thread.join(10)
+        assert result and result[0]["coverage"]["shards_answered"] == 1
+    finally:
+        slow.terminate(30)
