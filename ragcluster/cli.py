@@ -70,6 +70,37 @@ class AskOptions:
 
 
 @dataclass
+class EvalOptions:
+    router: str = option(DEFAULT_ROUTER, "router address host:port")
+    queries: str = option("", "BEIR queries JSONL ({'_id'|'id', 'text'}) for retrieval metrics")
+    qrels: str = option("", "BEIR qrels TSV (query-id, corpus-id, score; header line) for retrieval metrics")
+    k: int = option(10, "cut-off for recall@k, precision@k, nDCG@k, MRR@k, MAP@k", short="-k")
+    per_query: bool = option(False, "also print (or include in --json) every query's metrics")
+    qa: str = option("", "QA JSONL ({'id', 'question', 'answers': [str]}) for generation metrics (EM, F1, BLEU)")
+    max_tokens: int = option(64, "answer length for --qa")
+    concurrency: int = option(4, "requests in flight")
+    timeout: float = option(120.0, "deadline per request in seconds")
+    json: bool = option(False, "print the report as JSON")
+
+
+@dataclass
+class LoadtestOptions:
+    router: str = option(DEFAULT_ROUTER, "router address host:port")
+    mode: str = option("search", "what to send", choices=["search", "ask"])
+    concurrency: int = option(0, "closed loop: clients, each sending when its last request finished (default 8)")
+    rate: float = option(0.0, "open loop: requests per second, Poisson arrivals (latency counted from the "
+                              "scheduled arrival: no coordinated omission)")
+    duration: float = option(10.0, "seconds of load")
+    queries: str = option("", "JSONL file with a 'text' field per line (a BEIR queries file works); default: built-in")
+    k: int = option(10, "hits per search / passages per ask", short="-k")
+    max_tokens: int = option(32, "answer length in ask mode")
+    timeout: float = option(30.0, "deadline per request in seconds")
+    max_requests: int = option(1_000_000, "stop after this many requests")
+    plot: str = option("", "write latency-over-time and histogram charts to this PNG")
+    json: bool = option(False, "print the report as JSON")
+
+
+@dataclass
 class StatusOptions:
     router: str = option(DEFAULT_ROUTER, "router address host:port")
     json: bool = option(False, "print JSON: {documents, shards: [{shard, documents, replicas}], generators}")
@@ -303,12 +334,156 @@ def cmd_status(opts: StatusOptions, ns) -> int:
     return 0
 
 
+def cmd_eval(opts: EvalOptions, ns) -> int:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    from ragcluster.client import RouterClient
+    from ragcluster.errors import InvalidArgument
+    from ragcluster.evaluation import (RETRIEVAL_METRICS, corpus_bleu, evaluate_retrieval, exact_match,
+                                       load_qrels, load_queries, token_f1)
+
+    if not ((opts.queries and opts.qrels) or opts.qa):
+        return _fail("give --queries and --qrels (retrieval), and/or --qa (generation)")
+    report: dict = {}
+    try:
+        with RouterClient(opts.router, timeout=opts.timeout) as client, ThreadPoolExecutor(opts.concurrency) as pool:
+            if opts.queries and opts.qrels:
+                queries, qrels = load_queries(opts.queries), load_qrels(opts.qrels)
+                wanted = [q for q in qrels if q in queries]
+                missing = [q for q in qrels if q not in queries]
+
+                def search(qid):
+                    hits = client.search(queries[qid], k=opts.k)["hits"]
+                    return qid, [(h.get("parent_id") or h["id"], h["score"]) for h in hits]
+
+                runs = dict(tqdm(pool.map(search, wanted), total=len(wanted), desc="eval retrieval", unit="q",
+                                 disable=opts.json or None))
+                result = evaluate_retrieval(runs, {q: qrels[q] for q in wanted + missing}, opts.k)
+                report["retrieval"] = {
+                    "k": opts.k, "queries": result.evaluated, "skipped_no_relevant": result.skipped_no_relevant,
+                    "missing_query_text": len(missing),
+                    "metrics": {f"{m}@{opts.k}": round(v, 6) for m, v in result.means.items()},
+                }
+                if opts.per_query:
+                    report["retrieval"]["per_query"] = result.per_query
+            if opts.qa:
+                import json as _json
+
+                items = []
+                for n, line in enumerate(open(opts.qa, encoding="utf-8"), 1):
+                    if line.strip():
+                        obj = _json.loads(line)
+                        question, answers = obj.get("question") or obj.get("text"), obj.get("answers")
+                        if not isinstance(question, str) or not isinstance(answers, list) or not answers:
+                            raise InvalidArgument(f"{opts.qa}:{n}: needs 'question' and a non-empty 'answers' list")
+                        items.append((str(obj.get("id", obj.get("_id", n))), question, [str(a) for a in answers]))
+
+                def ask(item):
+                    qid, question, answers = item
+                    return qid, client.ask(question, max_tokens=opts.max_tokens, temperature=0.0)["answer"].strip()
+
+                answers = dict(tqdm(pool.map(ask, items), total=len(items), desc="eval generation", unit="q",
+                                    disable=opts.json or None))
+                preds = [answers[qid] for qid, _, _ in items]
+                refs = [refs for _, _, refs in items]
+                em = [exact_match(p, r) for p, r in zip(preds, refs)]
+                f1 = [token_f1(p, r) for p, r in zip(preds, refs)]
+                report["generation"] = {
+                    "questions": len(items), "exact_match": sum(em) / max(len(em), 1),
+                    "f1": sum(f1) / max(len(f1), 1), "bleu": corpus_bleu(preds, refs),
+                }
+                if opts.per_query:
+                    report["generation"]["per_question"] = {
+                        qid: {"answer": p, "exact_match": e, "f1": f} for (qid, _, _), p, e, f in zip(items, preds, em, f1)}
+    except (InvalidArgument, OSError) as exc:
+        return _fail(str(exc))
+    if opts.json:
+        print(json.dumps(report))
+        return 0
+    from rich.table import Table
+
+    console = _console()
+    if "retrieval" in report:
+        r = report["retrieval"]
+        table = Table(title=f"retrieval — {r['queries']} queries with relevant documents, k={r['k']}")
+        for m in RETRIEVAL_METRICS:
+            table.add_column(f"{m}@{r['k']}", justify="right")
+        table.add_row(*(f"{r['metrics'][f'{m}@{opts.k}']:.4f}" for m in RETRIEVAL_METRICS))
+        console.print(table)
+        if opts.per_query:
+            pq = Table(title="per query")
+            pq.add_column("query")
+            for m in RETRIEVAL_METRICS:
+                pq.add_column(m, justify="right")
+            for qid, values in r["per_query"].items():
+                pq.add_row(qid, *(f"{values[m]:.4f}" for m in RETRIEVAL_METRICS))
+            console.print(pq)
+    if "generation" in report:
+        g = report["generation"]
+        console.print(f"generation — {g['questions']} questions: exact match {g['exact_match']:.4f}, "
+                      f"F1 {g['f1']:.4f}, BLEU {g['bleu']:.2f}")
+    return 0
+
+
+def cmd_loadtest(opts: LoadtestOptions, ns) -> int:
+    import asyncio
+
+    from ragcluster.corpus import make_queries
+    from ragcluster.evaluation import load_query_texts
+    from ragcluster.loadtest import run_load
+
+    if opts.concurrency and opts.rate:
+        return _fail("give --concurrency (closed loop) or --rate (open loop), not both")
+    if opts.duration <= 0 or opts.rate < 0 or opts.concurrency < 0:
+        return _fail("--duration must be positive; --rate and --concurrency not negative")
+    try:
+        queries = load_query_texts(opts.queries) if opts.queries else make_queries(200, seed=7)
+    except Exception as exc:
+        return _fail(f"--queries {opts.queries}: {exc}")
+    if not opts.json:
+        loop = f"open loop at {opts.rate:g}/s" if opts.rate else f"closed loop, {opts.concurrency or 8} clients"
+        print(f"loadtest: {opts.mode}, {loop}, {opts.duration:g}s against {opts.router}…", file=sys.stderr)
+    report = asyncio.run(run_load(opts.router, opts.mode, queries, opts.duration, opts.concurrency, opts.rate,
+                                  opts.k, opts.max_tokens, opts.timeout, opts.max_requests))
+    summary = report.summary()
+    if opts.plot:
+        report.plot(opts.plot)
+        summary["plot"] = opts.plot
+    if opts.json:
+        print(json.dumps(summary))
+        return 0
+    from rich.table import Table
+
+    table = Table(title=f"{summary['mode']} — {summary['requests']} requests, {summary['ok']} ok, "
+                        f"{summary['throughput_per_second']:.1f}/s")
+    columns = ["p50", "p90", "p99", "p99.9", "max"]
+    table.add_column("ms")
+    for c in columns:
+        table.add_column(c, justify="right")
+    for name in ("latency_ms", "ttft_ms"):
+        if summary.get(name):
+            table.add_row(name.replace("_ms", ""), *(f"{summary[name][c]:.1f}" for c in columns))
+    console = _console()
+    console.print(table)
+    if summary["errors"]:
+        console.print("errors: " + ", ".join(f"{c} {n}" for c, n in summary["errors"].items()))
+    if opts.plot:
+        console.print(f"plot written to {opts.plot}")
+    return 0
+
+
 COMMANDS = {
     "up": (UpOptions, cmd_up, "start a local cluster (shards, generators, router) until Ctrl-C", []),
     "ingest": (IngestOptions, cmd_ingest, "ingest JSONL documents through the router", ["files"]),
     "search": (SearchOptions, cmd_search, "search by text; exact global top-k over all shards", ["text"]),
     "ask": (AskOptions, cmd_ask, "ask a question; the answer streams with its citations", ["question"]),
     "status": (StatusOptions, cmd_status, "shards, replicas, health, document counts, generators", []),
+    "eval": (EvalOptions, cmd_eval, "retrieval metrics (recall, precision, nDCG, MRR, MAP @k) on BEIR queries/qrels; "
+                                    "generation metrics (EM, F1, BLEU) on a QA set", []),
+    "loadtest": (LoadtestOptions, cmd_loadtest, "closed- or open-loop load; latency percentiles, TTFT, errors, "
+                                                "plots", []),
 }
 
 POSITIONALS = {

@@ -69,7 +69,7 @@ def hit_to_json(hit: common_pb2.Hit) -> dict:
     doc = document_from_pb(hit.document)
     return {
         "id": doc.id, "score": float(hit.score), "shard": hit.shard, "title": doc.title, "text": doc.text,
-        "metadata": doc.metadata,
+        "metadata": doc.metadata, "parent_id": str(doc.metadata.get("parent_id", doc.id)),
     }
 
 

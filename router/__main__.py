@@ -32,7 +32,8 @@ def build_server(config: RouterConfig) -> GrpcServer:
     async def load() -> None:
         from ragcluster.embedding import Embedder
 
-        await asyncio.gather(pool.start(), *(g.start(config.dns_refresh_seconds) for g in groups))
+        await asyncio.gather(pool.start(refresh_seconds=config.dns_refresh_seconds),
+                             *(g.start(config.dns_refresh_seconds) for g in groups))
         if servicer.embedder is None:
             servicer.embedder = await asyncio.to_thread(
                 Embedder, config.embedding_model, config.embedding_dtype, threads=config.embedding_threads

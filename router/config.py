@@ -16,7 +16,8 @@ class RouterConfig(ServerConfig):
             "resolves to is a replica, e.g. a Kubernetes headless service); repeat per shard (env: ';'-separated)",
         metavar="N=ADDR[,ADDR...]",
     )
-    generator: list[str] = option([], "a generator node host:port; repeat for several", metavar="HOST:PORT")
+    generator: list[str] = option([], "a generator node host:port, or dns:///name:port for every address the name "
+                                      "resolves to; repeat for several", metavar="ADDR")
     embedding_model: str = option("all-MiniLM-L6-v2", "sentence-transformers model: name or local folder")
     embedding_dtype: str = option("float32", "embedding precision", choices=["float32", "bfloat16"])
     embedding_threads: int = option(0, "torch threads for embedding (0 = torch's default: all cores); use 1 when "

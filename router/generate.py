@@ -3,6 +3,7 @@ and prompt budgeting with the node's own tokenizer."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -12,6 +13,7 @@ import grpc
 from ragcluster.errors import InvalidArgument, Unavailable
 from ragcluster.serving import channel_options
 from ragcluster.v1 import common_pb2, generator_pb2, generator_pb2_grpc
+from router.fanout import resolve
 from router.health import Backend, Watchers
 from router.prompt import Passage, Prompt, PromptTemplate, answer_budget, order_passages, select_passages
 
@@ -36,12 +38,38 @@ class GeneratorPool:
 
     def __init__(self, addresses: list[str], eject_seconds: float = 5.0):
         self.eject_seconds = eject_seconds
-        self.nodes = [GeneratorNode(a, grpc.aio.insecure_channel(a, options=channel_options())) for a in addresses]
+        self.specs = list(addresses)  # host:port, or dns:///name:port (every address it resolves to)
+        self.nodes: list[GeneratorNode] = []
         self._watchers = Watchers()
+        self._refresh_task: asyncio.Task | None = None
+        self._add([a for a in self.specs if not a.startswith("dns:")])
 
-    async def start(self, wait_seconds: float = 5.0) -> None:
+    def _add(self, addresses: list[str]) -> list[GeneratorNode]:
+        known = {n.address for n in self.nodes}
+        added = [GeneratorNode(a, grpc.aio.insecure_channel(a, options=channel_options()))
+                 for a in addresses if a not in known]
+        self.nodes.extend(added)
+        return added
+
+    def _resolved(self) -> list[str]:
+        return sorted({a for spec in self.specs for a in resolve(spec)})
+
+    async def start(self, wait_seconds: float = 5.0, refresh_seconds: float = 30.0) -> None:
         """Start watching every node; wait (bounded) until each has reported a first status."""
+        self._add(self._resolved())
         await self._watchers.start(self.nodes, "generator", wait_seconds)
+        if any(s.startswith("dns:") for s in self.specs):
+            self._refresh_task = asyncio.create_task(self._refresh_loop(refresh_seconds))
+
+    async def _refresh_loop(self, every: float) -> None:
+        while True:
+            await asyncio.sleep(every)  # periodic DNS refresh (a timer)
+            wanted = set(self._resolved())
+            added = self._add(sorted(wanted))
+            if added:
+                logger.info("new generator nodes %s", [n.address for n in added])
+                await self._watchers.start(added, "generator", 0)
+            self.nodes = [n for n in self.nodes if n.address in wanted]
 
     def ordered(self) -> list[GeneratorNode]:
         """SERVING, non-ejected nodes, least outstanding requests first."""
@@ -135,6 +163,8 @@ class GeneratorPool:
         raise Unavailable("no generator node could serve the request: " + "; ".join(errors or ["deadline passed"]))
 
     async def close(self) -> None:
+        if self._refresh_task is not None:
+            self._refresh_task.cancel()
         await self._watchers.stop()
         for node in self.nodes:
             await node.channel.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import urllib.request
 
 import faiss
@@ -232,3 +233,55 @@ def test_filtered_search_through_router(cluster, ingested):
     assert len(out["hits"]) == 3 and all(h["metadata"]["topic"] == "history" for h in out["hits"])
     bad = subprocess.run(cli + ["--where", "colour=red"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "INVALID_ARGUMENT" in bad.stderr and "colour" in bad.stderr
+
+
+def test_eval_cli_retrieval_and_generation(cluster, ingested, tmp_path):
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text("\n".join(json.dumps(q) for q in [
+        {"_id": "q1", "text": "How do honeybees tell each other where flowers are?"},
+        {"_id": "q2", "text": "Who built the first printing press with movable type?"},
+        {"_id": "q3", "text": "What is the speed of light in a vacuum?"},
+        {"_id": "q4", "text": "a query whose judgments are all non-relevant"},
+    ]) + "\n")
+    qrels = tmp_path / "qrels.tsv"
+    qrels.write_text("query-id\tcorpus-id\tscore\nq1\thoneybees\t2\nq2\tprinting-press\t2\nq2\tbicycles\t0\n"
+                     "q3\tspeed-of-light\t2\nq3\tblack-holes\t1\nq4\tchess\t0\nq5\tcoffee\t1\n")
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text(json.dumps({"id": "a1", "question": "What do bees use to communicate?",
+                              "answers": ["the waggle dance"]}) + "\n")
+    cmd = [sys.executable, "-m", "ragcluster.cli", "eval", "--router", cluster.router_address, "--queries",
+           str(queries), "--qrels", str(qrels), "-k", "10", "--per-query", "--qa", str(qa), "--max-tokens", "8",
+           "--json"]
+    report = json.loads(subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True).stdout)
+    r = report["retrieval"]
+    # q1-q3 judged relevant, q4 has no relevant document, q5 has no query text (scores 0)
+    assert r["queries"] == 4 and r["skipped_no_relevant"] == 1 and r["missing_query_text"] == 1
+    assert set(r["metrics"]) == {"recall@10", "precision@10", "ndcg@10", "mrr@10", "map@10"}
+    for qid in ("q1", "q2"):
+        assert r["per_query"][qid]["mrr"] == 1.0 and r["per_query"][qid]["recall"] == 1.0
+    assert r["per_query"]["q5"]["recall"] == 0.0
+    assert 0.5 < r["metrics"]["mrr@10"] <= 0.75  # three of four at rank 1 at best
+    g = report["generation"]
+    assert g["questions"] == 1 and 0 <= g["f1"] <= 1 and 0 <= g["bleu"] <= 100
+    assert "a1" in g["per_question"]
+
+
+@pytest.mark.parametrize("mode,loop", [("search", ["--concurrency", "4"]), ("ask", ["--rate", "4"])])
+def test_loadtest_cli_reports_and_plots(cluster, ingested, tmp_path, mode, loop):
+    png = tmp_path / f"{mode}.png"
+    queries = tmp_path / "q.jsonl"
+    queries.write_text('{"text": "coffee and tea"}\n{"text": "volcanoes and plates"}\n')
+    cmd = [sys.executable, "-m", "ragcluster.cli", "loadtest", "--router", cluster.router_address, "--mode", mode,
+           *loop, "--duration", "3", "--queries", str(queries), "--max-tokens", "4", "--plot", str(png), "--json"]
+    start = time.monotonic()
+    summary = json.loads(subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True).stdout)
+    assert time.monotonic() - start < 60  # stops by itself
+    assert summary["mode"] == mode and summary["loop"] == ("closed" if mode == "search" else "open")
+    assert summary["requests"] == summary["ok"] > 0 and summary["errors"] == {}
+    lat = summary["latency_ms"]
+    assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p99.9"] <= lat["max"]
+    assert summary["throughput_per_second"] > 0
+    if mode == "ask":
+        assert 0 < summary["ttft_ms"]["p50"] <= lat["p50"]
+        assert 4 <= summary["requests"] <= 40  # ~4/s for 3 s (Poisson)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -229,7 +229,8 @@ def test_deadline_is_honoured_end_to_end(tmp_path, embedder):
                 start = time.monotonic()
                 result = client.search("glaciers", k=3, timeout=timeout)
                 elapsed = time.monotonic() - start
-                assert elapsed < timeout + 0.05, elapsed  # answered before the caller gave up
+                # answered by the deadline (the stuck shard would take 3 s), with a margin for a busy machine
+                assert elapsed < timeout + 0.25, elapsed
                 assert result["coverage"]["shards_answered"] == 1
                 assert result["coverage"]["failures"][0]["reason"].endswith("TIMEOUT")
     finally:
@@ -261,7 +262,8 @@ def test_admission_control_and_graceful_drain(tmp_path, embedder):
             t.join(30)
         codes = [c for c, _ in outcomes]
         assert codes.count("OK") >= 2 and "RESOURCE_EXHAUSTED" in codes
-        assert all(t < 0.3 for c, t in outcomes if c == "RESOURCE_EXHAUSTED")  # refused at once, not queued
+        # refused at once, not queued behind the 0.5 s searches
+        assert all(t < 0.4 for c, t in outcomes if c == "RESOURCE_EXHAUSTED")
 
         # graceful stop: a request in flight when the router is told to stop still completes
         result: list = []

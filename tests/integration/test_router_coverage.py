@@ -94,3 +94,18 @@ async def test_no_shard_answering_is_unavailable(embedder):
             [e async for e in stub.Ask(router_pb2.AskRequest(question="anything"), timeout=10)]
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     await router.stop(grace=1)
+
+
+async def test_dns_names_expand_to_replicas(half_cluster, embedder):
+    _, shard, _ = half_cluster
+    port = shard.address.rsplit(":", 1)[1]
+    router = build_router(RouterConfig(port=0, metrics_port=-1, shard=[f"0=dns:///localhost:{port}"]))
+    router.services[0].servicer.embedder = embedder
+    await router.start()
+    group = router.services[0].servicer.groups[0]
+    assert f"127.0.0.1:{port}" in [r.address for r in group.replicas]  # resolved through DNS
+    async with grpc.aio.insecure_channel(router.address) as channel:
+        stub = router_pb2_grpc.RouterServiceStub(channel)
+        response = await stub.Search(router_pb2.SearchRequest(text="the river feeds the valley", k=3), timeout=10)
+        assert len(response.hits) == 3 and response.coverage.shards_answered == 1
+    await router.stop(grace=1)
