@@ -17,6 +17,7 @@ from ragcluster.v1 import common_pb2, router_pb2, router_pb2_grpc
 class IngestResult:
     acknowledged: int = 0
     sent: int = 0
+    unchanged: int = 0  # resume: already stored with the same content, not sent
 
 
 class RouterClient:
@@ -95,22 +96,44 @@ class RouterClient:
                 )
         return result
 
+    def lookup(self, ids: list[str]) -> dict[str, str]:
+        """Stored ids among ``ids`` -> their content hashes."""
+        response = self.stub.Lookup(router_pb2.LookupRequest(ids=ids), timeout=self.timeout)
+        return dict(zip(response.ids, response.content_hashes))
+
     def ingest(self, documents: Iterable[Document], batch_size: int = 64,
-               on_ack: Callable[[int], None] | None = None, timeout: float | None = None) -> IngestResult:
-        """Stream documents in batches; returns once every sent batch was acknowledged (durable)."""
+               on_ack: Callable[[int], None] | None = None, timeout: float | None = None,
+               resume: bool = False, on_skip: Callable[[int], None] | None = None) -> IngestResult:
+        """Stream documents in batches; returns once every sent batch was acknowledged (durable).
+
+        ``resume``: documents already stored with the same content hash are not sent again."""
         result = IngestResult()
 
+        def unchanged_dropped(batch: list[Document]) -> list[Document]:
+            if not resume:
+                return batch
+            stored = self.lookup([d.id for d in batch])
+            fresh = [d for d in batch if stored.get(d.id) != d.content_hash()]
+            skipped = len(batch) - len(fresh)
+            result.unchanged += skipped
+            if skipped and on_skip:
+                on_skip(skipped)
+            return fresh
+
         def requests():  # consumed by grpc's sender thread while responses stream back: pipelined
-            batch: list = []
+            batch: list[Document] = []
             for doc in documents:
-                batch.append(document_to_pb(doc))
+                batch.append(doc)
                 if len(batch) >= batch_size:
-                    result.sent += len(batch)
-                    yield router_pb2.IngestRequest(documents=batch)
+                    fresh = unchanged_dropped(batch)
                     batch = []
-            if batch:
-                result.sent += len(batch)
-                yield router_pb2.IngestRequest(documents=batch)
+                    if fresh:
+                        result.sent += len(fresh)
+                        yield router_pb2.IngestRequest(documents=[document_to_pb(d) for d in fresh])
+            fresh = unchanged_dropped(batch) if batch else []
+            if fresh:
+                result.sent += len(fresh)
+                yield router_pb2.IngestRequest(documents=[document_to_pb(d) for d in fresh])
 
         for response in self.stub.Ingest(requests(), timeout=timeout):
             result.acknowledged += response.acknowledged

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass, field
 
@@ -36,6 +38,12 @@ class Document:
                 )
             if isinstance(value, float) and not math.isfinite(value):
                 raise InvalidArgument(f"{where}.metadata[{key!r}]: not a finite number")
+
+    def content_hash(self) -> str:
+        """Stable hash of title, text and metadata: resumable ingest skips documents stored unchanged."""
+        payload = json.dumps([self.title, self.text, self.metadata], sort_keys=True, ensure_ascii=False,
+                             separators=(",", ":"))
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
 
     def to_json(self) -> dict:
         return {"id": self.id, "title": self.title, "text": self.text, "metadata": dict(self.metadata)}

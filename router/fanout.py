@@ -227,6 +227,21 @@ class ShardGroup:
             raise last_error
         raise asyncio.TimeoutError()
 
+    async def fetch_hashes(self, ids: list[str], timeout: float) -> dict[str, str]:
+        """Stored content hashes of ``ids`` from one readable replica (failing over on UNAVAILABLE)."""
+        request = shard_pb2.FetchRequest(ids=ids, hashes_only=True)
+        last: BaseException | None = None
+        for replica in self.readable():
+            try:
+                response = await replica.stub.Fetch(request, timeout=timeout)
+                return dict(zip(response.ids, response.content_hashes))
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                    raise InvalidArgument(exc.details()) from exc
+                last = exc
+        raise Unavailable(f"shard {self.shard}: no replica answered a lookup"
+                          + (f": {last.details()}" if isinstance(last, grpc.aio.AioRpcError) else ""))
+
     # --- writes ---------------------------------------------------------------------------------
     def _write_targets(self) -> list[Replica]:
         now = time.monotonic()

@@ -302,6 +302,20 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         deleted = await asyncio.gather(*(self.groups[s].delete(ids, budget) for s, ids in by_shard.items()))
         return router_pb2.DeleteResponse(deleted=int(sum(deleted)))
 
+    async def Lookup(self, request: router_pb2.LookupRequest, context) -> router_pb2.LookupResponse:
+        if len(request.ids) > 10_000:
+            raise InvalidArgument("ids: at most 10000 per call")
+        by_shard: dict[int, list[str]] = defaultdict(list)
+        for i, doc_id in enumerate(request.ids):
+            if not doc_id:
+                raise InvalidArgument(f"ids[{i}]: empty id")
+            by_shard[shard_for(doc_id, len(self.groups))].append(doc_id)
+        budget = self._budget(context)
+        found = await asyncio.gather(*(self.groups[s].fetch_hashes(ids, budget) for s, ids in by_shard.items()))
+        hashes = {k: v for part in found for k, v in part.items()}
+        ids = [i for i in request.ids if i in hashes]
+        return router_pb2.LookupResponse(ids=ids, content_hashes=[hashes[i] for i in ids])
+
     async def ClusterStatus(self, request, context) -> router_pb2.ClusterStatusResponse:
         timeout = min(self._budget(context), 2.0)
         response = router_pb2.ClusterStatusResponse(

@@ -94,8 +94,15 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         return shard_pb2.ShardDeleteResponse(deleted=deleted, sequence=sequence)
 
     async def Fetch(self, request, context):
-        docs = await asyncio.to_thread(self.shard.fetch, list(request.ids))
-        return shard_pb2.FetchResponse(documents=[document_to_pb(d) for d in docs])
+        if len(request.ids) > 10_000:
+            raise InvalidArgument("ids: at most 10000 per call")
+        hashes = await asyncio.to_thread(self.shard.content_hashes, list(request.ids))
+        found = [i for i in request.ids if i in hashes]
+        response = shard_pb2.FetchResponse(ids=found, content_hashes=[hashes[i] for i in found])
+        if not request.hashes_only:
+            docs = await asyncio.to_thread(self.shard.fetch, found)
+            response.documents.extend(document_to_pb(d) for d in docs)
+        return response
 
     async def Info(self, request, context):
         info = await asyncio.to_thread(self.shard.info)

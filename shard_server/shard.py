@@ -380,6 +380,11 @@ class Shard:
         found = self.store.get_by_ids(ids)
         return [found[i] for i in ids if i in found]
 
+    def content_hashes(self, ids: list[str]) -> dict[str, str]:
+        for i, doc_id in enumerate(ids):
+            validate_id(doc_id, f"ids[{i}]")
+        return self.store.hashes_by_ids(ids)
+
     def info(self) -> ShardInfo:
         with self._index_lock.read():
             ntotal, trained, tombstones = self.index.ntotal, self.index.trained, self.index.tombstones

@@ -27,7 +27,7 @@ import numpy as np
 from ragcluster.documents import Document
 from ragcluster.errors import FailedPrecondition, ResourceExhausted
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS docs (
     iid INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS docs (
     text TEXT NOT NULL,
     metadata TEXT NOT NULL,
     vector BLOB NOT NULL,
-    seq INTEGER NOT NULL
+    seq INTEGER NOT NULL,
+    hash TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS docs_seq ON docs(seq);
 CREATE TABLE IF NOT EXISTS removed (iid INTEGER PRIMARY KEY, seq INTEGER NOT NULL);
@@ -86,7 +87,9 @@ class DocumentStore:
         self._write = self._connect()
         version = self._write.execute("PRAGMA user_version").fetchone()[0]
         has_docs = self._write.execute("SELECT 1 FROM sqlite_master WHERE name = 'docs'").fetchone()
-        if has_docs and str(version) != SCHEMA_VERSION:
+        if has_docs and str(version) == "2":  # v2 -> v3: content hashes (empty: re-sent once by resumable ingest)
+            self._write.execute("ALTER TABLE docs ADD COLUMN hash TEXT NOT NULL DEFAULT ''")
+        elif has_docs and str(version) != SCHEMA_VERSION:
             raise FailedPrecondition(f"{self.path}: store schema {version}, this version needs {SCHEMA_VERSION}")
         self._write.executescript(SCHEMA)
         self._write.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -156,8 +159,9 @@ class DocumentStore:
                         replaced.append(row[0])
                         self._remove_row(cur, row[0], sequence)
                     cur.execute(
-                        "INSERT INTO docs(id, title, text, metadata, vector, seq) VALUES (?, ?, ?, ?, ?, ?)",
-                        (doc.id, doc.title, doc.text, json.dumps(doc.metadata), vectors[i].tobytes(), sequence),
+                        "INSERT INTO docs(id, title, text, metadata, vector, seq, hash) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (doc.id, doc.title, doc.text, json.dumps(doc.metadata), vectors[i].tobytes(), sequence,
+                         doc.content_hash()),
                     )
                     iid = new_iids[i] = cur.lastrowid
                     for key, value in doc.metadata.items():
@@ -234,6 +238,10 @@ class DocumentStore:
     def get_by_ids(self, ids: Sequence[str]) -> dict[str, Document]:
         sql = "SELECT id, title, text, metadata FROM docs WHERE id IN ({marks})"
         return {row[0]: self._doc(row) for row in self._chunked(sql, list(dict.fromkeys(ids)))}
+
+    def hashes_by_ids(self, ids: Sequence[str]) -> dict[str, str]:
+        sql = "SELECT id, hash FROM docs WHERE id IN ({marks})"
+        return {row[0]: row[1] for row in self._chunked(sql, list(dict.fromkeys(ids)))}
 
     def vectors_for(self, iids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         sql = "SELECT iid, vector FROM docs WHERE iid IN ({marks})"

@@ -60,6 +60,11 @@ class RouterServiceStub:
                 request_serializer=ragcluster_dot_v1_dot_router__pb2.ClusterStatusRequest.SerializeToString,
                 response_deserializer=ragcluster_dot_v1_dot_router__pb2.ClusterStatusResponse.FromString,
                 _registered_method=True)
+        self.Lookup = channel.unary_unary(
+                '/ragcluster.v1.RouterService/Lookup',
+                request_serializer=ragcluster_dot_v1_dot_router__pb2.LookupRequest.SerializeToString,
+                response_deserializer=ragcluster_dot_v1_dot_router__pb2.LookupResponse.FromString,
+                _registered_method=True)
 
 
 class RouterServiceServicer:
@@ -103,6 +108,13 @@ class RouterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Lookup(self, request, context):
+        """Which of these ids are stored, with their content hashes (resumable ingest skips unchanged ones).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -130,6 +142,11 @@ def add_RouterServiceServicer_to_server(servicer, server):
                     servicer.ClusterStatus,
                     request_deserializer=ragcluster_dot_v1_dot_router__pb2.ClusterStatusRequest.FromString,
                     response_serializer=ragcluster_dot_v1_dot_router__pb2.ClusterStatusResponse.SerializeToString,
+            ),
+            'Lookup': grpc.unary_unary_rpc_method_handler(
+                    servicer.Lookup,
+                    request_deserializer=ragcluster_dot_v1_dot_router__pb2.LookupRequest.FromString,
+                    response_serializer=ragcluster_dot_v1_dot_router__pb2.LookupResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -268,6 +285,33 @@ class RouterService:
             '/ragcluster.v1.RouterService/ClusterStatus',
             ragcluster_dot_v1_dot_router__pb2.ClusterStatusRequest.SerializeToString,
             ragcluster_dot_v1_dot_router__pb2.ClusterStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Lookup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ragcluster.v1.RouterService/Lookup',
+            ragcluster_dot_v1_dot_router__pb2.LookupRequest.SerializeToString,
+            ragcluster_dot_v1_dot_router__pb2.LookupResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from ragcluster.v1 import common_pb2 as ragcluster_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19ragcluster/v1/shard.proto\x12\rragcluster.v1\x1a\x1aragcluster/v1/common.proto\"\xe1\x01\n\x12ShardSearchRequest\x12+\n\x07queries\x18\x01 \x01(\x0b\x32\x1a.ragcluster.v1.FloatMatrix\x12\t\n\x01k\x18\x02 \x01(\r\x12+\n\x06params\x18\x03 \x01(\x0b\x32\x1b.ragcluster.v1.SearchParams\x12\x19\n\x11include_documents\x18\x04 \x01(\x08\x12%\n\x06\x66ilter\x18\x05 \x01(\x0b\x32\x15.ragcluster.v1.Filter\x12$\n\x1cunknown_fields_match_nothing\x18\x06 \x01(\x08\"#\n\x04TopK\x12\x0b\n\x03ids\x18\x01 \x03(\x03\x12\x0e\n\x06scores\x18\x02 \x03(\x02\"\x8d\x02\n\x13ShardSearchResponse\x12$\n\x07results\x18\x01 \x03(\x0b\x32\x13.ragcluster.v1.TopK\x12\x44\n\tdocuments\x18\x02 \x03(\x0b\x32\x31.ragcluster.v1.ShardSearchResponse.DocumentsEntry\x12\x18\n\x10vectors_searched\x18\x03 \x01(\x04\x12\r\n\x05shard\x18\x04 \x01(\r\x12\x16\n\x0eunknown_fields\x18\x05 \x03(\t\x1aI\n\x0e\x44ocumentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\x03\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.ragcluster.v1.Document:\x02\x38\x01\"K\n\x0e\x44ocumentVector\x12)\n\x08\x64ocument\x18\x01 \x01(\x0b\x32\x17.ragcluster.v1.Document\x12\x0e\n\x06vector\x18\x02 \x03(\x02\"Z\n\rUpsertRequest\x12\x30\n\tdocuments\x18\x01 \x03(\x0b\x32\x1d.ragcluster.v1.DocumentVector\x12\x17\n\x0f\x65mbedding_model\x18\x02 \x01(\t\"4\n\x0eUpsertResponse\x12\x10\n\x08upserted\x18\x01 \x01(\r\x12\x10\n\x08sequence\x18\x02 \x01(\x04\"!\n\x12ShardDeleteRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\"8\n\x13ShardDeleteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\r\x12\x10\n\x08sequence\x18\x02 \x01(\x04\"\x1b\n\x0c\x46\x65tchRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\";\n\rFetchResponse\x12*\n\tdocuments\x18\x01 \x03(\x0b\x32\x17.ragcluster.v1.Document\"\x12\n\x10ShardInfoRequest\"\xbe\x02\n\x11ShardInfoResponse\x12\r\n\x05shard\x18\x01 \x01(\r\x12\x11\n\tdocuments\x18\x02 \x01(\x04\x12\x0b\n\x03\x64im\x18\x03 \x01(\r\x12%\n\x06metric\x18\x04 \x01(\x0e\x32\x15.ragcluster.v1.Metric\x12\x15\n\rindex_factory\x18\x05 \x01(\t\x12\x17\n\x0f\x65mbedding_model\x18\x06 \x01(\t\x12\x10\n\x08sequence\x18\x07 \x01(\x04\x12\x0f\n\x07trained\x18\x08 \x01(\x08\x12\r\n\x05max_k\x18\t \x01(\r\x12\x11\n\tmax_batch\x18\n \x01(\r\x12\x18\n\x10stored_documents\x18\x0b \x01(\x04\x12\x12\n\ntombstones\x18\x0c \x01(\x04\x12\x1b\n\x13\x63heckpoint_sequence\x18\r \x01(\x04\x12\x13\n\x0bindex_bytes\x18\x0e \x01(\x04\"\x11\n\x0fSnapshotRequest\"\xbc\x01\n\x0eSnapshotHeader\x12\r\n\x05shard\x18\x01 \x01(\r\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x12\n\nsize_bytes\x18\x03 \x01(\x04\x12\x0b\n\x03\x64im\x18\x04 \x01(\r\x12%\n\x06metric\x18\x05 \x01(\x0e\x32\x15.ragcluster.v1.Metric\x12\x15\n\rindex_factory\x18\x06 \x01(\t\x12\x17\n\x0f\x65mbedding_model\x18\x07 \x01(\t\x12\x11\n\tdocuments\x18\x08 \x01(\x04\"!\n\x0fSnapshotTrailer\x12\x0e\n\x06sha256\x18\x01 \x01(\t\"\x8b\x01\n\rSnapshotChunk\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1d.ragcluster.v1.SnapshotHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12\x31\n\x07trailer\x18\x03 \x01(\x0b\x32\x1e.ragcluster.v1.SnapshotTrailerH\x00\x42\x06\n\x04kind\"\x10\n\x0eRebuildRequest\"G\n\x0fRebuildResponse\x12\x11\n\tdocuments\x18\x01 \x01(\x04\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x0f\n\x07seconds\x18\x03 \x01(\x01\" \n\x0eRestoreRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\"G\n\x0fRestoreResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x11\n\tdocuments\x18\x02 \x01(\x04\x12\x0f\n\x07seconds\x18\x03 \x01(\x01\x32\xea\x04\n\x0cShardService\x12O\n\x06Search\x12!.ragcluster.v1.ShardSearchRequest\x1a\".ragcluster.v1.ShardSearchResponse\x12I\n\x06Upsert\x12\x1c.ragcluster.v1.UpsertRequest\x1a\x1d.ragcluster.v1.UpsertResponse(\x01\x30\x01\x12O\n\x06\x44\x65lete\x12!.ragcluster.v1.ShardDeleteRequest\x1a\".ragcluster.v1.ShardDeleteResponse\x12\x42\n\x05\x46\x65tch\x12\x1b.ragcluster.v1.FetchRequest\x1a\x1c.ragcluster.v1.FetchResponse\x12I\n\x04Info\x12\x1f.ragcluster.v1.ShardInfoRequest\x1a .ragcluster.v1.ShardInfoResponse\x12J\n\x08Snapshot\x12\x1e.ragcluster.v1.SnapshotRequest\x1a\x1c.ragcluster.v1.SnapshotChunk0\x01\x12H\n\x07Rebuild\x12\x1d.ragcluster.v1.RebuildRequest\x1a\x1e.ragcluster.v1.RebuildResponse\x12H\n\x07Restore\x12\x1d.ragcluster.v1.RestoreRequest\x1a\x1e.ragcluster.v1.RestoreResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19ragcluster/v1/shard.proto\x12\rragcluster.v1\x1a\x1aragcluster/v1/common.proto\"\xe1\x01\n\x12ShardSearchRequest\x12+\n\x07queries\x18\x01 \x01(\x0b\x32\x1a.ragcluster.v1.FloatMatrix\x12\t\n\x01k\x18\x02 \x01(\r\x12+\n\x06params\x18\x03 \x01(\x0b\x32\x1b.ragcluster.v1.SearchParams\x12\x19\n\x11include_documents\x18\x04 \x01(\x08\x12%\n\x06\x66ilter\x18\x05 \x01(\x0b\x32\x15.ragcluster.v1.Filter\x12$\n\x1cunknown_fields_match_nothing\x18\x06 \x01(\x08\"#\n\x04TopK\x12\x0b\n\x03ids\x18\x01 \x03(\x03\x12\x0e\n\x06scores\x18\x02 \x03(\x02\"\x8d\x02\n\x13ShardSearchResponse\x12$\n\x07results\x18\x01 \x03(\x0b\x32\x13.ragcluster.v1.TopK\x12\x44\n\tdocuments\x18\x02 \x03(\x0b\x32\x31.ragcluster.v1.ShardSearchResponse.DocumentsEntry\x12\x18\n\x10vectors_searched\x18\x03 \x01(\x04\x12\r\n\x05shard\x18\x04 \x01(\r\x12\x16\n\x0eunknown_fields\x18\x05 \x03(\t\x1aI\n\x0e\x44ocumentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\x03\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.ragcluster.v1.Document:\x02\x38\x01\"K\n\x0e\x44ocumentVector\x12)\n\x08\x64ocument\x18\x01 \x01(\x0b\x32\x17.ragcluster.v1.Document\x12\x0e\n\x06vector\x18\x02 \x03(\x02\"Z\n\rUpsertRequest\x12\x30\n\tdocuments\x18\x01 \x03(\x0b\x32\x1d.ragcluster.v1.DocumentVector\x12\x17\n\x0f\x65mbedding_model\x18\x02 \x01(\t\"4\n\x0eUpsertResponse\x12\x10\n\x08upserted\x18\x01 \x01(\r\x12\x10\n\x08sequence\x18\x02 \x01(\x04\"!\n\x12ShardDeleteRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\"8\n\x13ShardDeleteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\r\x12\x10\n\x08sequence\x18\x02 \x01(\x04\"0\n\x0c\x46\x65tchRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\x13\n\x0bhashes_only\x18\x02 \x01(\x08\"`\n\rFetchResponse\x12*\n\tdocuments\x18\x01 \x03(\x0b\x32\x17.ragcluster.v1.Document\x12\x0b\n\x03ids\x18\x02 \x03(\t\x12\x16\n\x0e\x63ontent_hashes\x18\x03 \x03(\t\"\x12\n\x10ShardInfoRequest\"\xbe\x02\n\x11ShardInfoResponse\x12\r\n\x05shard\x18\x01 \x01(\r\x12\x11\n\tdocuments\x18\x02 \x01(\x04\x12\x0b\n\x03\x64im\x18\x03 \x01(\r\x12%\n\x06metric\x18\x04 \x01(\x0e\x32\x15.ragcluster.v1.Metric\x12\x15\n\rindex_factory\x18\x05 \x01(\t\x12\x17\n\x0f\x65mbedding_model\x18\x06 \x01(\t\x12\x10\n\x08sequence\x18\x07 \x01(\x04\x12\x0f\n\x07trained\x18\x08 \x01(\x08\x12\r\n\x05max_k\x18\t \x01(\r\x12\x11\n\tmax_batch\x18\n \x01(\r\x12\x18\n\x10stored_documents\x18\x0b \x01(\x04\x12\x12\n\ntombstones\x18\x0c \x01(\x04\x12\x1b\n\x13\x63heckpoint_sequence\x18\r \x01(\x04\x12\x13\n\x0bindex_bytes\x18\x0e \x01(\x04\"\x11\n\x0fSnapshotRequest\"\xbc\x01\n\x0eSnapshotHeader\x12\r\n\x05shard\x18\x01 \x01(\r\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x12\n\nsize_bytes\x18\x03 \x01(\x04\x12\x0b\n\x03\x64im\x18\x04 \x01(\r\x12%\n\x06metric\x18\x05 \x01(\x0e\x32\x15.ragcluster.v1.Metric\x12\x15\n\rindex_factory\x18\x06 \x01(\t\x12\x17\n\x0f\x65mbedding_model\x18\x07 \x01(\t\x12\x11\n\tdocuments\x18\x08 \x01(\x04\"!\n\x0fSnapshotTrailer\x12\x0e\n\x06sha256\x18\x01 \x01(\t\"\x8b\x01\n\rSnapshotChunk\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1d.ragcluster.v1.SnapshotHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12\x31\n\x07trailer\x18\x03 \x01(\x0b\x32\x1e.ragcluster.v1.SnapshotTrailerH\x00\x42\x06\n\x04kind\"\x10\n\x0eRebuildRequest\"G\n\x0fRebuildResponse\x12\x11\n\tdocuments\x18\x01 \x01(\x04\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x0f\n\x07seconds\x18\x03 \x01(\x01\" \n\x0eRestoreRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\"G\n\x0fRestoreResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x11\n\tdocuments\x18\x02 \x01(\x04\x12\x0f\n\x07seconds\x18\x03 \x01(\x01\x32\xea\x04\n\x0cShardService\x12O\n\x06Search\x12!.ragcluster.v1.ShardSearchRequest\x1a\".ragcluster.v1.ShardSearchResponse\x12I\n\x06Upsert\x12\x1c.ragcluster.v1.UpsertRequest\x1a\x1d.ragcluster.v1.UpsertResponse(\x01\x30\x01\x12O\n\x06\x44\x65lete\x12!.ragcluster.v1.ShardDeleteRequest\x1a\".ragcluster.v1.ShardDeleteResponse\x12\x42\n\x05\x46\x65tch\x12\x1b.ragcluster.v1.FetchRequest\x1a\x1c.ragcluster.v1.FetchResponse\x12I\n\x04Info\x12\x1f.ragcluster.v1.ShardInfoRequest\x1a .ragcluster.v1.ShardInfoResponse\x12J\n\x08Snapshot\x12\x1e.ragcluster.v1.SnapshotRequest\x1a\x1c.ragcluster.v1.SnapshotChunk0\x01\x12H\n\x07Rebuild\x12\x1d.ragcluster.v1.RebuildRequest\x1a\x1e.ragcluster.v1.RebuildResponse\x12H\n\x07Restore\x12\x1d.ragcluster.v1.RestoreRequest\x1a\x1e.ragcluster.v1.RestoreResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -53,29 +53,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SHARDDELETERESPONSE']._serialized_start=867
   _globals['_SHARDDELETERESPONSE']._serialized_end=923
   _globals['_FETCHREQUEST']._serialized_start=925
-  _globals['_FETCHREQUEST']._serialized_end=952
-  _globals['_FETCHRESPONSE']._serialized_start=954
-  _globals['_FETCHRESPONSE']._serialized_end=1013
-  _globals['_SHARDINFOREQUEST']._serialized_start=1015
-  _globals['_SHARDINFOREQUEST']._serialized_end=1033
-  _globals['_SHARDINFORESPONSE']._serialized_start=1036
-  _globals['_SHARDINFORESPONSE']._serialized_end=1354
-  _globals['_SNAPSHOTREQUEST']._serialized_start=1356
-  _globals['_SNAPSHOTREQUEST']._serialized_end=1373
-  _globals['_SNAPSHOTHEADER']._serialized_start=1376
-  _globals['_SNAPSHOTHEADER']._serialized_end=1564
-  _globals['_SNAPSHOTTRAILER']._serialized_start=1566
-  _globals['_SNAPSHOTTRAILER']._serialized_end=1599
-  _globals['_SNAPSHOTCHUNK']._serialized_start=1602
-  _globals['_SNAPSHOTCHUNK']._serialized_end=1741
-  _globals['_REBUILDREQUEST']._serialized_start=1743
-  _globals['_REBUILDREQUEST']._serialized_end=1759
-  _globals['_REBUILDRESPONSE']._serialized_start=1761
-  _globals['_REBUILDRESPONSE']._serialized_end=1832
-  _globals['_RESTOREREQUEST']._serialized_start=1834
-  _globals['_RESTOREREQUEST']._serialized_end=1866
-  _globals['_RESTORERESPONSE']._serialized_start=1868
-  _globals['_RESTORERESPONSE']._serialized_end=1939
-  _globals['_SHARDSERVICE']._serialized_start=1942
-  _globals['_SHARDSERVICE']._serialized_end=2560
+  _globals['_FETCHREQUEST']._serialized_end=973
+  _globals['_FETCHRESPONSE']._serialized_start=975
+  _globals['_FETCHRESPONSE']._serialized_end=1071
+  _globals['_SHARDINFOREQUEST']._serialized_start=1073
+  _globals['_SHARDINFOREQUEST']._serialized_end=1091
+  _globals['_SHARDINFORESPONSE']._serialized_start=1094
+  _globals['_SHARDINFORESPONSE']._serialized_end=1412
+  _globals['_SNAPSHOTREQUEST']._serialized_start=1414
+  _globals['_SNAPSHOTREQUEST']._serialized_end=1431
+  _globals['_SNAPSHOTHEADER']._serialized_start=1434
+  _globals['_SNAPSHOTHEADER']._serialized_end=1622
+  _globals['_SNAPSHOTTRAILER']._serialized_start=1624
+  _globals['_SNAPSHOTTRAILER']._serialized_end=1657
+  _globals['_SNAPSHOTCHUNK']._serialized_start=1660
+  _globals['_SNAPSHOTCHUNK']._serialized_end=1799
+  _globals['_REBUILDREQUEST']._serialized_start=1801
+  _globals['_REBUILDREQUEST']._serialized_end=1817
+  _globals['_REBUILDRESPONSE']._serialized_start=1819
+  _globals['_REBUILDRESPONSE']._serialized_end=1890
+  _globals['_RESTOREREQUEST']._serialized_start=1892
+  _globals['_RESTOREREQUEST']._serialized_end=1924
+  _globals['_RESTORERESPONSE']._serialized_start=1926
+  _globals['_RESTORERESPONSE']._serialized_end=1997
+  _globals['_SHARDSERVICE']._serialized_start=2000
+  _globals['_SHARDSERVICE']._serialized_end=2618
 # @@protoc_insertion_point(module_scope)

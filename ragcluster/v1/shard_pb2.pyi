@@ -91,16 +91,22 @@ class ShardDeleteResponse(_message.Message):
     def __init__(self, deleted: _Optional[int] = ..., sequence: _Optional[int] = ...) -> None: ...
 
 class FetchRequest(_message.Message):
-    __slots__ = ("ids",)
+    __slots__ = ("ids", "hashes_only")
     IDS_FIELD_NUMBER: _ClassVar[int]
+    HASHES_ONLY_FIELD_NUMBER: _ClassVar[int]
     ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    hashes_only: bool
+    def __init__(self, ids: _Optional[_Iterable[str]] = ..., hashes_only: _Optional[bool] = ...) -> None: ...
 
 class FetchResponse(_message.Message):
-    __slots__ = ("documents",)
+    __slots__ = ("documents", "ids", "content_hashes")
     DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_HASHES_FIELD_NUMBER: _ClassVar[int]
     documents: _containers.RepeatedCompositeFieldContainer[_common_pb2.Document]
-    def __init__(self, documents: _Optional[_Iterable[_Union[_common_pb2.Document, _Mapping]]] = ...) -> None: ...
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    content_hashes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, documents: _Optional[_Iterable[_Union[_common_pb2.Document, _Mapping]]] = ..., ids: _Optional[_Iterable[str]] = ..., content_hashes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ShardInfoRequest(_message.Message):
     __slots__ = ()

@@ -121,7 +121,9 @@ def test_ingest_cli_reports_bad_lines(cluster, tmp_path):
     skip = subprocess.run(cli + ["--on-error", "skip"], capture_output=True, text=True, timeout=120)
     assert skip.returncode == 0, skip.stderr
     summary = json.loads(skip.stdout)
-    assert summary["acknowledged"] == 2 and summary["skipped"] == 1 and summary["errors"][0]["line"] == 2
+    # resumable: cli-1 is already stored unchanged, so only cli-2 is sent
+    assert summary["acknowledged"] == 1 and summary["unchanged"] == 1
+    assert summary["skipped"] == 1 and summary["errors"][0]["line"] == 2
     with RouterClient(router) as client:
         assert client.search("what guides ships at night", k=1)["hits"][0]["id"] == "cli-2"
         assert client.delete(["cli-1", "cli-2", "never-existed"]) == 2
@@ -285,3 +287,50 @@ def test_loadtest_cli_reports_and_plots(cluster, ingested, tmp_path, mode, loop)
         assert 0 < summary["ttft_ms"]["p50"] <= lat["p50"]
         assert 4 <= summary["requests"] <= 40  # ~4/s for 3 s (Poisson)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ingest_sources_chunking_and_resume(cluster, ingested, tmp_path):
+    import sqlite3
+
+    router = cluster.router_address
+    cli = [sys.executable, "-m", "ragcluster.cli", "ingest", "--router", router, "--json"]
+
+    def ingest(*args):
+        done = subprocess.run(cli + list(args), capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    csv_file = tmp_path / "notes.csv"
+    csv_file.write_text("id,text,title,stars\ncsv-1,Penguins huddle together to survive Antarctic winters.,"
+                        "Penguins,5\ncsv-2,Cacti store water in their thick stems.,Cacti,4\n")
+    assert ingest(str(csv_file))["acknowledged"] == 2
+    pages = tmp_path / "pages"
+    pages.mkdir()
+    (pages / "kites.md").write_text("# Kites\n\nBox kites were invented by Lawrence Hargrave in 1893.\n")
+    (pages / "tides.html").write_text("<title>Tides</title><p>Tides are caused by the Moon's gravity.</p>")
+    assert ingest(str(pages))["acknowledged"] == 2
+    db = tmp_path / "rows.db"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE t (id TEXT, text TEXT, title TEXT)")
+    conn.execute("INSERT INTO t VALUES ('sql-1', 'Glass is made by melting sand at high temperature.', 'Glass')")
+    conn.commit()
+    conn.close()
+    assert ingest("--sql", "SELECT id, text, title FROM t", "--db", str(db))["acknowledged"] == 1
+
+    long_doc = tmp_path / "long.jsonl"
+    sentences = [f"Sentence {i} is about lighthouse number {i} on a rocky northern coast." for i in range(40)]
+    long_doc.write_text(json.dumps({"id": "long-1", "title": "Lighthouses", "text": " ".join(sentences)}) + "\n")
+    chunked = ingest(str(long_doc), "--chunk-tokens", "48", "--chunk-overlap", "8")
+    assert chunked["read"] == 1 and chunked["chunks"] == chunked["acknowledged"] > 3
+
+    again = ingest(str(csv_file))  # resumable: unchanged documents are not sent again
+    assert again["acknowledged"] == 0 and again["unchanged"] == 2
+    with RouterClient(router) as client:
+        assert client.search("Who invented the box kite?", k=1)["hits"][0]["id"] == "kites.md"
+        assert client.search("what makes the tides", k=1)["hits"][0]["id"] == "tides.html"
+        assert client.search("melting sand", k=1)["hits"][0]["id"] == "sql-1"
+        hit = client.search("lighthouse number 33", k=1)["hits"][0]
+        assert hit["id"].startswith("long-1#") and hit["parent_id"] == "long-1"
+        assert set(client.lookup(["csv-1", "csv-2", "nope"])) == {"csv-1", "csv-2"}
+        assert client.delete(["csv-1", "csv-2", "kites.md", "tides.html", "sql-1"]
+                             + [f"long-1#{n}" for n in range(chunked["chunks"])]) == 5 + chunked["chunks"]

@@ -135,3 +135,20 @@ async def test_model_mixing_is_refused(tmp_path):
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "mixing models" in err.value.details()
     await channel.close()
     await server.stop(grace=1)
+
+
+async def test_rebuild_retrains_on_demand(tmp_path):
+    server, channel, stub = await _start(tmp_path, index_factory="IVF4,Flat")
+    x = _vecs(60)
+    ids = [f"doc-{i}" for i in range(60)]
+    [r async for r in stub.Upsert(iter([_upsert_request(ids, x)]))]
+    assert not (await stub.Info(shard_pb2.ShardInfoRequest())).trained  # too few vectors: exact search for now
+    done = await stub.Rebuild(shard_pb2.RebuildRequest())
+    assert done.documents == 60 and done.sequence == 1
+    info = await stub.Info(shard_pb2.ShardInfoRequest())
+    assert info.trained and info.documents == info.stored_documents == 60
+    response = await stub.Search(shard_pb2.ShardSearchRequest(
+        queries=matrix_to_pb(x[:3]), k=1, include_documents=True, params=common_pb2.SearchParams(nprobe=4)))
+    assert [response.documents[r.ids[0]].id for r in response.results] == ids[:3]
+    await channel.close()
+    await server.stop(grace=1)
