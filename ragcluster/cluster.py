@@ -205,10 +205,11 @@ class LocalCluster:
                     *spec.generator_args,
                 ], env=generator_env()))
             self._wait_ready(waiting, timeout, progress)
-            # every process shares this machine: one embedding thread avoids OpenMP oversubscription against
-            # the engines' threads (10x slower encodes when both spin on the same cores)
-            router_args = ["--port", str(spec.port), "--embedding-model", spec.embedding_model,
-                           "--embedding-threads", "1"]
+            router_args = ["--port", str(spec.port), "--embedding-model", spec.embedding_model]
+            if spec.generators:
+                # vLLM engines share this machine: one embedding thread avoids OpenMP oversubscription against
+                # their threads (encodes were 10x slower with both spinning on the same cores)
+                router_args += ["--embedding-threads", "1"]
             for s in range(spec.shards):
                 addrs = ",".join(m.grpc for m in self.members if m.role == "shard" and m.shard == s)
                 router_args += ["--shard", f"{s}={addrs}"]

@@ -174,6 +174,15 @@ class ShardGroup:
         candidates = self.readable()
         if not candidates:
             raise Unavailable(f"no SERVING replica of shard {self.shard}")
+        if len(candidates) == 1:  # nothing to hedge or fail over to: call directly
+            try:
+                response = await self._call(candidates[0], request, deadline)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                    raise InvalidArgument(exc.details()) from exc
+                raise
+            self.last_documents = response.vectors_searched
+            return response
         pending: dict[asyncio.Task, Replica] = {}
         hedged: set[asyncio.Task] = set()
         launched = 0

@@ -271,24 +271,41 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 yield response
 
     async def _ingest(self, request_iterator, context):
+        """Embed batch i+1 while batch i is being written to the shards (so embedding, the slow part,
+        runs back to back); acknowledgements still go out in order, each once its batch is durable."""
         total = 0
-        async for request in request_iterator:
-            docs = [document_from_pb(d) for d in request.documents]
-            validate_batch(docs, self.config.max_ingest_batch)
-            vectors = await self._embed([embedding_text(d.title, d.text) for d in docs], "document")
-            by_shard: dict[int, shard_pb2.UpsertRequest] = defaultdict(
-                lambda: shard_pb2.UpsertRequest(embedding_model=self.embedder.name)
-            )
-            for doc, pb, vector in zip(docs, request.documents, vectors):
-                entry = by_shard[shard_for(doc.id, len(self.groups))].documents.add()
-                entry.document.CopyFrom(pb)
-                entry.vector.extend(vector.tolist())
-            budget = self._budget(context)
-            acked = await asyncio.gather(*(self.groups[s].upsert(req, budget) for s, req in by_shard.items()))
-            count = int(sum(acked))
-            total += count
-            metrics.INGESTED.inc(count)
-            yield router_pb2.IngestResponse(acknowledged=count, total_acknowledged=total)
+        writing: asyncio.Task | None = None
+        try:
+            async for request in request_iterator:
+                docs = [document_from_pb(d) for d in request.documents]
+                validate_batch(docs, self.config.max_ingest_batch)
+                vectors = await self._embed([embedding_text(d.title, d.text) for d in docs], "document")
+                if writing is not None:
+                    count = await writing
+                    total += count
+                    yield router_pb2.IngestResponse(acknowledged=count, total_acknowledged=total)
+                writing = asyncio.create_task(self._write_batch(request, docs, vectors, self._budget(context)))
+            if writing is not None:
+                count = await writing
+                writing = None
+                total += count
+                yield router_pb2.IngestResponse(acknowledged=count, total_acknowledged=total)
+        finally:
+            if writing is not None and not writing.done():
+                writing.cancel()
+
+    async def _write_batch(self, request: router_pb2.IngestRequest, docs, vectors, budget: float) -> int:
+        by_shard: dict[int, shard_pb2.UpsertRequest] = defaultdict(
+            lambda: shard_pb2.UpsertRequest(embedding_model=self.embedder.name)
+        )
+        for doc, pb, vector in zip(docs, request.documents, vectors):
+            entry = by_shard[shard_for(doc.id, len(self.groups))].documents.add()
+            entry.document.CopyFrom(pb)
+            entry.vector.extend(vector.tolist())
+        acked = await asyncio.gather(*(self.groups[s].upsert(req, budget) for s, req in by_shard.items()))
+        count = int(sum(acked))
+        metrics.INGESTED.inc(count)
+        return count
 
     async def Delete(self, request: router_pb2.DeleteRequest, context) -> router_pb2.DeleteResponse:
         if not request.ids:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -334,3 +335,21 @@ def test_ingest_sources_chunking_and_resume(cluster, ingested, tmp_path):
         assert set(client.lookup(["csv-1", "csv-2", "nope"])) == {"csv-1", "csv-2"}
         assert client.delete(["csv-1", "csv-2", "kites.md", "tides.html", "sql-1"]
                              + [f"long-1#{n}" for n in range(chunked["chunks"])]) == 5 + chunked["chunks"]
+
+
+def test_locustfile_drives_the_router(cluster, ingested, tmp_path):
+    """The Locust file in bench/ runs headless against the cluster for a few seconds without failures."""
+    from pathlib import Path
+
+    locustfile = Path(__file__).resolve().parents[2] / "bench" / "locustfile.py"
+    csv_prefix = tmp_path / "locust"
+    env = dict(os.environ, RAGCLUSTER_LOCUST_MODE="mixed", RAGCLUSTER_LOCUST_MAX_TOKENS="4")
+    done = subprocess.run([sys.executable, "-m", "locust", "-f", str(locustfile), "--host", cluster.router_address,
+                           "--headless", "-u", "4", "-r", "4", "-t", "4s", "--csv", str(csv_prefix), "--only-summary"],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    import csv
+
+    rows = {r["Name"]: r for r in csv.DictReader(open(f"{csv_prefix}_stats.csv"))}
+    assert int(rows["search"]["Request Count"]) > 0 and int(rows["search"]["Failure Count"]) == 0
+    assert int(rows["Aggregated"]["Failure Count"]) == 0
