@@ -307,14 +307,19 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         metrics.INGESTED.inc(count)
         return count
 
-    async def Delete(self, request: router_pb2.DeleteRequest, context) -> router_pb2.DeleteResponse:
-        if not request.ids:
-            raise InvalidArgument("ids: empty")
+    def _ids_by_shard(self, ids) -> dict[int, list[str]]:
+        """Ids grouped by the shard that owns them; an empty id is INVALID_ARGUMENT."""
         by_shard: dict[int, list[str]] = defaultdict(list)
-        for i, doc_id in enumerate(request.ids):
+        for i, doc_id in enumerate(ids):
             if not doc_id:
                 raise InvalidArgument(f"ids[{i}]: empty id")
             by_shard[shard_for(doc_id, len(self.groups))].append(doc_id)
+        return by_shard
+
+    async def Delete(self, request: router_pb2.DeleteRequest, context) -> router_pb2.DeleteResponse:
+        if not request.ids:
+            raise InvalidArgument("ids: empty")
+        by_shard = self._ids_by_shard(request.ids)
         budget = self._budget(context)
         deleted = await asyncio.gather(*(self.groups[s].delete(ids, budget) for s, ids in by_shard.items()))
         return router_pb2.DeleteResponse(deleted=int(sum(deleted)))
@@ -322,11 +327,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def Lookup(self, request: router_pb2.LookupRequest, context) -> router_pb2.LookupResponse:
         if len(request.ids) > 10_000:
             raise InvalidArgument("ids: at most 10000 per call")
-        by_shard: dict[int, list[str]] = defaultdict(list)
-        for i, doc_id in enumerate(request.ids):
-            if not doc_id:
-                raise InvalidArgument(f"ids[{i}]: empty id")
-            by_shard[shard_for(doc_id, len(self.groups))].append(doc_id)
+        by_shard = self._ids_by_shard(request.ids)
         budget = self._budget(context)
         found = await asyncio.gather(*(self.groups[s].fetch_hashes(ids, budget) for s, ids in by_shard.items()))
         hashes = {k: v for part in found for k, v in part.items()}
