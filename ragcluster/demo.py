@@ -21,7 +21,8 @@ class DemoOptions:
     question: str = option(DEFAULT_QUESTION, "the question to ask")
     model: str = option("smollm2", "generator model: smollm2, tiny or a local HF folder")
     data_dir: str = option(".demo", "cluster data dir (reused on the next run)")
-    max_tokens: int = option(160, "answer length in tokens")
+    max_tokens: int = option(120, "answer length in tokens")
+    repetition_penalty: float = option(1.1, "discourages the small model from looping")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"{result.acknowledged} documents acknowledged (durable); shards hold "
                           + ", ".join(f"{s['documents']}" for s in status["shards"]))
             console.print(f"\n[bold]Q:[/] {opts.question}\n[bold]A:[/] ", end="")
-            answer = client.ask(opts.question, k=4, max_tokens=opts.max_tokens, temperature=0.0, repetition_penalty=1.2,
+            answer = client.ask(opts.question, k=4, max_tokens=opts.max_tokens, temperature=0.0,
+                                repetition_penalty=opts.repetition_penalty,
                                 on_delta=lambda t: (sys.stdout.write(t), sys.stdout.flush()))
         print()
         hits = {h["id"]: h for h in answer["hits"]}
