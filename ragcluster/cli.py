@@ -50,6 +50,8 @@ class IngestOptions:
                                   "document, one vector); chunk ids are ID#n with metadata parent_id and chunk")
     chunk_overlap: int = option(0, "tokens shared by consecutive chunks")
     resume: bool = option(True, "skip documents already stored with the same content (id and content hash)")
+    collection: str = option("", "collection to write to (e.g. a new index built with another embedding model; "
+                                 "see `ragcluster switch`); default: the active one")
     batch_size: int = option(64, "documents per request")
     on_error: str = option("stop", "a bad line: report it and stop, or report it and skip it", choices=["stop", "skip"])
     json: bool = option(False, "print a JSON summary")
@@ -65,6 +67,7 @@ class SearchOptions:
     k: int = option(10, "number of hits", short="-k")
     where: list[str] = option([], WHERE_HELP, metavar="COND")
     min_coverage: float = option(0.0, "fail unless this share of shards (0..1] answers; 0 = accept partial results")
+    collection: str = option("", "collection to search (default: the active one)")
     timeout: float = option(30.0, "deadline in seconds")
     json: bool = option(False, "print JSON: {hits: [{id, score, shard, text, metadata}], coverage}")
 
@@ -112,8 +115,15 @@ class LoadtestOptions:
 
 
 @dataclass
+class SwitchOptions:
+    router: str = option(DEFAULT_ROUTER, "router address host:port")
+    json: bool = option(False, "print JSON: {previous, active, documents, embedding_model}")
+
+
+@dataclass
 class StatusOptions:
     router: str = option(DEFAULT_ROUTER, "router address host:port")
+    collection: str = option("", "collection to describe (default: the active one)")
     json: bool = option(False, "print JSON: {documents, shards: [{shard, documents, replicas}], generators}")
 
 
@@ -288,7 +298,7 @@ def cmd_ingest(opts: IngestOptions, ns) -> int:
     try:
         with RouterClient(opts.router) as client:
             result = client.ingest(documents(), batch_size=opts.batch_size, resume=opts.resume,
-                                   on_ack=bar.update, on_skip=bar.update)
+                                   on_ack=bar.update, on_skip=bar.update, collection=opts.collection)
     except grpc.RpcError as exc:
         bar.close()
         return _fail(f"ingest failed: {exc.code().name}: {exc.details()} (re-run to resume: acknowledged documents "
@@ -318,7 +328,7 @@ def cmd_search(opts: SearchOptions, ns) -> int:
     with RouterClient(opts.router) as client:
         try:
             result = client.search(ns.text, k=opts.k, timeout=opts.timeout, where=parse_where(opts.where),
-                                   min_coverage=opts.min_coverage or None)
+                                   min_coverage=opts.min_coverage or None, collection=opts.collection)
         except grpc.RpcError as exc:
             coverage = coverage_from_error(exc)
             if coverage is None:
@@ -373,14 +383,16 @@ def cmd_status(opts: StatusOptions, ns) -> int:
     from ragcluster.client import RouterClient
 
     with RouterClient(opts.router) as client:
-        status = client.status()
+        status = client.status(opts.collection)
     if opts.json:
         print(json.dumps(status))
         return 0
     from rich.table import Table
 
-    table = Table(title=f"ragcluster at {opts.router} — {status['documents']} documents, "
-                        f"embedding {status['embedding_model']} ({status['dim']}d)")
+    others = [c for c in status["collections"] if c != status["collection"]]
+    table = Table(title=f"ragcluster at {opts.router} — collection {status['collection']!r}: {status['documents']} "
+                        f"documents, embedding {status['embedding_model']} ({status['dim']}d)"
+                        + (f"; other collections: {', '.join(others)}" if others else ""))
     for col in ("shard", "replica", "health", "documents", "sequence", "index"):
         table.add_column(col)
     for s in status["shards"]:
@@ -541,6 +553,19 @@ def cmd_loadtest(opts: LoadtestOptions, ns) -> int:
     return 0
 
 
+def cmd_switch(opts: SwitchOptions, ns) -> int:
+    from ragcluster.client import RouterClient
+
+    with RouterClient(opts.router) as client:
+        result = client.switch(ns.name)
+    if opts.json:
+        print(json.dumps(result))
+    else:
+        print(f"active collection: {result['previous']} -> {result['active']} ({result['documents']} documents, "
+              f"{result['embedding_model']})")
+    return 0
+
+
 COMMANDS = {
     "up": (UpOptions, cmd_up, "start a local cluster (shards, generators, router) until Ctrl-C", []),
     "ingest": (IngestOptions, cmd_ingest, "ingest JSONL, CSV, a directory of text files or SQL rows through the "
@@ -548,6 +573,8 @@ COMMANDS = {
     "search": (SearchOptions, cmd_search, "search by text; exact global top-k over all shards", ["text"]),
     "ask": (AskOptions, cmd_ask, "ask a question; the answer streams with its citations", ["question"]),
     "status": (StatusOptions, cmd_status, "shards, replicas, health, document counts, generators", []),
+    "switch": (SwitchOptions, cmd_switch, "make another collection (e.g. re-indexed with a new embedding model) "
+                                          "the one searches and asks use, atomically", ["name"]),
     "eval": (EvalOptions, cmd_eval, "retrieval metrics (recall, precision, nDCG, MRR, MAP @k) on BEIR queries/qrels; "
                                     "generation metrics (EM, F1, BLEU) on a QA set", []),
     "loadtest": (LoadtestOptions, cmd_loadtest, "closed- or open-loop load; latency percentiles, TTFT, errors, "
@@ -559,6 +586,7 @@ POSITIONALS = {
                                                     'CSV/TSV files, or directories of .txt/.md/.html files'),
     "text": dict(help="query text"),
     "question": dict(help="the question"),
+    "name": dict(help="the collection to switch to"),
 }
 
 

@@ -38,10 +38,10 @@ class RouterClient:
 
     def search(self, text: str | None = None, k: int = 10, vector: list[float] | None = None,
                timeout: float | None = None, where: list[dict] | None = None,
-               min_coverage: float | None = None) -> dict:
+               min_coverage: float | None = None, collection: str = "") -> dict:
         """``where``: filter conditions, e.g. ``[{"field": "topic", "equals": "science"}, {"field": "n", "gte": 3}]``.
         ``min_coverage``: fail (UNAVAILABLE, see ``coverage_from_error``) below this share of shards."""
-        request = router_pb2.SearchRequest(k=k)
+        request = router_pb2.SearchRequest(k=k, collection=collection)
         if min_coverage is not None:
             request.min_coverage = min_coverage
         if where:
@@ -54,6 +54,8 @@ class RouterClient:
         return {
             "hits": [hit_to_json(h) for h in response.hits],
             "coverage": coverage_to_json(response.coverage),
+            "collection": response.collection,
+            "embedding_model": response.embedding_model,
             "timings": {"embed_seconds": response.timings.embed_seconds,
                         "retrieve_seconds": response.timings.retrieve_seconds,
                         "total_seconds": response.timings.total_seconds},
@@ -96,14 +98,15 @@ class RouterClient:
                 )
         return result
 
-    def lookup(self, ids: list[str]) -> dict[str, str]:
+    def lookup(self, ids: list[str], collection: str = "") -> dict[str, str]:
         """Stored ids among ``ids`` -> their content hashes."""
-        response = self.stub.Lookup(router_pb2.LookupRequest(ids=ids), timeout=self.timeout)
+        response = self.stub.Lookup(router_pb2.LookupRequest(ids=ids, collection=collection), timeout=self.timeout)
         return dict(zip(response.ids, response.content_hashes))
 
     def ingest(self, documents: Iterable[Document], batch_size: int = 64,
                on_ack: Callable[[int], None] | None = None, timeout: float | None = None,
-               resume: bool = False, on_skip: Callable[[int], None] | None = None) -> IngestResult:
+               resume: bool = False, on_skip: Callable[[int], None] | None = None,
+               collection: str = "") -> IngestResult:
         """Stream documents in batches; returns once every sent batch was acknowledged (durable).
 
         ``resume``: documents already stored with the same content hash are not sent again."""
@@ -112,7 +115,7 @@ class RouterClient:
         def unchanged_dropped(batch: list[Document]) -> list[Document]:
             if not resume:
                 return batch
-            stored = self.lookup([d.id for d in batch])
+            stored = self.lookup([d.id for d in batch], collection)
             fresh = [d for d in batch if stored.get(d.id) != d.content_hash()]
             skipped = len(batch) - len(fresh)
             result.unchanged += skipped
@@ -129,11 +132,12 @@ class RouterClient:
                     batch = []
                     if fresh:
                         result.sent += len(fresh)
-                        yield router_pb2.IngestRequest(documents=[document_to_pb(d) for d in fresh])
+                        yield router_pb2.IngestRequest(documents=[document_to_pb(d) for d in fresh],
+                                                       collection=collection)
             fresh = unchanged_dropped(batch) if batch else []
             if fresh:
                 result.sent += len(fresh)
-                yield router_pb2.IngestRequest(documents=[document_to_pb(d) for d in fresh])
+                yield router_pb2.IngestRequest(documents=[document_to_pb(d) for d in fresh], collection=collection)
 
         for response in self.stub.Ingest(requests(), timeout=timeout):
             result.acknowledged += response.acknowledged
@@ -141,12 +145,19 @@ class RouterClient:
                 on_ack(response.acknowledged)
         return result
 
-    def delete(self, ids: list[str]) -> int:
-        return self.stub.Delete(router_pb2.DeleteRequest(ids=ids), timeout=self.timeout).deleted
+    def delete(self, ids: list[str], collection: str = "") -> int:
+        return self.stub.Delete(router_pb2.DeleteRequest(ids=ids, collection=collection), timeout=self.timeout).deleted
 
-    def status(self) -> dict:
-        r = self.stub.ClusterStatus(router_pb2.ClusterStatusRequest(), timeout=self.timeout)
+    def switch(self, collection: str) -> dict:
+        r = self.stub.SwitchCollection(router_pb2.SwitchCollectionRequest(name=collection), timeout=self.timeout)
+        return {"previous": r.previous, "active": r.active, "documents": r.documents,
+                "embedding_model": r.embedding_model}
+
+    def status(self, collection: str = "") -> dict:
+        r = self.stub.ClusterStatus(router_pb2.ClusterStatusRequest(collection=collection), timeout=self.timeout)
         return {
+            "collection": r.collection,
+            "collections": list(r.collections),
             "documents": r.documents,
             "embedding_model": r.embedding_model,
             "dim": r.dim,

@@ -14,7 +14,8 @@ from router.config import RouterConfig, parse_shards
 
 
 def build_server(config: RouterConfig) -> GrpcServer:
-    from router.fanout import ReplicaPolicy, ShardGroup
+    from router.collections import parse_collections, read_active
+    from router.fanout import ReplicaPolicy
     from router.generate import GeneratorPool
     from router.prompt import PromptTemplate
     from router.service import RouterServicer
@@ -23,21 +24,27 @@ def build_server(config: RouterConfig) -> GrpcServer:
     if not shards:
         raise SystemExit("router: at least one --shard N=host:port is required")
     policy = ReplicaPolicy(config.hedge_delay_ms, config.eject_after, config.eject_seconds, config.write_quorum)
-    groups = [ShardGroup(n, shards[n], policy) for n in sorted(shards)]
+    collections = parse_collections(config.collection, shards, config.embedding_model, config.collection_shard,
+                                    config.collection_model, policy)
+    groups = [g for col in collections.values() for g in col.groups]
     pool = GeneratorPool(config.generator, config.generator_eject_seconds)
     template = PromptTemplate(config.prompt_system, config.prompt_passage, config.prompt_user)
     template.check()
-    servicer = RouterServicer(config, groups, pool, template=template)
+    servicer = RouterServicer(config, [], pool, template=template, collections=collections,
+                              active=read_active(config.state_file, config.collection))
 
     async def load() -> None:
         from ragcluster.embedding import Embedder
 
         await asyncio.gather(pool.start(refresh_seconds=config.dns_refresh_seconds),
                              *(g.start(config.dns_refresh_seconds) for g in groups))
-        if servicer.embedder is None:
-            servicer.embedder = await asyncio.to_thread(
-                Embedder, config.embedding_model, config.embedding_dtype, threads=config.embedding_threads
-            )
+        loaded: dict[str, object] = {}  # one embedder per distinct model
+        for col in collections.values():
+            if col.embedder is None:
+                if col.model_spec not in loaded:
+                    loaded[col.model_spec] = await asyncio.to_thread(
+                        Embedder, col.model_spec, config.embedding_dtype, threads=config.embedding_threads)
+                servicer.set_collection_embedder(col, loaded[col.model_spec])
 
     async def close() -> None:
         await servicer.close()

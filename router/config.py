@@ -16,6 +16,13 @@ class RouterConfig(ServerConfig):
             "resolves to is a replica, e.g. a Kubernetes headless service); repeat per shard (env: ';'-separated)",
         metavar="N=ADDR[,ADDR...]",
     )
+    collection: str = option("default", "name of the collection served by the --shard flags")
+    collection_shard: list[str] = option(
+        [], "another collection's shard: NAME:N=host:port[,host:port...] (e.g. an index re-built with a new "
+            "embedding model); repeat per shard", metavar="NAME:N=ADDR[,...]")
+    collection_model: list[str] = option([], "embedding model of a collection: NAME=MODEL (default: "
+                                             "--embedding-model)", metavar="NAME=MODEL")
+    state_file: str = option("", "remember the active collection here across restarts (written on SwitchCollection)")
     generator: list[str] = option([], "a generator node host:port, or dns:///name:port for every address the name "
                                       "resolves to; repeat for several", metavar="ADDR")
     embedding_model: str = option("all-MiniLM-L6-v2", "sentence-transformers model: name or local folder")

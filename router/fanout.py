@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
-from ragcluster.errors import InvalidArgument, Unavailable
+from ragcluster.errors import FailedPrecondition, InvalidArgument, Unavailable
 from ragcluster.serving import channel_options
 from ragcluster.v1 import common_pb2, shard_pb2, shard_pb2_grpc
 from router import metrics
@@ -269,7 +269,7 @@ class ShardGroup:
             if isinstance(result, grpc.aio.AioRpcError) and result.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 raise InvalidArgument(result.details())
             if isinstance(result, grpc.aio.AioRpcError) and result.code() == grpc.StatusCode.FAILED_PRECONDITION:
-                raise Unavailable(f"shard {self.shard}: {result.details()}")
+                raise FailedPrecondition(f"shard {self.shard}: {result.details()}")
             if isinstance(result, BaseException):
                 failures.append((replica, result))
                 self._mark_for_sync(replica)  # it may have missed this write: catch up before reading

@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ragcluster.convert import document_from_pb, document_to_pb, matrix_to_pb
 from ragcluster.documents import validate_batch
-from ragcluster.errors import InvalidArgument, ResourceExhausted, Unavailable
+from ragcluster.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
 from ragcluster.hashing import shard_for
 from ragcluster.log import request_id
 from ragcluster.v1 import common_pb2, generator_pb2, router_pb2, router_pb2_grpc, shard_pb2
@@ -23,7 +23,9 @@ from router import metrics
 from router.config import RouterConfig
 from router.fanout import ShardGroup, fan_out
 from router.generate import GeneratorPool
-from router.batching import MicroBatcher
+from concurrent.futures import ThreadPoolExecutor
+
+from router.collections import Collection, write_active
 from router.merge import ShardTopK, merge_topk
 from router.prompt import Passage, PromptTemplate
 
@@ -39,29 +41,55 @@ def embedding_text(title: str, text: str) -> str:
 
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     def __init__(self, config: RouterConfig, groups: list[ShardGroup], pool: GeneratorPool, embedder=None,
-                 template: PromptTemplate | None = None):
+                 template: PromptTemplate | None = None, collections: dict[str, Collection] | None = None,
+                 active: str | None = None):
         self.config = config
-        self.groups = groups
+        self.collections = collections or {config.collection: Collection(config.collection, groups,
+                                                                         config.embedding_model)}
+        self.active = active or config.collection
+        if self.active not in self.collections:
+            raise InvalidArgument(f"collection: active collection {self.active!r} is not configured")
         self.pool = pool
         self.template = template or PromptTemplate()
         self.higher_is_better = True
-        self.batcher: MicroBatcher | None = None
-        self.embedder = embedder  # set once loaded
+        self._embed_executor = ThreadPoolExecutor(1, thread_name_prefix="embed")  # one encode at a time
         self.in_flight = 0
+        if embedder is not None:
+            self.embedder = embedder
+
+    @property
+    def groups(self) -> list[ShardGroup]:
+        return self.collections[self.active].groups
 
     @property
     def embedder(self):
-        return self._embedder
+        return self.collections[self.active].embedder
 
     @embedder.setter
     def embedder(self, embedder) -> None:
-        self._embedder = embedder
-        if embedder is not None:
-            self.batcher = MicroBatcher(embedder.encode, self.config.embed_max_batch, self.config.embed_max_wait_us)
+        """Use ``embedder`` for every collection whose model it is (all of them when none is set yet)."""
+        for col in self.collections.values():
+            if col.embedder is None and col.model_spec in (embedder.name, self.config.embedding_model):
+                self.set_collection_embedder(col, embedder)
+
+    def set_collection_embedder(self, col: Collection, embedder) -> None:
+        col.set_embedder(embedder, self.config.embed_max_batch, self.config.embed_max_wait_us, self._embed_executor)
+
+    def _collection(self, name: str = "") -> Collection:
+        """The collection a request uses from start to end (resolved once: a switch cannot split it)."""
+        name = name or self.active
+        col = self.collections.get(name)
+        if col is None:
+            raise InvalidArgument(f"collection: unknown {name!r} (configured: {', '.join(sorted(self.collections))})")
+        if col.embedder is None:
+            raise Unavailable("router is still loading its embedding model")
+        return col
 
     async def close(self) -> None:
-        if self.batcher is not None:
-            await self.batcher.close()
+        for col in self.collections.values():
+            if col.batcher is not None:
+                await col.batcher.close()
+        self._embed_executor.shutdown(wait=False)
 
     # --- helpers --------------------------------------------------------------------------------
     def _budget(self, context) -> float:
@@ -103,16 +131,14 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             raise Unavailable(f"coverage {coverage.shards_answered}/{coverage.shards_total} shards is below "
                               f"min_coverage {wanted:g} ({reasons})", details=[coverage])
 
-    async def _embed(self, texts: list[str], kind: str) -> np.ndarray:
+    async def _embed(self, col: Collection, texts: list[str], kind: str) -> np.ndarray:
         """Queries go through the micro-batcher; document batches are encoded as they come, on the same
         embedding thread (one encode at a time: the model uses all cores itself)."""
-        if self.embedder is None:
-            raise Unavailable("router is still loading its embedding model")
         if kind == "query" and len(texts) == 1:
-            return (await self.batcher.encode(texts[0])).reshape(1, -1)
+            return (await col.batcher.encode(texts[0])).reshape(1, -1)
         start = time.perf_counter()
         loop = asyncio.get_running_loop()
-        vectors = await loop.run_in_executor(self.batcher.executor, self.embedder.encode, texts)
+        vectors = await loop.run_in_executor(self._embed_executor, col.embedder.encode, texts)
         metrics.EMBED_SECONDS.labels(kind).observe(time.perf_counter() - start)
         return vectors
 
@@ -122,7 +148,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             raise InvalidArgument(f"k: must be between 1 and {self.config.max_k}, got {k}")
         return k
 
-    async def _query_vector(self, request: router_pb2.SearchRequest, timings: router_pb2.Timings) -> np.ndarray:
+    async def _query_vector(self, col: Collection, request: router_pb2.SearchRequest,
+                            timings: router_pb2.Timings) -> np.ndarray:
         kind = request.WhichOneof("query")
         if kind == "text":
             text = request.text.strip()
@@ -131,12 +158,12 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             if len(text) > MAX_QUERY_CHARS:
                 raise InvalidArgument(f"text: longer than {MAX_QUERY_CHARS} characters")
             start = time.perf_counter()
-            vector = await self._embed([text], "query")
+            vector = await self._embed(col, [text], "query")
             timings.embed_seconds = time.perf_counter() - start
             return vector
         if kind == "vector":
             values = np.asarray(request.vector.values, dtype=np.float32)
-            dim = self.embedder.dim if self.embedder is not None else None
+            dim = col.embedder.dim
             if values.size == 0:
                 raise InvalidArgument("vector.values: empty")
             if dim is not None and values.size != dim:
@@ -146,8 +173,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             return values.reshape(1, -1)
         raise InvalidArgument("query: set text or vector")
 
-    async def retrieve(self, vector: np.ndarray, k: int, params: common_pb2.SearchParams | None, budget: float,
-                       flt: common_pb2.Filter | None = None) -> tuple[list[common_pb2.Hit], common_pb2.Coverage]:
+    async def retrieve(self, col: Collection, vector: np.ndarray, k: int, params: common_pb2.SearchParams | None,
+                       budget: float, flt: common_pb2.Filter | None = None
+                       ) -> tuple[list[common_pb2.Hit], common_pb2.Coverage]:
         start = time.perf_counter()
         request = shard_pb2.ShardSearchRequest(queries=matrix_to_pb(vector), k=k, include_documents=True,
                                                unknown_fields_match_nothing=True)
@@ -155,10 +183,10 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             request.params.CopyFrom(params)
         if flt is not None and flt.must:
             request.filter.CopyFrom(flt)
-        answers = await fan_out(self.groups, request, budget)
-        coverage = common_pb2.Coverage(shards_total=len(self.groups))
+        answers = await fan_out(col.groups, request, budget)
+        coverage = common_pb2.Coverage(shards_total=len(col.groups))
         parts, documents = [], {}
-        for group, answer in zip(self.groups, answers):
+        for group, answer in zip(col.groups, answers):
             if answer.response is None:
                 coverage.failures.append(answer.failure)
                 coverage.documents_total += group.last_documents
@@ -195,17 +223,19 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def _search(self, request: router_pb2.SearchRequest, context) -> router_pb2.SearchResponse:
         start = time.perf_counter()
         budget = self._budget(context)
+        col = self._collection(request.collection)
         k = self._k(request.k, self.config.default_k)
         timings = router_pb2.Timings()
-        vector = await self._query_vector(request, timings)
+        vector = await self._query_vector(col, request, timings)
         t = time.perf_counter()
         params = request.params if request.HasField("params") else None
         flt = request.filter if request.HasField("filter") else None
-        hits, coverage = await self.retrieve(vector, k, params, budget - (time.perf_counter() - start), flt)
+        hits, coverage = await self.retrieve(col, vector, k, params, budget - (time.perf_counter() - start), flt)
         self._check_coverage(coverage, request)
         timings.retrieve_seconds = time.perf_counter() - t
         timings.total_seconds = time.perf_counter() - start
-        return router_pb2.SearchResponse(hits=hits, coverage=coverage, timings=timings)
+        return router_pb2.SearchResponse(hits=hits, coverage=coverage, timings=timings, collection=col.name,
+                                         embedding_model=col.model_name)
 
     async def Ask(self, request: router_pb2.AskRequest, context):
         with self._admit():
@@ -219,6 +249,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             raise InvalidArgument("question: empty")
         if len(question) > MAX_QUERY_CHARS:
             raise InvalidArgument(f"question: longer than {MAX_QUERY_CHARS} characters")
+        col = self._collection(request.collection)
         k = self._k(request.k, self.config.ask_k)
         sampling = common_pb2.SamplingParams()
         sampling.CopyFrom(request.sampling)
@@ -227,14 +258,15 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         if sampling.max_tokens == 0:
             raise InvalidArgument("sampling.max_tokens: must be positive")
         timings = router_pb2.Timings()
-        vector = await self._embed([question], "query")
+        vector = await self._embed(col, [question], "query")
         timings.embed_seconds = time.perf_counter() - start
         t = time.perf_counter()
         flt = request.filter if request.HasField("filter") else None
-        hits, coverage = await self.retrieve(vector, k, None, self._budget(context), flt)
+        hits, coverage = await self.retrieve(col, vector, k, None, self._budget(context), flt)
         self._check_coverage(coverage, request)
         timings.retrieve_seconds = time.perf_counter() - t
-        yield router_pb2.AskEvent(hits=router_pb2.AskHits(hits=hits, coverage=coverage))
+        yield router_pb2.AskEvent(hits=router_pb2.AskHits(hits=hits, coverage=coverage, collection=col.name,
+                                                          embedding_model=col.model_name))
 
         passages = [Passage(h.document.id, h.document.text, h.document.title, h.score) for h in hits]
         gen_budget = context.time_remaining() if context.time_remaining() is not None else None
@@ -275,16 +307,21 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         runs back to back); acknowledgements still go out in order, each once its batch is durable."""
         total = 0
         writing: asyncio.Task | None = None
+        col: Collection | None = None
         try:
             async for request in request_iterator:
+                if col is None:
+                    col = self._collection(request.collection)  # for the whole stream
+                elif request.collection and request.collection != col.name:
+                    raise InvalidArgument(f"collection: this stream writes to {col.name!r}, not {request.collection!r}")
                 docs = [document_from_pb(d) for d in request.documents]
                 validate_batch(docs, self.config.max_ingest_batch)
-                vectors = await self._embed([embedding_text(d.title, d.text) for d in docs], "document")
+                vectors = await self._embed(col, [embedding_text(d.title, d.text) for d in docs], "document")
                 if writing is not None:
                     count = await writing
                     total += count
                     yield router_pb2.IngestResponse(acknowledged=count, total_acknowledged=total)
-                writing = asyncio.create_task(self._write_batch(request, docs, vectors, self._budget(context)))
+                writing = asyncio.create_task(self._write_batch(col, request, docs, vectors, self._budget(context)))
             if writing is not None:
                 count = await writing
                 writing = None
@@ -294,51 +331,59 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             if writing is not None and not writing.done():
                 writing.cancel()
 
-    async def _write_batch(self, request: router_pb2.IngestRequest, docs, vectors, budget: float) -> int:
+    async def _write_batch(self, col: Collection, request: router_pb2.IngestRequest, docs, vectors,
+                           budget: float) -> int:
         by_shard: dict[int, shard_pb2.UpsertRequest] = defaultdict(
-            lambda: shard_pb2.UpsertRequest(embedding_model=self.embedder.name)
+            lambda: shard_pb2.UpsertRequest(embedding_model=col.model_name)
         )
         for doc, pb, vector in zip(docs, request.documents, vectors):
-            entry = by_shard[shard_for(doc.id, len(self.groups))].documents.add()
+            entry = by_shard[shard_for(doc.id, len(col.groups))].documents.add()
             entry.document.CopyFrom(pb)
             entry.vector.extend(vector.tolist())
-        acked = await asyncio.gather(*(self.groups[s].upsert(req, budget) for s, req in by_shard.items()))
+        acked = await asyncio.gather(*(col.groups[s].upsert(req, budget) for s, req in by_shard.items()))
         count = int(sum(acked))
         metrics.INGESTED.inc(count)
         return count
 
-    def _ids_by_shard(self, ids) -> dict[int, list[str]]:
+    @staticmethod
+    def _ids_by_shard(col: Collection, ids) -> dict[int, list[str]]:
         """Ids grouped by the shard that owns them; an empty id is INVALID_ARGUMENT."""
         by_shard: dict[int, list[str]] = defaultdict(list)
         for i, doc_id in enumerate(ids):
             if not doc_id:
                 raise InvalidArgument(f"ids[{i}]: empty id")
-            by_shard[shard_for(doc_id, len(self.groups))].append(doc_id)
+            by_shard[shard_for(doc_id, len(col.groups))].append(doc_id)
         return by_shard
 
     async def Delete(self, request: router_pb2.DeleteRequest, context) -> router_pb2.DeleteResponse:
         if not request.ids:
             raise InvalidArgument("ids: empty")
-        by_shard = self._ids_by_shard(request.ids)
+        col = self._collection(request.collection)
+        by_shard = self._ids_by_shard(col, request.ids)
         budget = self._budget(context)
-        deleted = await asyncio.gather(*(self.groups[s].delete(ids, budget) for s, ids in by_shard.items()))
+        deleted = await asyncio.gather(*(col.groups[s].delete(ids, budget) for s, ids in by_shard.items()))
         return router_pb2.DeleteResponse(deleted=int(sum(deleted)))
 
     async def Lookup(self, request: router_pb2.LookupRequest, context) -> router_pb2.LookupResponse:
         if len(request.ids) > 10_000:
             raise InvalidArgument("ids: at most 10000 per call")
-        by_shard = self._ids_by_shard(request.ids)
+        col = self._collection(request.collection)
+        by_shard = self._ids_by_shard(col, request.ids)
         budget = self._budget(context)
-        found = await asyncio.gather(*(self.groups[s].fetch_hashes(ids, budget) for s, ids in by_shard.items()))
+        found = await asyncio.gather(*(col.groups[s].fetch_hashes(ids, budget) for s, ids in by_shard.items()))
         hashes = {k: v for part in found for k, v in part.items()}
         ids = [i for i in request.ids if i in hashes]
         return router_pb2.LookupResponse(ids=ids, content_hashes=[hashes[i] for i in ids])
 
     async def ClusterStatus(self, request, context) -> router_pb2.ClusterStatusResponse:
         timeout = min(self._budget(context), 2.0)
+        name = request.collection or self.active
+        if name not in self.collections:
+            raise InvalidArgument(f"collection: unknown {name!r} (configured: {', '.join(sorted(self.collections))})")
+        col = self.collections[name]
         response = router_pb2.ClusterStatusResponse(
-            embedding_model=self.embedder.name if self.embedder else self.config.embedding_model,
-            dim=self.embedder.dim if self.embedder else 0, max_k=self.config.max_k,
+            embedding_model=col.model_name or col.model_spec, dim=col.embedder.dim if col.embedder else 0,
+            max_k=self.config.max_k, collection=name, collections=sorted(self.collections),
         )
 
         async def probe(channel, info_call, status):
@@ -366,7 +411,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 status.model, status.max_context_length = info.model, info.max_context_length
             return status
 
-        for group in self.groups:
+        for group in col.groups:
             replicas = await asyncio.gather(*(replica_status(r) for r in group.replicas))
             serving = [r for r in replicas if r.health == "SERVING"]
             documents = max((r.documents for r in serving), default=0)
@@ -374,3 +419,26 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             response.documents += documents
         response.generators.extend(await asyncio.gather(*(generator_status(n) for n in self.pool.nodes)))
         return response
+
+    async def SwitchCollection(self, request: router_pb2.SwitchCollectionRequest, context
+                               ) -> router_pb2.SwitchCollectionResponse:
+        col = self._collection(request.name or "")
+        if not request.name:
+            raise InvalidArgument("name: the collection to switch to is required")
+        documents = 0
+        for group in col.groups:
+            readable = group.readable()
+            if not readable:
+                raise FailedPrecondition(f"collection {col.name!r}: shard {group.shard} has no SERVING replica")
+            infos = await asyncio.gather(*(r.stub.Info(shard_pb2.ShardInfoRequest(), timeout=5) for r in readable))
+            for replica, info in zip(readable, infos):
+                if info.embedding_model != col.model_name and not (info.embedding_model == "" and info.documents == 0):
+                    raise FailedPrecondition(
+                        f"collection {col.name!r}: shard {group.shard} replica {replica.address} holds vectors of "
+                        f"{info.embedding_model!r}, not {col.model_name!r}; mixing models is refused")
+            documents += max(i.documents for i in infos)
+        previous, self.active = self.active, col.name  # one assignment: requests resolve it once
+        await asyncio.to_thread(write_active, self.config.state_file, col.name)
+        logger.info("active collection %s -> %s (%d documents, %s)", previous, col.name, documents, col.model_name)
+        return router_pb2.SwitchCollectionResponse(previous=previous, active=col.name, documents=documents,
+                                                   embedding_model=col.model_name)

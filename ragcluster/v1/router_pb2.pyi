@@ -7,11 +7,31 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class SwitchCollectionRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class SwitchCollectionResponse(_message.Message):
+    __slots__ = ("previous", "active", "documents", "embedding_model")
+    PREVIOUS_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_MODEL_FIELD_NUMBER: _ClassVar[int]
+    previous: str
+    active: str
+    documents: int
+    embedding_model: str
+    def __init__(self, previous: _Optional[str] = ..., active: _Optional[str] = ..., documents: _Optional[int] = ..., embedding_model: _Optional[str] = ...) -> None: ...
+
 class LookupRequest(_message.Message):
-    __slots__ = ("ids",)
+    __slots__ = ("ids", "collection")
     IDS_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
     ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    collection: str
+    def __init__(self, ids: _Optional[_Iterable[str]] = ..., collection: _Optional[str] = ...) -> None: ...
 
 class LookupResponse(_message.Message):
     __slots__ = ("ids", "content_hashes")
@@ -28,20 +48,22 @@ class Vector(_message.Message):
     def __init__(self, values: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("text", "vector", "k", "params", "filter", "min_coverage")
+    __slots__ = ("text", "vector", "k", "params", "filter", "min_coverage", "collection")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     MIN_COVERAGE_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
     text: str
     vector: Vector
     k: int
     params: _common_pb2.SearchParams
     filter: _common_pb2.Filter
     min_coverage: float
-    def __init__(self, text: _Optional[str] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., k: _Optional[int] = ..., params: _Optional[_Union[_common_pb2.SearchParams, _Mapping]] = ..., filter: _Optional[_Union[_common_pb2.Filter, _Mapping]] = ..., min_coverage: _Optional[float] = ...) -> None: ...
+    collection: str
+    def __init__(self, text: _Optional[str] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., k: _Optional[int] = ..., params: _Optional[_Union[_common_pb2.SearchParams, _Mapping]] = ..., filter: _Optional[_Union[_common_pb2.Filter, _Mapping]] = ..., min_coverage: _Optional[float] = ..., collection: _Optional[str] = ...) -> None: ...
 
 class Timings(_message.Message):
     __slots__ = ("embed_seconds", "retrieve_seconds", "prompt_seconds", "time_to_first_token_seconds", "generate_seconds", "total_seconds")
@@ -60,36 +82,46 @@ class Timings(_message.Message):
     def __init__(self, embed_seconds: _Optional[float] = ..., retrieve_seconds: _Optional[float] = ..., prompt_seconds: _Optional[float] = ..., time_to_first_token_seconds: _Optional[float] = ..., generate_seconds: _Optional[float] = ..., total_seconds: _Optional[float] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("hits", "coverage", "timings")
+    __slots__ = ("hits", "coverage", "timings", "collection", "embedding_model")
     HITS_FIELD_NUMBER: _ClassVar[int]
     COVERAGE_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_MODEL_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[_common_pb2.Hit]
     coverage: _common_pb2.Coverage
     timings: Timings
-    def __init__(self, hits: _Optional[_Iterable[_Union[_common_pb2.Hit, _Mapping]]] = ..., coverage: _Optional[_Union[_common_pb2.Coverage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ...) -> None: ...
+    collection: str
+    embedding_model: str
+    def __init__(self, hits: _Optional[_Iterable[_Union[_common_pb2.Hit, _Mapping]]] = ..., coverage: _Optional[_Union[_common_pb2.Coverage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., collection: _Optional[str] = ..., embedding_model: _Optional[str] = ...) -> None: ...
 
 class AskRequest(_message.Message):
-    __slots__ = ("question", "k", "sampling", "filter", "min_coverage")
+    __slots__ = ("question", "k", "sampling", "filter", "min_coverage", "collection")
     QUESTION_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     MIN_COVERAGE_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
     question: str
     k: int
     sampling: _common_pb2.SamplingParams
     filter: _common_pb2.Filter
     min_coverage: float
-    def __init__(self, question: _Optional[str] = ..., k: _Optional[int] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., filter: _Optional[_Union[_common_pb2.Filter, _Mapping]] = ..., min_coverage: _Optional[float] = ...) -> None: ...
+    collection: str
+    def __init__(self, question: _Optional[str] = ..., k: _Optional[int] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., filter: _Optional[_Union[_common_pb2.Filter, _Mapping]] = ..., min_coverage: _Optional[float] = ..., collection: _Optional[str] = ...) -> None: ...
 
 class AskHits(_message.Message):
-    __slots__ = ("hits", "coverage")
+    __slots__ = ("hits", "coverage", "collection", "embedding_model")
     HITS_FIELD_NUMBER: _ClassVar[int]
     COVERAGE_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_MODEL_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[_common_pb2.Hit]
     coverage: _common_pb2.Coverage
-    def __init__(self, hits: _Optional[_Iterable[_Union[_common_pb2.Hit, _Mapping]]] = ..., coverage: _Optional[_Union[_common_pb2.Coverage, _Mapping]] = ...) -> None: ...
+    collection: str
+    embedding_model: str
+    def __init__(self, hits: _Optional[_Iterable[_Union[_common_pb2.Hit, _Mapping]]] = ..., coverage: _Optional[_Union[_common_pb2.Coverage, _Mapping]] = ..., collection: _Optional[str] = ..., embedding_model: _Optional[str] = ...) -> None: ...
 
 class AnswerDelta(_message.Message):
     __slots__ = ("text",)
@@ -126,10 +158,12 @@ class AskEvent(_message.Message):
     def __init__(self, hits: _Optional[_Union[AskHits, _Mapping]] = ..., delta: _Optional[_Union[AnswerDelta, _Mapping]] = ..., complete: _Optional[_Union[AskComplete, _Mapping]] = ...) -> None: ...
 
 class IngestRequest(_message.Message):
-    __slots__ = ("documents",)
+    __slots__ = ("documents", "collection")
     DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
     documents: _containers.RepeatedCompositeFieldContainer[_common_pb2.Document]
-    def __init__(self, documents: _Optional[_Iterable[_Union[_common_pb2.Document, _Mapping]]] = ...) -> None: ...
+    collection: str
+    def __init__(self, documents: _Optional[_Iterable[_Union[_common_pb2.Document, _Mapping]]] = ..., collection: _Optional[str] = ...) -> None: ...
 
 class IngestResponse(_message.Message):
     __slots__ = ("acknowledged", "total_acknowledged")
@@ -140,10 +174,12 @@ class IngestResponse(_message.Message):
     def __init__(self, acknowledged: _Optional[int] = ..., total_acknowledged: _Optional[int] = ...) -> None: ...
 
 class DeleteRequest(_message.Message):
-    __slots__ = ("ids",)
+    __slots__ = ("ids", "collection")
     IDS_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
     ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    collection: str
+    def __init__(self, ids: _Optional[_Iterable[str]] = ..., collection: _Optional[str] = ...) -> None: ...
 
 class DeleteResponse(_message.Message):
     __slots__ = ("deleted",)
@@ -152,8 +188,10 @@ class DeleteResponse(_message.Message):
     def __init__(self, deleted: _Optional[int] = ...) -> None: ...
 
 class ClusterStatusRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("collection",)
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    def __init__(self, collection: _Optional[str] = ...) -> None: ...
 
 class ReplicaStatus(_message.Message):
     __slots__ = ("address", "health", "documents", "sequence", "index_factory")
@@ -192,17 +230,21 @@ class GeneratorStatus(_message.Message):
     def __init__(self, address: _Optional[str] = ..., health: _Optional[str] = ..., model: _Optional[str] = ..., max_context_length: _Optional[int] = ...) -> None: ...
 
 class ClusterStatusResponse(_message.Message):
-    __slots__ = ("shards", "documents", "generators", "embedding_model", "dim", "max_k")
+    __slots__ = ("shards", "documents", "generators", "embedding_model", "dim", "max_k", "collection", "collections")
     SHARDS_FIELD_NUMBER: _ClassVar[int]
     DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
     GENERATORS_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_MODEL_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
     MAX_K_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    COLLECTIONS_FIELD_NUMBER: _ClassVar[int]
     shards: _containers.RepeatedCompositeFieldContainer[ShardStatus]
     documents: int
     generators: _containers.RepeatedCompositeFieldContainer[GeneratorStatus]
     embedding_model: str
     dim: int
     max_k: int
-    def __init__(self, shards: _Optional[_Iterable[_Union[ShardStatus, _Mapping]]] = ..., documents: _Optional[int] = ..., generators: _Optional[_Iterable[_Union[GeneratorStatus, _Mapping]]] = ..., embedding_model: _Optional[str] = ..., dim: _Optional[int] = ..., max_k: _Optional[int] = ...) -> None: ...
+    collection: str
+    collections: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, shards: _Optional[_Iterable[_Union[ShardStatus, _Mapping]]] = ..., documents: _Optional[int] = ..., generators: _Optional[_Iterable[_Union[GeneratorStatus, _Mapping]]] = ..., embedding_model: _Optional[str] = ..., dim: _Optional[int] = ..., max_k: _Optional[int] = ..., collection: _Optional[str] = ..., collections: _Optional[_Iterable[str]] = ...) -> None: ...

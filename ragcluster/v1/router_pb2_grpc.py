@@ -65,6 +65,11 @@ class RouterServiceStub:
                 request_serializer=ragcluster_dot_v1_dot_router__pb2.LookupRequest.SerializeToString,
                 response_deserializer=ragcluster_dot_v1_dot_router__pb2.LookupResponse.FromString,
                 _registered_method=True)
+        self.SwitchCollection = channel.unary_unary(
+                '/ragcluster.v1.RouterService/SwitchCollection',
+                request_serializer=ragcluster_dot_v1_dot_router__pb2.SwitchCollectionRequest.SerializeToString,
+                response_deserializer=ragcluster_dot_v1_dot_router__pb2.SwitchCollectionResponse.FromString,
+                _registered_method=True)
 
 
 class RouterServiceServicer:
@@ -115,6 +120,15 @@ class RouterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SwitchCollection(self, request, context):
+        """Make another collection (e.g. re-indexed with a new embedding model) the one that searches and asks
+        use, atomically: a request uses one collection from start to end, never a mix. Refused unless every
+        shard of the target is SERVING and records the target's embedding model.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -147,6 +161,11 @@ def add_RouterServiceServicer_to_server(servicer, server):
                     servicer.Lookup,
                     request_deserializer=ragcluster_dot_v1_dot_router__pb2.LookupRequest.FromString,
                     response_serializer=ragcluster_dot_v1_dot_router__pb2.LookupResponse.SerializeToString,
+            ),
+            'SwitchCollection': grpc.unary_unary_rpc_method_handler(
+                    servicer.SwitchCollection,
+                    request_deserializer=ragcluster_dot_v1_dot_router__pb2.SwitchCollectionRequest.FromString,
+                    response_serializer=ragcluster_dot_v1_dot_router__pb2.SwitchCollectionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -312,6 +331,33 @@ class RouterService:
             '/ragcluster.v1.RouterService/Lookup',
             ragcluster_dot_v1_dot_router__pb2.LookupRequest.SerializeToString,
             ragcluster_dot_v1_dot_router__pb2.LookupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SwitchCollection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ragcluster.v1.RouterService/SwitchCollection',
+            ragcluster_dot_v1_dot_router__pb2.SwitchCollectionRequest.SerializeToString,
+            ragcluster_dot_v1_dot_router__pb2.SwitchCollectionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -24,7 +24,8 @@ from router.config import RouterConfig
 def shard_process(run, shard: int, replica: int, *args, port: int = 0, data_tag: str = "") -> ServerProcess:
     data = run / f"s{shard}r{replica}{data_tag}"
     return ServerProcess("shard_server", ["--port", str(port), "--shard-id", str(shard), "--data-dir", str(data),
-                                          "--checkpoint-interval-seconds", "0", *args], run, f"s{shard}r{replica}")
+                                          "--checkpoint-interval-seconds", "0", *args], run,
+                         f"s{shard}r{replica}{data_tag}")
 
 
 def port_of(process: ServerProcess) -> int:
