@@ -434,8 +434,13 @@ def cmd_eval(opts: EvalOptions, ns) -> int:
                 missing = [q for q in qrels if q not in queries]
 
                 def search(qid):
-                    hits = client.search(queries[qid], k=opts.k)["hits"]
-                    return qid, [(h.get("parent_id") or h["id"], h["score"]) for h in hits]
+                    # chunked corpora: ask for more, then rank each parent document once, at its best chunk
+                    hits = client.search(queries[qid], k=min(opts.k * 4, 100))["hits"]
+                    best: dict[str, float] = {}
+                    for h in hits:
+                        parent = h.get("parent_id") or h["id"]
+                        best[parent] = max(best.get(parent, float("-inf")), h["score"])
+                    return qid, sorted(best.items(), key=lambda kv: -kv[1])[: opts.k]
 
                 runs = dict(tqdm(pool.map(search, wanted), total=len(wanted), desc="eval retrieval", unit="q",
                                  disable=opts.json or None))
