@@ -12,47 +12,20 @@ import argparse
 import json
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
-
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def closed_loop(address: str, queries: list[str], concurrency: int, seconds: float) -> dict:
-    from ragcluster.client import RouterClient
+    """The CLI's own closed loop (ragcluster.loadtest), summarised."""
+    import asyncio
 
-    latencies: list[float] = []
-    errors = [0]
-    lock = threading.Lock()
-    stop_at = time.perf_counter() + seconds
+    from ragcluster.loadtest import run_load
 
-    def worker(offset: int) -> None:
-        with RouterClient(address) as client:
-            i = offset
-            while time.perf_counter() < stop_at:
-                start = time.perf_counter()
-                try:
-                    client.search(queries[i % len(queries)], k=10, timeout=30)
-                    with lock:
-                        latencies.append(time.perf_counter() - start)
-                except Exception:
-                    with lock:
-                        errors[0] += 1
-                i += concurrency
-
-    start = time.perf_counter()
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(concurrency)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - start
-    lat = np.array(latencies) * 1000
-    return {"qps": len(latencies) / wall, "p50_ms": float(np.percentile(lat, 50)),
-            "p99_ms": float(np.percentile(lat, 99)), "errors": errors[0]}
+    summary = asyncio.run(run_load(address, "search", queries, seconds, concurrency=concurrency, k=10)).summary()
+    return {"qps": summary["throughput_per_second"], "p50_ms": summary["latency_ms"]["p50"],
+            "p99_ms": summary["latency_ms"]["p99"], "errors": sum(summary["errors"].values())}
 
 
 def main() -> int:

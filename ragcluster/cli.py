@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import grpc
 
@@ -279,8 +279,10 @@ def cmd_ingest(opts: IngestOptions, ns) -> int:
         for record in records:
             if record.error:
                 summary["errors"].append({"file": record.file, "line": record.line, "error": record.error})
-                bar.write(f"{record.where}: {record.error}", file=sys.stderr) if not opts.json else \
+                if opts.json:
                     print(f"{record.where}: {record.error}", file=sys.stderr)
+                else:
+                    bar.write(f"{record.where}: {record.error}", file=sys.stderr)
                 if opts.on_error == "stop":
                     stopped.append(record)
                     return

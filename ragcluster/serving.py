@@ -140,6 +140,10 @@ class GrpcServer:
         await self.set_serving(False)
         self._failure.set()
 
+    async def wait_failed(self) -> None:
+        """Returns once fail() was called."""
+        await self._failure.wait()
+
     async def stop(self, grace: float | None = None) -> None:
         if self._stopped.is_set():
             return
@@ -174,7 +178,7 @@ async def serve_until_signalled(server: GrpcServer, stop_event: asyncio.Event | 
         loop.add_signal_handler(sig, stop.set)
     start = asyncio.create_task(server.start())
     waiter = asyncio.create_task(stop.wait())
-    failure = asyncio.create_task(server._failure.wait())
+    failure = asyncio.create_task(server.wait_failed())
     done, _ = await asyncio.wait({start, waiter, failure}, return_when=asyncio.FIRST_COMPLETED)
     if start in done:
         start.result()  # a failed start raises here

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,11 +64,9 @@ def _metadata_value(text: str):
     for cast in (int, float):
         try:
             number = cast(value)
-            if cast is float and not (number == number and abs(number) != float("inf")):
-                break
-            return number
         except ValueError:
-            pass
+            continue
+        return number if math.isfinite(number) else value  # "nan", "inf" stay strings
     return value
 
 

@@ -27,6 +27,7 @@ class MicroBatcher:
         self._encode = encode
         self.max_batch = max_batch
         self.max_wait = max_wait_us / 1e6
+        self._owns_executor = executor is None  # a shared executor is shut down by its owner
         self.executor = executor or ThreadPoolExecutor(1, thread_name_prefix="embed")
         self._queue: asyncio.Queue[tuple[str, asyncio.Future, float]] = asyncio.Queue()
         self._worker: asyncio.Task | None = None
@@ -81,4 +82,5 @@ class MicroBatcher:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
-        self.executor.shutdown(wait=False)
+        if self._owns_executor:
+            self.executor.shutdown(wait=False)

@@ -312,8 +312,7 @@ class ShardGroup:
                 if not seqs:
                     return
                 source = max(seqs, key=lambda r: (seqs[r], not r.needs_sync))
-                lagging = [r for r in seqs if seqs[r] < seqs[source] or (r.needs_sync and r is not source
-                                                                          and seqs[r] != seqs[source])]
+                lagging = [r for r in seqs if seqs[r] < seqs[source]]  # equal sequence = same batches applied
                 for r in seqs:
                     if r not in lagging:
                         r.needs_sync = False

@@ -4,28 +4,27 @@ prompt and generate."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import math
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from ragcluster.convert import document_from_pb, document_to_pb, matrix_to_pb
+from ragcluster.convert import document_from_pb, matrix_to_pb
 from ragcluster.documents import validate_batch
 from ragcluster.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
 from ragcluster.hashing import shard_for
 from ragcluster.log import request_id
 from ragcluster.v1 import common_pb2, generator_pb2, router_pb2, router_pb2_grpc, shard_pb2
 from router import metrics
+from router.collections import Collection, write_active
 from router.config import RouterConfig
 from router.fanout import ShardGroup, fan_out
 from router.generate import GeneratorPool
-from concurrent.futures import ThreadPoolExecutor
-
-from router.collections import Collection, write_active
 from router.merge import ShardTopK, merge_topk
 from router.prompt import Passage, PromptTemplate
 
@@ -99,23 +98,20 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             return self.config.timeout_seconds
         return max(min(remaining - self.config.deadline_margin_ms / 1000, self.config.timeout_seconds), 0.001)
 
+    @contextlib.contextmanager
     def _admit(self):
-        servicer = self
-
-        class _Admission:
-            def __enter__(self):
-                if servicer.in_flight >= servicer.config.max_in_flight:
-                    metrics.REJECTED.inc()
-                    raise ResourceExhausted(
-                        f"router busy: {servicer.in_flight} requests in flight (limit {servicer.config.max_in_flight})")
-                servicer.in_flight += 1
-                metrics.IN_FLIGHT.set(servicer.in_flight)
-
-            def __exit__(self, *exc):
-                servicer.in_flight -= 1
-                metrics.IN_FLIGHT.set(servicer.in_flight)
-
-        return _Admission()
+        """Admission control: RESOURCE_EXHAUSTED at once beyond max_in_flight, never a growing queue."""
+        if self.in_flight >= self.config.max_in_flight:
+            metrics.REJECTED.inc()
+            raise ResourceExhausted(f"router busy: {self.in_flight} requests in flight "
+                                    f"(limit {self.config.max_in_flight})")
+        self.in_flight += 1
+        metrics.IN_FLIGHT.set(self.in_flight)
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            metrics.IN_FLIGHT.set(self.in_flight)
 
     @staticmethod
     def _check_coverage(coverage: common_pb2.Coverage, request) -> None:

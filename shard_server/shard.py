@@ -155,7 +155,6 @@ class Shard:
                 raise FailedPrecondition(
                     f"{key}: this data dir was created with {key}={stored}, not {value} (use a new --data-dir)"
                 )
-        self.store.set_meta("index_factory", self.index_factory)  # derived: the index is rebuilt if it changed
 
     # --- open: checkpoint + replay, or rebuild ------------------------------------------------------
     def _open_index(self) -> VectorIndex:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+
 import pytest
+
+from ragcluster.corpus import make_documents
 
 os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
 os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
 os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from ragcluster.corpus import make_documents, make_queries  # noqa: E402,F401  (re-exported for tests)
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ from ragcluster.corpus import make_queries, sample_corpus_path
 from ragcluster.embedding import resolve_embedding_model
 from ragcluster.sources import read_jsonl
 from router.config import RouterConfig
-from tests.integration.test_replicas import RouterInThread, shard_process
+from tests.helpers import RouterInThread, shard_process
 
 
 @pytest.fixture(scope="module")

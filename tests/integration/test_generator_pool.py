@@ -5,14 +5,12 @@ whose engine dies goes NOT_SERVING and exits instead of hanging callers."""
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import urllib.request
 
 import grpc
 import psutil
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from ragcluster.cluster import ServerProcess, generator_env, wait_all_ready
@@ -79,7 +77,9 @@ async def pool_cluster(tmp_path_factory, embedder):
                          load=loading_release.wait)
     loading_task = asyncio.create_task(loading.start())
     await asyncio.to_thread(wait_all_ready, nodes, 300)
-    while not loading.port:  # bound by the node start above: the loading server binds at once
+    deadline = time.monotonic() + 30
+    while not loading.port:  # the loading server binds before it starts loading
+        assert time.monotonic() < deadline, "loading server never bound its port"
         await asyncio.sleep(0.01)
     router = build_router(RouterConfig(port=0, metrics_port=-1, shard=[f"0={shard.address}"],
                                        generator=[f"127.0.0.1:{loading.port}", nodes[0].grpc, nodes[1].grpc],

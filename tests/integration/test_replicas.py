@@ -4,8 +4,6 @@ replica, a replica that comes back empty or behind catches up before it serves r
 
 from __future__ import annotations
 
-import asyncio
-import shutil
 import threading
 import time
 
@@ -16,16 +14,9 @@ import pytest
 from ragcluster.client import RouterClient, coverage_from_error
 from ragcluster.cluster import ServerProcess
 from ragcluster.corpus import make_documents, make_queries
-from ragcluster.v1 import router_pb2, shard_pb2, shard_pb2_grpc
-from router.__main__ import build_server as build_router
+from ragcluster.v1 import shard_pb2, shard_pb2_grpc
 from router.config import RouterConfig
-
-
-def shard_process(run, shard: int, replica: int, *args, port: int = 0, data_tag: str = "") -> ServerProcess:
-    data = run / f"s{shard}r{replica}{data_tag}"
-    return ServerProcess("shard_server", ["--port", str(port), "--shard-id", str(shard), "--data-dir", str(data),
-                                          "--checkpoint-interval-seconds", "0", *args], run,
-                         f"s{shard}r{replica}{data_tag}")
+from tests.helpers import RouterInThread, shard_process
 
 
 def port_of(process: ServerProcess) -> int:
@@ -54,30 +45,6 @@ def search_ids(address: str, vectors: np.ndarray) -> list[list[str]]:
         res = shard_pb2_grpc.ShardServiceStub(channel).Search(
             shard_pb2.ShardSearchRequest(queries=matrix_to_pb(vectors), k=5, include_documents=True), timeout=10)
     return [[res.documents[i].id for i in r.ids] for r in res.results]
-
-
-class RouterInThread:
-    """The router on its own event loop thread, so tests can drive it with blocking clients."""
-
-    def __init__(self, config: RouterConfig, embedder):
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-        async def start():
-            server = build_router(config)
-            server.services[0].servicer.embedder = embedder
-            await server.start()
-            return server
-
-        self.server = asyncio.run_coroutine_threadsafe(start(), self.loop).result(60)
-        self.address = self.server.address
-        self.servicer = self.server.services[0].servicer
-
-    def stop(self):
-        asyncio.run_coroutine_threadsafe(self.server.stop(grace=1), self.loop).result(60)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
 
 
 @pytest.fixture(scope="module")

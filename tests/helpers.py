@@ -1,0 +1,41 @@
+"""Helpers shared by integration tests: a shard server process, and a router on its own loop thread."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from ragcluster.cluster import ServerProcess
+from router.__main__ import build_server as build_router
+from router.config import RouterConfig
+
+
+def shard_process(run, shard: int, replica: int, *args, port: int = 0, data_tag: str = "") -> ServerProcess:
+    data = run / f"s{shard}r{replica}{data_tag}"
+    return ServerProcess("shard_server", ["--port", str(port), "--shard-id", str(shard), "--data-dir", str(data),
+                                          "--checkpoint-interval-seconds", "0", *args], run,
+                         f"s{shard}r{replica}{data_tag}")
+
+
+class RouterInThread:
+    """The router on its own event loop thread, so tests can drive it with blocking clients."""
+
+    def __init__(self, config: RouterConfig, embedder):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+        async def start():
+            server = build_router(config)
+            server.services[0].servicer.embedder = embedder
+            await server.start()
+            return server
+
+        self.server = asyncio.run_coroutine_threadsafe(start(), self.loop).result(60)
+        self.address = self.server.address
+        self.servicer = self.server.services[0].servicer
+
+    def stop(self):
+        asyncio.run_coroutine_threadsafe(self.server.stop(grace=1), self.loop).result(60)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
