@@ -34,13 +34,13 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 protos: $(STAMP)
-	$(PY) -m ragcluster.protogen
+	$(PY) -m ragcluster.tools.protogen
 
 check-protos: $(STAMP)
-	$(PY) -m ragcluster.protogen --check
+	$(PY) -m ragcluster.tools.protogen --check
 
 demo: $(STAMP)
-	$(PY) -m ragcluster.demo
+	$(PY) -m ragcluster.tools.demo
 
 test: $(STAMP) check-protos
 	$(PY) -m pytest -q -ra --durations=15

@@ -38,9 +38,9 @@ def main() -> int:
     import grpc
 
     from ragcluster.client import RouterClient
-    from ragcluster.cluster import ClusterSpec, LocalCluster
     from ragcluster.corpus import sample_corpus_path
-    from ragcluster.sources import read_jsonl
+    from ragcluster.tools.cluster import ClusterSpec, LocalCluster
+    from ragcluster.tools.sources import read_jsonl
     from ragcluster.v1 import common_pb2, generator_pb2, generator_pb2_grpc
     from router.prompt import Passage, PromptTemplate
 

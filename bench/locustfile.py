@@ -27,7 +27,7 @@ from ragcluster.v1 import common_pb2, router_pb2, router_pb2_grpc  # noqa: E402
 def _queries() -> list[str]:
     path = os.environ.get("RAGCLUSTER_LOCUST_QUERIES")
     if path:
-        from ragcluster.evaluation import load_query_texts
+        from ragcluster.tools.evaluation import load_query_texts
 
         return load_query_texts(path)
     from ragcluster.corpus import make_queries

@@ -18,10 +18,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def closed_loop(address: str, queries: list[str], concurrency: int, seconds: float) -> dict:
-    """The CLI's own closed loop (ragcluster.loadtest), summarised."""
+    """The CLI's own closed loop (ragcluster.tools.loadtest), summarised."""
     import asyncio
 
-    from ragcluster.loadtest import run_load
+    from ragcluster.tools.loadtest import run_load
 
     summary = asyncio.run(run_load(address, "search", queries, seconds, concurrency=concurrency, k=10)).summary()
     return {"qps": summary["throughput_per_second"], "p50_ms": summary["latency_ms"]["p50"],
@@ -37,8 +37,8 @@ def main() -> int:
     args = parser.parse_args()
 
     from ragcluster.client import RouterClient
-    from ragcluster.cluster import ClusterSpec, LocalCluster
     from ragcluster.corpus import make_documents, make_queries
+    from ragcluster.tools.cluster import ClusterSpec, LocalCluster
 
     docs = make_documents(args.docs, seed=51)
     queries = make_queries(500, seed=52)

@@ -50,9 +50,9 @@ def main() -> int:
     import faiss
 
     from ragcluster.client import RouterClient
-    from ragcluster.cluster import ClusterSpec, LocalCluster
     from ragcluster.corpus import make_documents, make_queries
-    from ragcluster.embedding import Embedder
+    from ragcluster.tools.cluster import ClusterSpec, LocalCluster
+    from router.embedding import Embedder
     from router.service import embedding_text
 
     docs = make_documents(args.docs, seed=11)

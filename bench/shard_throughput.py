@@ -47,9 +47,9 @@ def main() -> int:
 
     import grpc
 
-    from ragcluster.cluster import wait_for_serving
     from ragcluster.convert import matrix_to_pb
     from ragcluster.documents import Document
+    from ragcluster.tools.cluster import wait_for_serving
     from ragcluster.v1 import shard_pb2, shard_pb2_grpc
     from shard_server.shard import Shard
 

@@ -12,11 +12,11 @@ import os
 import shlex
 import sys
 
+from generator_node.config import GeneratorConfig
 from ragcluster.config import add_config_arguments, config_from_args
 from ragcluster.log import setup_logging
 from ragcluster.serving import GrpcServer, serve_until_signalled, service_spec
 from ragcluster.v1 import generator_pb2, generator_pb2_grpc
-from generator_node.config import GeneratorConfig
 
 
 def parse_args(argv: list[str] | None = None):
@@ -34,8 +34,8 @@ def parse_args(argv: list[str] | None = None):
 
 
 def build_server(config: GeneratorConfig, engine_args) -> GrpcServer:
-    from ragcluster.models import resolve_model
     from generator_node.engine import Engine
+    from generator_node.models import resolve_model
     from generator_node.service import GeneratorServicer
 
     model_spec = engine_args.model

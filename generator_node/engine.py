@@ -13,8 +13,8 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from ragcluster.errors import InvalidArgument, ResourceExhausted, Unavailable
 from generator_node import metrics
+from ragcluster.errors import InvalidArgument, ResourceExhausted, Unavailable
 
 logger = logging.getLogger(__name__)
 

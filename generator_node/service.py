@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+from generator_node.engine import Engine, Sampling
 from ragcluster.errors import InvalidArgument, Unavailable
 from ragcluster.v1 import generator_pb2, generator_pb2_grpc
-from generator_node.engine import Engine, Sampling
 
 
 def _messages(chat: generator_pb2.ChatMessages) -> list[dict[str, str]]:

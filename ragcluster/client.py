@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import grpc
 
+from ragcluster.channels import channel_options
 from ragcluster.convert import coverage_to_json, document_to_pb, filter_to_pb, hit_to_json
 from ragcluster.documents import Document
-from ragcluster.serving import channel_options
 from ragcluster.v1 import common_pb2, router_pb2, router_pb2_grpc
 
 
@@ -30,7 +30,7 @@ class RouterClient:
     def close(self) -> None:
         self.channel.close()
 
-    def __enter__(self) -> "RouterClient":
+    def __enter__(self) -> RouterClient:
         return self
 
     def __exit__(self, *exc) -> None:

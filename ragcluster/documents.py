@@ -49,7 +49,7 @@ class Document:
         return {"id": self.id, "title": self.title, "text": self.text, "metadata": dict(self.metadata)}
 
     @classmethod
-    def from_json(cls, obj: object, where: str = "document") -> "Document":
+    def from_json(cls, obj: object, where: str = "document") -> Document:
         """From a JSON object ``{"id": str, "text": str, "title"?: str, "metadata"?: {str: str|number}}``."""
         if not isinstance(obj, dict):
             raise InvalidArgument(f"{where}: expected a JSON object, got {type(obj).__name__}")

@@ -19,27 +19,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from ragcluster.channels import KEEPALIVE_OPTIONS
 from ragcluster.config import ServerConfig
+from ragcluster.fsutil import atomic_write
 from ragcluster.interceptors import ServerInterceptor, preinitialise
 
 logger = logging.getLogger(__name__)
-
-KEEPALIVE_OPTIONS = [
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-]
-
-
-def channel_options(max_message_bytes: int = 64 * 1024 * 1024) -> list[tuple[str, int]]:
-    """Options for every client channel (router → shard/generator, CLI → router)."""
-    return [
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.max_receive_message_length", max_message_bytes),
-        *KEEPALIVE_OPTIONS,
-    ]
-
 
 @dataclass
 class ServiceSpec:
@@ -165,9 +150,7 @@ class GrpcServer:
 
 def _write_ready_file(path: Path, grpc_address: str, host: str, metrics_port: int) -> None:
     data = {"grpc": grpc_address, "metrics": f"{host}:{metrics_port}" if metrics_port else "", "pid": os.getpid()}
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data))
 
 
 async def serve_until_signalled(server: GrpcServer, stop_event: asyncio.Event | None = None) -> None:

@@ -15,9 +15,9 @@ from router.config import RouterConfig, parse_shards
 
 def build_server(config: RouterConfig) -> GrpcServer:
     from router.collections import parse_collections, read_active
-    from router.fanout import ReplicaPolicy
     from router.generate import GeneratorPool
     from router.prompt import PromptTemplate
+    from router.replicas import ReplicaPolicy
     from router.service import RouterServicer
 
     shards = parse_shards(config.shard)
@@ -34,7 +34,7 @@ def build_server(config: RouterConfig) -> GrpcServer:
                               active=read_active(config.state_file, config.collection))
 
     async def load() -> None:
-        from ragcluster.embedding import Embedder
+        from router.embedding import Embedder
 
         await asyncio.gather(pool.start(refresh_seconds=config.dns_refresh_seconds),
                              *(g.start(config.dns_refresh_seconds) for g in groups))

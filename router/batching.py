@@ -56,7 +56,7 @@ class MicroBatcher:
                     break
                 try:
                     batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
             live = [(t, f, q) for t, f, q in batch if not f.done()]  # cancelled callers drop out
             if not live:

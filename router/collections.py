@@ -8,14 +8,14 @@ embedder to the end, so a switch never gives a request a mix of two models' vect
 from __future__ import annotations
 
 import json
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ragcluster.errors import InvalidArgument
+from ragcluster.fsutil import atomic_write
 from router.batching import MicroBatcher
-from router.fanout import ReplicaPolicy, ShardGroup
+from router.replicas import ReplicaPolicy, ShardGroup
 
 
 @dataclass
@@ -78,9 +78,4 @@ def write_active(state_file: str, active: str) -> None:
         return
     path = Path(state_file)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump({"active": active}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps({"active": active}))

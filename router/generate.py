@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from ragcluster.channels import channel_options
 from ragcluster.errors import InvalidArgument, Unavailable
-from ragcluster.serving import channel_options
 from ragcluster.v1 import common_pb2, generator_pb2, generator_pb2_grpc
-from router.fanout import resolve
+from router.discovery import resolve
 from router.health import Backend, Watchers
 from router.prompt import Passage, Prompt, PromptTemplate, answer_budget, order_passages, select_passages
 

@@ -35,7 +35,7 @@ class PromptTemplate:
         except (KeyError, IndexError, ValueError) as exc:
             raise InvalidArgument(f"prompt template: {exc!r} (see --help for the fields each template takes)") from exc
 
-    def format_passage(self, n: int, passage: "Passage") -> str:
+    def format_passage(self, n: int, passage: Passage) -> str:
         title = passage.title or passage.id
         return self.passage.format(n=n, id=passage.id, title=title, text=passage.text, score=passage.score)
 

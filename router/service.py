@@ -23,10 +23,10 @@ from ragcluster.v1 import common_pb2, generator_pb2, router_pb2, router_pb2_grpc
 from router import metrics
 from router.collections import Collection, write_active
 from router.config import RouterConfig
-from router.fanout import ShardGroup, fan_out
 from router.generate import GeneratorPool
 from router.merge import ShardTopK, merge_topk
 from router.prompt import Passage, PromptTemplate
+from router.replicas import ShardGroup, fan_out
 
 logger = logging.getLogger(__name__)
 

@@ -9,12 +9,13 @@ Layout: MAGIC | u32 header length | header JSON | u64 index length | index bytes
 from __future__ import annotations
 
 import json
-import os
 import struct
 import zlib
 from pathlib import Path
 
 import numpy as np
+
+from ragcluster.fsutil import atomic_file
 
 MAGIC = b"RCCKPT01"
 
@@ -26,25 +27,16 @@ class CorruptCheckpoint(Exception):
 def write_checkpoint(path: Path, header: dict, index_bytes: np.ndarray, tombstones: np.ndarray) -> int:
     """Write atomically; returns the file size."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     head = json.dumps(header).encode()
     tomb = np.ascontiguousarray(tombstones, dtype="<i8")
     index_view = memoryview(np.ascontiguousarray(index_bytes, dtype=np.uint8))
     crc = 0
-    with open(tmp, "wb") as f:
+    with atomic_file(path) as f:
         for part in (MAGIC, struct.pack("<I", len(head)), head, struct.pack("<Q", len(index_view)), index_view,
                      struct.pack("<Q", len(tomb)), tomb.tobytes()):
             f.write(part)
             crc = zlib.crc32(part, crc)
         f.write(struct.pack("<I", crc))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
     return path.stat().st_size
 
 

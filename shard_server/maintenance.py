@@ -37,9 +37,8 @@ class Maintenance:
 
     def after_write(self) -> None:
         """Called after each acknowledged write: start a background rebuild when tombstones pile up."""
-        if self._rebuild_task is None or self._rebuild_task.done():
-            if self.shard.needs_rebuild():
-                self._rebuild_task = asyncio.create_task(self._rebuild())
+        if (self._rebuild_task is None or self._rebuild_task.done()) and self.shard.needs_rebuild():
+            self._rebuild_task = asyncio.create_task(self._rebuild())
 
     async def _rebuild(self) -> None:
         try:

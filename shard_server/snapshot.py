@@ -13,8 +13,9 @@ from pathlib import Path
 
 import grpc
 
+from ragcluster.channels import channel_options
 from ragcluster.errors import Unavailable
-from ragcluster.serving import channel_options
+from ragcluster.fsutil import replace_durably
 from ragcluster.v1 import shard_pb2, shard_pb2_grpc
 from shard_server.shard import CHECKPOINT_FILE, STORE_FILE, Shard
 
@@ -74,7 +75,7 @@ def restore_from(address: str, data_dir: Path, timeout: float = 600.0, replace: 
                     os.fsync(f.fileno())
                     for stale in (CHECKPOINT_FILE, STORE_FILE + "-wal", STORE_FILE + "-shm"):
                         (data_dir / stale).unlink(missing_ok=True)
-                    os.replace(tmp, target)
+                    replace_durably(tmp, target)
                     logger.info("restored %d bytes (sequence %d, %d documents) from %s", received,
                                 header.sequence, header.documents, address)
                     return header.sequence

@@ -17,7 +17,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def embedder():
-    from ragcluster.embedding import Embedder
+    from router.embedding import Embedder
 
     return Embedder()
 
@@ -25,7 +25,7 @@ def embedder():
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory):
     """3 Flat shards, 1 tiny vLLM generator (default multiprocess engine), 1 router: separate processes."""
-    from ragcluster.cluster import ClusterSpec, LocalCluster
+    from ragcluster.tools.cluster import ClusterSpec, LocalCluster
 
     spec = ClusterSpec(data_dir=str(tmp_path_factory.mktemp("cluster")), shards=3, generators=1, model="tiny",
                        port=0, kv_cache_bytes=64 * 1024 * 1024)
@@ -36,9 +36,10 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def corpus():
+    import json
+
     from ragcluster.corpus import sample_corpus_path
     from ragcluster.documents import Document
-    import json
 
     sample = [Document.from_json(json.loads(line)) for line in open(sample_corpus_path(), encoding="utf-8")]
     return sample + make_documents(400)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from ragcluster.cluster import ServerProcess
+from ragcluster.tools.cluster import ServerProcess
 from router.__main__ import build_server as build_router
 from router.config import RouterConfig
 

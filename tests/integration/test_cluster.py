@@ -18,10 +18,10 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from prometheus_client.parser import text_string_to_metric_families
 
 from ragcluster.client import RouterClient
+from ragcluster.corpus import make_queries
 from ragcluster.documents import Document
 from ragcluster.v1 import router_pb2, router_pb2_grpc
 from router.service import embedding_text
-from ragcluster.corpus import make_queries
 
 pytestmark = pytest.mark.vllm
 
@@ -87,15 +87,15 @@ def test_congruence_with_single_flat_index(cluster, ingested, embedder):
 
 def test_search_json_and_status_cli(cluster, ingested):
     router = cluster.router_address
-    cli = [sys.executable, "-m", "ragcluster.cli"]
-    out = subprocess.run(cli + ["search", "--router", router, "how do honeybees communicate", "-k", "3", "--json"],
+    cli = [sys.executable, "-m", "ragcluster.tools.cli"]
+    out = subprocess.run([*cli, "search", "--router", router, "how do honeybees communicate", "-k", "3", "--json"],
                          capture_output=True, text=True, timeout=120, check=True).stdout
     result = json.loads(out)
     assert len(result["hits"]) == 3
     assert set(result["hits"][0]) >= {"id", "score", "shard", "text", "metadata"}
     assert result["hits"][0]["id"] == "honeybees"
     assert result["coverage"]["shards_answered"] == result["coverage"]["shards_total"] == 3
-    status = json.loads(subprocess.run(cli + ["status", "--router", router, "--json"], capture_output=True,
+    status = json.loads(subprocess.run([*cli, "status", "--router", router, "--json"], capture_output=True,
                                        text=True, timeout=120, check=True).stdout)
     assert status["documents"] == len(ingested)
     assert len(status["shards"]) == 3
@@ -114,12 +114,12 @@ def test_ingest_cli_reports_bad_lines(cluster, tmp_path):
         "{broken",
         json.dumps({"id": "cli-2", "text": "Lighthouses guide ships at night."}),
     ]) + "\n")
-    cli = [sys.executable, "-m", "ragcluster.cli", "ingest", "--router", router, str(f), "--json"]
+    cli = [sys.executable, "-m", "ragcluster.tools.cli", "ingest", "--router", router, str(f), "--json"]
     stop = subprocess.run(cli, capture_output=True, text=True, timeout=120)
     assert stop.returncode == 1
     assert f"{f}:2" in stop.stderr and "invalid JSON" in stop.stderr
     assert json.loads(stop.stdout)["acknowledged"] == 1
-    skip = subprocess.run(cli + ["--on-error", "skip"], capture_output=True, text=True, timeout=120)
+    skip = subprocess.run([*cli, "--on-error", "skip"], capture_output=True, text=True, timeout=120)
     assert skip.returncode == 0, skip.stderr
     summary = json.loads(skip.stdout)
     # resumable: cli-1 is already stored unchanged, so only cli-2 is sent
@@ -150,7 +150,7 @@ def test_ask_end_to_end_streams_hits_deltas_and_citations(cluster, ingested):
 
 
 def test_ask_cli_json(cluster, ingested):
-    out = subprocess.run([sys.executable, "-m", "ragcluster.cli", "ask", "--router", cluster.router_address,
+    out = subprocess.run([sys.executable, "-m", "ragcluster.tools.cli", "ask", "--router", cluster.router_address,
                           "What is FAISS?", "--max-tokens", "8", "--json"],
                          capture_output=True, text=True, timeout=180, check=True).stdout
     result = json.loads(out)
@@ -230,11 +230,11 @@ def test_filtered_search_through_router(cluster, ingested):
         one = client.search("kites", k=3, where=[{"field": "kite", "equals": 1}])
         assert [h["id"] for h in one["hits"]] == ["only-one"] and one["coverage"]["shards_answered"] == 3
         client.delete(["only-one"])
-    cli = [sys.executable, "-m", "ragcluster.cli", "search", "--router", router, "rivers", "--json"]
-    out = json.loads(subprocess.run(cli + ["--where", "topic=history", "-k", "3"], capture_output=True, text=True,
+    cli = [sys.executable, "-m", "ragcluster.tools.cli", "search", "--router", router, "rivers", "--json"]
+    out = json.loads(subprocess.run([*cli, "--where", "topic=history", "-k", "3"], capture_output=True, text=True,
                                     timeout=120, check=True).stdout)
     assert len(out["hits"]) == 3 and all(h["metadata"]["topic"] == "history" for h in out["hits"])
-    bad = subprocess.run(cli + ["--where", "colour=red"], capture_output=True, text=True, timeout=120)
+    bad = subprocess.run([*cli, "--where", "colour=red"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "INVALID_ARGUMENT" in bad.stderr and "colour" in bad.stderr
 
 
@@ -252,7 +252,7 @@ def test_eval_cli_retrieval_and_generation(cluster, ingested, tmp_path):
     qa = tmp_path / "qa.jsonl"
     qa.write_text(json.dumps({"id": "a1", "question": "What do bees use to communicate?",
                               "answers": ["the waggle dance"]}) + "\n")
-    cmd = [sys.executable, "-m", "ragcluster.cli", "eval", "--router", cluster.router_address, "--queries",
+    cmd = [sys.executable, "-m", "ragcluster.tools.cli", "eval", "--router", cluster.router_address, "--queries",
            str(queries), "--qrels", str(qrels), "-k", "10", "--per-query", "--qa", str(qa), "--max-tokens", "8",
            "--json"]
     report = json.loads(subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True).stdout)
@@ -274,7 +274,7 @@ def test_loadtest_cli_reports_and_plots(cluster, ingested, tmp_path, mode, loop)
     png = tmp_path / f"{mode}.png"
     queries = tmp_path / "q.jsonl"
     queries.write_text('{"text": "coffee and tea"}\n{"text": "volcanoes and plates"}\n')
-    cmd = [sys.executable, "-m", "ragcluster.cli", "loadtest", "--router", cluster.router_address, "--mode", mode,
+    cmd = [sys.executable, "-m", "ragcluster.tools.cli", "loadtest", "--router", cluster.router_address, "--mode", mode,
            *loop, "--duration", "3", "--queries", str(queries), "--max-tokens", "4", "--plot", str(png), "--json"]
     start = time.monotonic()
     summary = json.loads(subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True).stdout)
@@ -294,7 +294,7 @@ def test_ingest_sources_chunking_and_resume(cluster, ingested, tmp_path):
     import sqlite3
 
     router = cluster.router_address
-    cli = [sys.executable, "-m", "ragcluster.cli", "ingest", "--router", router, "--json"]
+    cli = [sys.executable, "-m", "ragcluster.tools.cli", "ingest", "--router", router, "--json"]
 
     def ingest(*args):
         done = subprocess.run(cli + list(args), capture_output=True, text=True, timeout=300)

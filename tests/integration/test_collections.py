@@ -14,8 +14,8 @@ import pytest
 
 from ragcluster.client import RouterClient
 from ragcluster.corpus import make_queries, sample_corpus_path
-from ragcluster.embedding import resolve_embedding_model
-from ragcluster.sources import read_jsonl
+from ragcluster.embedding_models import resolve_embedding_model
+from ragcluster.tools.sources import read_jsonl
 from router.config import RouterConfig
 from tests.helpers import RouterInThread, shard_process
 

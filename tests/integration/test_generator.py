@@ -108,7 +108,7 @@ async def test_cancel_mid_stream_aborts_in_engine(node):
     stub, engine = node
     call = stub.Generate(_chat(max_tokens=1000, temperature=0.0, stop=[]), timeout=60)
     received = 0
-    async for event in call:
+    async for _event in call:
         received += 1
         if received == 3:
             break

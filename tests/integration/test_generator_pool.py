@@ -13,16 +13,16 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ragcluster.cluster import ServerProcess, generator_env, wait_all_ready
 from ragcluster.config import ServerConfig
 from ragcluster.convert import document_to_pb
+from ragcluster.corpus import make_documents
 from ragcluster.serving import GrpcServer, service_spec
+from ragcluster.tools.cluster import ServerProcess, generator_env, wait_all_ready
 from ragcluster.v1 import generator_pb2, generator_pb2_grpc, router_pb2, router_pb2_grpc
 from router.__main__ import build_server as build_router
 from router.config import RouterConfig
 from shard_server.__main__ import build_server as build_shard
 from shard_server.config import ShardConfig
-from ragcluster.corpus import make_documents
 
 pytestmark = pytest.mark.vllm
 

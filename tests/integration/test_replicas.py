@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from ragcluster.client import RouterClient, coverage_from_error
-from ragcluster.cluster import ServerProcess
 from ragcluster.corpus import make_documents, make_queries
+from ragcluster.tools.cluster import ServerProcess
 from ragcluster.v1 import shard_pb2, shard_pb2_grpc
 from router.config import RouterConfig
 from tests.helpers import RouterInThread, shard_process
@@ -79,7 +79,7 @@ def load(address: str, stop: threading.Event, results: list, errors: list, min_c
 
 
 def test_killing_a_replica_under_load_fails_no_request(replicated):
-    run, procs, router, _ = replicated
+    _run, procs, router, _ = replicated
     stop, results, errors = threading.Event(), [], []
     threads = [threading.Thread(target=load, args=(router.address, stop, results, errors)) for _ in range(4)]
     for t in threads:
@@ -100,7 +100,7 @@ def test_killing_a_replica_under_load_fails_no_request(replicated):
 
 
 def test_replica_back_empty_or_behind_catches_up_before_serving_reads(replicated, embedder):
-    run, procs, router, docs = replicated
+    run, procs, router, _docs = replicated
     # the replica killed above comes back on its port with an EMPTY data dir
     port = port_of(procs[(0, 1)])
     procs[(0, 1)] = shard_process(run, 0, 1, port=port, data_tag="-empty").wait_ready(120)

@@ -10,12 +10,12 @@ import grpc
 import pytest
 
 from ragcluster.convert import document_to_pb
+from ragcluster.corpus import make_documents
 from ragcluster.v1 import common_pb2, router_pb2, router_pb2_grpc
 from router.__main__ import build_server as build_router
 from router.config import RouterConfig
 from shard_server.__main__ import build_server as build_shard
 from shard_server.config import ShardConfig
-from ragcluster.corpus import make_documents
 
 
 def _dead_address() -> str:
@@ -45,7 +45,7 @@ async def half_cluster(tmp_path_factory, embedder):
 
 
 async def test_partial_results_are_flagged(half_cluster):
-    stub, shard, dead = half_cluster
+    stub, _shard, _dead = half_cluster
     from ragcluster.hashing import shard_for
 
     docs = [d for d in make_documents(60, seed=3) if shard_for(d.id, 2) == 0]

@@ -11,8 +11,8 @@ import grpc
 import numpy as np
 import pytest
 
-from ragcluster.cluster import ServerProcess, wait_for_serving
 from ragcluster.convert import matrix_to_pb
+from ragcluster.tools.cluster import ServerProcess, wait_for_serving
 from ragcluster.v1 import common_pb2, shard_pb2, shard_pb2_grpc
 
 DIM = 32
@@ -159,8 +159,8 @@ def test_snapshot_stream_is_self_checking(tmp_path):
 @pytest.mark.slow
 def test_restart_with_100k_vectors_takes_seconds(tmp_path, record_property):
     """Build a 100k x 384 shard, stop it (final checkpoint), restart it and time until SERVING."""
-    from shard_server.shard import Shard
     from ragcluster.documents import Document
+    from shard_server.shard import Shard
 
     data = tmp_path / "big"
     shard = Shard(data, dim=384)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from ragcluster.cluster import ServerProcess, generator_env
+from ragcluster.tools.cluster import ServerProcess, generator_env
 from ragcluster.v1 import common_pb2, generator_pb2, generator_pb2_grpc
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]

@@ -15,7 +15,7 @@ from ragcluster.corpus import make_documents
 
 def _up(data_dir, *extra):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ragcluster.cli", "up", "--shards", "2", "--replicas", "2", "--generators", "0",
+        [sys.executable, "-m", "ragcluster.tools.cli", "up", "--shards", "2", "--replicas", "2", "--generators", "0",
          "--data-dir", str(data_dir), "--port", "0", "--json", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
@@ -76,6 +76,6 @@ def test_up_writes_manifest_stops_cleanly_and_reopens(tmp_path):
 
 def test_up_refuses_another_shard_count_on_existing_data(tmp_path):
     (tmp_path / "layout.json").write_text(json.dumps({"shards": 3, "metric": "ip"}))
-    result = subprocess.run([sys.executable, "-m", "ragcluster.cli", "up", "--shards", "2", "--generators", "0",
+    result = subprocess.run([sys.executable, "-m", "ragcluster.tools.cli", "up", "--shards", "2", "--generators", "0",
                              "--data-dir", str(tmp_path), "--port", "0"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "--shards 3" in result.stderr

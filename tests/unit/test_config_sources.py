@@ -2,14 +2,13 @@ import argparse
 import json
 from dataclasses import dataclass
 
-from ragcluster.config import add_config_arguments, config_from_args, option
-from ragcluster.documents import Document
-from ragcluster.sources import read_jsonl
-from router.config import parse_shards
-
 import pytest
 
+from ragcluster.config import add_config_arguments, config_from_args, option
+from ragcluster.documents import Document
 from ragcluster.errors import InvalidArgument
+from ragcluster.tools.sources import read_jsonl
+from router.config import parse_shards
 
 
 @dataclass
@@ -71,4 +70,4 @@ def test_jsonl_reports_bad_lines_with_file_and_line(tmp_path):
     assert "invalid JSON" in bad[0][1] and "id" in bad[1][1] and "'text'" in bad[2][1]
     assert "metadata['bad']" in bad[3][1] and "JSON object" in bad[4][1]
     assert records[1].where == f"{f}:3"
-    assert list(read_jsonl([str(tmp_path / "missing.jsonl")]))[0].error == "no such file"
+    assert next(iter(read_jsonl([str(tmp_path / "missing.jsonl")]))).error == "no such file"

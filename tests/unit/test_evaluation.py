@@ -5,8 +5,15 @@ import math
 import pytest
 
 from ragcluster.errors import InvalidArgument
-from ragcluster.evaluation import (corpus_bleu, evaluate_retrieval, exact_match, load_qrels, load_queries, rank,
-                                   token_f1)
+from ragcluster.tools.evaluation import (
+    corpus_bleu,
+    evaluate_retrieval,
+    exact_match,
+    load_qrels,
+    load_queries,
+    rank,
+    token_f1,
+)
 
 
 def test_graded_metrics_by_hand():

@@ -112,7 +112,7 @@ def test_untrained_index_searches_exactly_then_trains():
     assert ids[:, 0].tolist() == [0, 1, 2]
     ix.add(np.arange(50, 150), x[50:])
     assert ix.trained and ix.ntotal == 150
-    scores, ids = ix.search(x[:3], 1, nprobe=4)
+    _scores, ids = ix.search(x[:3], 1, nprobe=4)
     assert ids[:, 0].tolist() == [0, 1, 2]
 
 

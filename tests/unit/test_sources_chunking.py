@@ -1,13 +1,14 @@
 """Ingest sources (CSV, directories, SQL) and token-aware chunking with the real embedding tokenizer."""
 
+import itertools
 import sqlite3
 
 import pytest
 
-from ragcluster.chunking import Chunker, load_embedding_tokenizer
 from ragcluster.documents import Document
 from ragcluster.errors import InvalidArgument
-from ragcluster.sources import read_csv, read_dir, read_sql
+from ragcluster.tools.chunking import Chunker, load_embedding_tokenizer
+from ragcluster.tools.sources import read_csv, read_dir, read_sql
 
 
 def test_csv_columns_metadata_and_bad_rows(tmp_path):
@@ -56,8 +57,8 @@ def test_sql_from_sqlite_file_and_sqlalchemy_url(tmp_path):
         docs = [r.document for r in records if r.document]
         assert [d.id for d in docs] == ["s1", "s2"] and docs[0].metadata == {"score": 0.5}
         assert records[2].error and records[2].line == 3
-    assert "query failed" in list(read_sql(str(db), "SELECT nope FROM missing"))[0].error
-    assert "no column(s) ['text']" in list(read_sql(str(db), "SELECT id FROM articles"))[0].error
+    assert "query failed" in next(iter(read_sql(str(db), "SELECT nope FROM missing"))).error
+    assert "no column(s) ['text']" in next(iter(read_sql(str(db), "SELECT id FROM articles"))).error
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +75,7 @@ def test_chunk_boundaries_and_overlap(tokenizer):
     # windows start every 30 tokens and the last one reaches the end
     assert len(spans) == -(-max(n_tokens - 40, 0) // 30) + 1
     assert spans[0][0] == 0 and spans[-1][1] == len(text)
-    for (a0, a1), (b0, b1) in zip(spans, spans[1:]):
+    for (_a0, a1), (b0, _b1) in itertools.pairwise(spans):
         assert b0 < a1  # consecutive chunks overlap
     for a, b in spans:
         assert len(tokenizer(text[a:b], add_special_tokens=False)["input_ids"]) <= 40

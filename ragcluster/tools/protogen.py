@@ -1,7 +1,7 @@
 """Generate the gRPC stubs in ragcluster/v1 from protos/, or check they are current.
 
-    python -m ragcluster.protogen           # regenerate
-    python -m ragcluster.protogen --check   # exit 1 if the committed stubs differ from protos/
+    python -m ragcluster.tools.protogen           # regenerate
+    python -m ragcluster.tools.protogen --check   # exit 1 if the committed stubs differ from protos/
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PROTO_DIR = ROOT / "protos"
 OUT_DIR = ROOT / "ragcluster" / "v1"
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2_grpc.py", "_pb2.pyi")

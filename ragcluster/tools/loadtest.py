@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 
-from ragcluster.serving import channel_options
+from ragcluster.channels import channel_options
 from ragcluster.v1 import common_pb2, router_pb2, router_pb2_grpc
 
 PERCENTILES = (50, 90, 99, 99.9)

@@ -17,7 +17,7 @@ from ragcluster.errors import InvalidArgument
 def load_embedding_tokenizer(spec: str = "all-MiniLM-L6-v2"):
     from transformers import AutoTokenizer
 
-    from ragcluster.embedding import resolve_embedding_model
+    from ragcluster.embedding_models import resolve_embedding_model
 
     _, path = resolve_embedding_model(spec)
     return AutoTokenizer.from_pretrained(path)

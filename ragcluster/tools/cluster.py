@@ -22,6 +22,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from ragcluster.fsutil import atomic_write
+
 logger = logging.getLogger(__name__)
 
 
@@ -101,7 +103,7 @@ class ServerProcess:
         self.grpc, self.metrics = data["grpc"], data["metrics"]
         return True
 
-    def wait_ready(self, timeout: float = 300.0) -> "ServerProcess":
+    def wait_ready(self, timeout: float = 300.0) -> ServerProcess:
         wait_all_ready([self], timeout)
         return self
 
@@ -186,7 +188,7 @@ class LocalCluster:
 
         wait_all_ready(processes, timeout, ready)
 
-    def start(self, timeout: float = 600.0, progress=None) -> "LocalCluster":
+    def start(self, timeout: float = 600.0, progress=None) -> LocalCluster:
         spec = self.spec
         self._check_layout()
         try:
@@ -229,12 +231,12 @@ class LocalCluster:
     def _write_manifest(self) -> None:
         data = {"router": self.router_address, "data_dir": str(self.dir), "spec": asdict(self.spec),
                 "processes": [asdict(m) for m in self.members]}
-        _atomic_write(self.dir / "cluster.json", json.dumps(data, indent=2))
+        atomic_write(self.dir / "cluster.json", json.dumps(data, indent=2))
         # Prometheus file_sd targets (deploy/prometheus/prometheus.yml reads this file)
         targets = [{"targets": [m.metrics], "labels": {"role": m.role, "shard": "" if m.shard is None else str(m.shard),
                                                          "replica": "" if m.replica is None else str(m.replica)}}
                    for m in self.members if m.metrics]
-        _atomic_write(self.dir / "prometheus-targets.json", json.dumps(targets, indent=2))
+        atomic_write(self.dir / "prometheus-targets.json", json.dumps(targets, indent=2))
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM the router first (it drains), then generators, then shards; SIGKILL what outlives ``timeout``."""
@@ -244,17 +246,11 @@ class LocalCluster:
                     process.terminate(timeout)
         self._procs.clear()
 
-    def __enter__(self) -> "LocalCluster":
+    def __enter__(self) -> LocalCluster:
         return self
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def wait_for_serving(address: str, timeout: float = 30.0, service: str = "") -> None:

@@ -1,7 +1,7 @@
 """make demo: start a local cluster (2 shards, router, 1 generator running SmolLM2-135M-Instruct), ingest
 the bundled sample corpus, ask one question, print the streamed answer with its citations, stop.
 
-    python -m ragcluster.demo [--question Q] [--model smollm2] [--data-dir .demo]
+    python -m ragcluster.tools.demo [--question Q] [--model smollm2] [--data-dir .demo]
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class DemoOptions:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ragcluster.demo", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m ragcluster.tools.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser, DemoOptions)
     opts = config_from_args(DemoOptions, parser.parse_args(argv))
@@ -35,9 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     from ragcluster.client import RouterClient
-    from ragcluster.cluster import ClusterSpec, LocalCluster
     from ragcluster.corpus import sample_corpus_path
-    from ragcluster.sources import read_jsonl
+    from ragcluster.tools.cluster import ClusterSpec, LocalCluster
+    from ragcluster.tools.sources import read_jsonl
 
     console = Console(highlight=False)
     console.print(f"[bold]ragcluster demo[/] — 2 shards, 1 router, 1 generator ({opts.model}); data in {opts.data_dir}")

@@ -20,17 +20,17 @@ import asyncio
 import collections
 import itertools
 import logging
-import socket
 import time
 from dataclasses import dataclass
 
 import grpc
 import numpy as np
 
+from ragcluster.channels import channel_options
 from ragcluster.errors import FailedPrecondition, InvalidArgument, Unavailable
-from ragcluster.serving import channel_options
 from ragcluster.v1 import common_pb2, shard_pb2, shard_pb2_grpc
 from router import metrics
+from router.discovery import resolve
 from router.health import Backend, Watchers
 
 logger = logging.getLogger(__name__)
@@ -60,25 +60,6 @@ class ShardAnswer:
     shard: int
     response: shard_pb2.ShardSearchResponse | None
     failure: common_pb2.ShardFailure | None = None
-
-
-def resolve(address: str) -> list[str]:
-    """``dns:///host:port`` -> every address the name resolves to (a Kubernetes headless service lists
-    one per pod); anything else is taken as one host:port."""
-    if not address.startswith("dns:"):
-        return [address]
-    target = address.split("///", 1)[-1] if "///" in address else address[4:]
-    host, _, port = target.rpartition(":")
-    try:
-        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
-    except (socket.gaierror, ValueError) as exc:
-        logger.warning("cannot resolve %s: %s", address, exc)
-        return []
-    out = []
-    for family, _, _, _, sockaddr in infos:
-        ip = sockaddr[0]
-        out.append(f"[{ip}]:{port}" if family == socket.AF_INET6 else f"{ip}:{port}")
-    return sorted(set(out))
 
 
 class ShardGroup:
@@ -234,7 +215,7 @@ class ShardGroup:
                 task.cancel()  # the losing hedge, or calls past the deadline
         if last_error is not None:
             raise last_error
-        raise asyncio.TimeoutError()
+        raise TimeoutError()
 
     async def fetch_hashes(self, ids: list[str], timeout: float) -> dict[str, str]:
         """Stored content hashes of ``ids`` from one readable replica (failing over on UNAVAILABLE)."""
@@ -276,8 +257,7 @@ class ShardGroup:
             else:
                 ok.append(result)
         if len(ok) < needed:
-            detail = "; ".join(f"{r.address}: {getattr(e, 'code', lambda: '')()} {getattr(e, 'details', lambda: e)()}"
-                               for r, e in failures)
+            detail = "; ".join(f"{r.address}: {_describe(e)}" for r, e in failures)
             raise Unavailable(f"shard {self.shard}: {op} acknowledged by {len(ok)} of {needed} replicas: {detail}")
         return ok
 
@@ -343,6 +323,12 @@ class ShardGroup:
         await asyncio.gather(*(r.channel.close() for r in self.replicas))
 
 
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name} {exc.details()}"
+    return str(exc) or type(exc).__name__
+
+
 def failure_from_exception(shard: int, exc: BaseException) -> common_pb2.ShardFailure:
     if isinstance(exc, asyncio.TimeoutError) or (
         isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -366,7 +352,7 @@ async def fan_out(groups: list[ShardGroup], request: shard_pb2.ShardSearchReques
             return ShardAnswer(group.shard, await group.search(request, timeout))
         except InvalidArgument:
             raise
-        except (grpc.aio.AioRpcError, asyncio.TimeoutError, Unavailable) as exc:
+        except (TimeoutError, grpc.aio.AioRpcError, Unavailable) as exc:
             return ShardAnswer(group.shard, None, failure_from_exception(group.shard, exc))
 
     return list(await asyncio.gather(*(one(g) for g in groups)))

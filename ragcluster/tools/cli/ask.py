@@ -1,0 +1,46 @@
+"""`ragcluster ask`: a streamed answer with its sources."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+
+from ragcluster.config import option
+from ragcluster.tools.cli.common import DEFAULT_ROUTER, WHERE_HELP, console, parse_where
+
+
+@dataclass
+class AskOptions:
+    router: str = option(DEFAULT_ROUTER, "router address host:port")
+    k: int = option(5, "passages to retrieve", short="-k")
+    where: list[str] = option([], WHERE_HELP, metavar="COND")
+    max_tokens: int = option(256, "longest answer in tokens")
+    temperature: float = option(0.0, "sampling temperature (0 = greedy)")
+    timeout: float = option(180.0, "deadline in seconds")
+    json: bool = option(False, "print JSON: {answer, citations, hits, timings} at the end instead of streaming")
+
+
+def cmd_ask(opts: AskOptions, ns) -> int:
+    from ragcluster.client import RouterClient
+
+    out = console()
+    kwargs = dict(k=opts.k, max_tokens=opts.max_tokens, temperature=opts.temperature, timeout=opts.timeout,
+                  where=parse_where(opts.where))
+    with RouterClient(opts.router) as client:
+        if opts.json:
+            print(json.dumps(client.ask(ns.question, **kwargs)))
+            return 0
+        result = client.ask(ns.question, on_delta=lambda t: (sys.stdout.write(t), sys.stdout.flush()), **kwargs)
+    print()
+    by_id = {h["id"]: h for h in result["hits"]}
+    if result["citations"]:
+        out.print("\n[bold]Sources[/]")
+        for n, doc_id in enumerate(result["citations"], 1):
+            h = by_id.get(doc_id, {})
+            out.print(f"  [{n}] {doc_id}" + (f" — {h['title']}" if h.get("title") else "")
+                      + (f" (score {h['score']:.3f})" if h else ""))
+    t = result["timings"]
+    out.print(f"[dim]{result.get('completion_tokens', 0)} tokens; first token {t.get('time_to_first_token_seconds', 0):.2f}s, "
+              f"total {t.get('total_seconds', 0):.2f}s; {result.get('model', '')} at {result.get('generator', '')}[/]")
+    return 0
