@@ -38,6 +38,16 @@ def embedding_text(title: str, text: str) -> str:
     return f"{title}\n{text}" if title else text
 
 
+def higher_is_better(responses: list[shard_pb2.ShardSearchResponse]) -> bool:
+    """How the shards' scores compare: inner product (higher is better) or L2 distance (lower is better).
+    Shards that disagree cannot be merged into one ranking."""
+    metrics_seen = {r.metric for r in responses} - {common_pb2.METRIC_UNSPECIFIED}  # unspecified: an older shard
+    if len(metrics_seen) > 1:
+        raise FailedPrecondition("shards use different metrics (inner product and L2); their scores cannot be "
+                                 "merged: rebuild them with one --metric")
+    return metrics_seen != {common_pb2.METRIC_L2}
+
+
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     def __init__(self, config: RouterConfig, groups: list[ShardGroup], pool: GeneratorPool, embedder=None,
                  template: PromptTemplate | None = None, collections: dict[str, Collection] | None = None,
@@ -50,7 +60,6 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             raise InvalidArgument(f"collection: active collection {self.active!r} is not configured")
         self.pool = pool
         self.template = template or PromptTemplate()
-        self.higher_is_better = True
         self._embed_executor = ThreadPoolExecutor(1, thread_name_prefix="embed")  # one encode at a time
         self.in_flight = 0
         if embedder is not None:
@@ -205,7 +214,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             raise InvalidArgument(f"filter: unknown metadata field(s) {', '.join(sorted(unknown_everywhere))}")
         hits = [
             common_pb2.Hit(document=documents[(h.shard, h.id)], score=h.score, shard=h.shard)
-            for h in merge_topk(parts, k, self.higher_is_better)
+            for h in merge_topk(parts, k, higher_is_better(answered))
             if (h.shard, h.id) in documents
         ]
         metrics.FANOUT_SECONDS.observe(time.perf_counter() - start)

@@ -35,6 +35,10 @@ def filter_from_pb(pb: common_pb2.Filter) -> Filter:
     return Filter(conditions)
 
 
+def metric_to_pb(metric: str) -> int:
+    return common_pb2.METRIC_INNER_PRODUCT if metric == "ip" else common_pb2.METRIC_L2
+
+
 class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
     def __init__(self, shard: Shard | None = None, after_write=lambda: None, restore=None,
                  search_delay_seconds: float = 0.0):
@@ -68,7 +72,8 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
             request.unknown_fields_match_nothing,
         )
         response = shard_pb2.ShardSearchResponse(vectors_searched=result.vectors_searched, shard=self.shard.shard_id,
-                                                 unknown_fields=result.unknown_fields or [])
+                                                 unknown_fields=result.unknown_fields or [],
+                                                 metric=metric_to_pb(self.shard.metric))
         for ids, scores in zip(result.ids, result.scores):
             response.results.add(ids=ids.tolist(), scores=scores.tolist())
         for iid, doc in result.documents.items():
@@ -106,7 +111,7 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
 
     async def Info(self, request, context):
         info = await asyncio.to_thread(self.shard.info)
-        metric = common_pb2.METRIC_INNER_PRODUCT if info.metric == "ip" else common_pb2.METRIC_L2
+        metric = metric_to_pb(info.metric)
         return shard_pb2.ShardInfoResponse(
             shard=info.shard, documents=info.documents, dim=info.dim, metric=metric,
             index_factory=info.index_factory, embedding_model=info.embedding_model, sequence=info.sequence,

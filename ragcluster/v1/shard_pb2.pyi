@@ -32,7 +32,7 @@ class TopK(_message.Message):
     def __init__(self, ids: _Optional[_Iterable[int]] = ..., scores: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ShardSearchResponse(_message.Message):
-    __slots__ = ("results", "documents", "vectors_searched", "shard", "unknown_fields")
+    __slots__ = ("results", "documents", "vectors_searched", "shard", "unknown_fields", "metric")
     class DocumentsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -45,12 +45,14 @@ class ShardSearchResponse(_message.Message):
     VECTORS_SEARCHED_FIELD_NUMBER: _ClassVar[int]
     SHARD_FIELD_NUMBER: _ClassVar[int]
     UNKNOWN_FIELDS_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[TopK]
     documents: _containers.MessageMap[int, _common_pb2.Document]
     vectors_searched: int
     shard: int
     unknown_fields: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, results: _Optional[_Iterable[_Union[TopK, _Mapping]]] = ..., documents: _Optional[_Mapping[int, _common_pb2.Document]] = ..., vectors_searched: _Optional[int] = ..., shard: _Optional[int] = ..., unknown_fields: _Optional[_Iterable[str]] = ...) -> None: ...
+    metric: _common_pb2.Metric
+    def __init__(self, results: _Optional[_Iterable[_Union[TopK, _Mapping]]] = ..., documents: _Optional[_Mapping[int, _common_pb2.Document]] = ..., vectors_searched: _Optional[int] = ..., shard: _Optional[int] = ..., unknown_fields: _Optional[_Iterable[str]] = ..., metric: _Optional[_Union[_common_pb2.Metric, str]] = ...) -> None: ...
 
 class DocumentVector(_message.Message):
     __slots__ = ("document", "vector")
