@@ -394,7 +394,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         async def probe(channel, info_call, status):
             """Fill ``status`` from a health check and an Info call; unreachable leaves UNREACHABLE."""
             try:
-                check = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+                health = health_pb2_grpc.HealthStub(channel)
+                check = await health.Check(health_pb2.HealthCheckRequest(), timeout=timeout)
                 status.health = health_pb2.HealthCheckResponse.ServingStatus.Name(check.status)
                 return await info_call(timeout=timeout)
             except grpc.aio.AioRpcError:
@@ -405,7 +406,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             info = await probe(replica.channel, lambda **kw: replica.stub.Info(shard_pb2.ShardInfoRequest(), **kw),
                                status)
             if info is not None:
-                status.documents, status.sequence, status.index_factory = info.documents, info.sequence, info.index_factory
+                status.documents, status.sequence = info.documents, info.sequence
+                status.index_factory = info.index_factory
             return status
 
         async def generator_status(node) -> router_pb2.GeneratorStatus:

@@ -141,7 +141,8 @@ class VectorIndex:
         try:
             self._train()
         except RuntimeError as exc:
-            raise FailedPrecondition(f"train: FAISS cannot train {self.factory!r} on {self.ntotal} vectors: {exc}") from exc
+            raise FailedPrecondition(
+                f"train: FAISS cannot train {self.factory!r} on {self.ntotal} vectors: {exc}") from exc
 
     def _live_vectors(self) -> tuple[np.ndarray, np.ndarray]:
         idmap = self.index  # the exact IndexIDMap2(IndexFlat) used until training

@@ -41,7 +41,8 @@ def corpus():
     from ragcluster.corpus import sample_corpus_path
     from ragcluster.documents import Document
 
-    sample = [Document.from_json(json.loads(line)) for line in open(sample_corpus_path(), encoding="utf-8")]
+    with open(sample_corpus_path(), encoding="utf-8") as f:
+        sample = [Document.from_json(json.loads(line)) for line in f]
     return sample + make_documents(400)
 
 

@@ -196,7 +196,8 @@ class LocalCluster:
             for s in range(spec.shards):
                 for r in range(spec.replicas):
                     waiting.append(self._spawn(Member("shard", s, r), "shard_server", [
-                        "--port", "0", "--shard-id", str(s), "--data-dir", str(self.dir / f"shard-{s}" / f"replica-{r}"),
+                        "--port", "0", "--shard-id", str(s),
+                        "--data-dir", str(self.dir / f"shard-{s}" / f"replica-{r}"),
                         "--index-factory", spec.index_factory, "--metric", spec.metric,
                         "--embedding-model", spec.embedding_model,
                     ]))

@@ -47,7 +47,8 @@ def test_every_server_answers_health_and_reflection(cluster):
             status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status
             assert status == health_pb2.HealthCheckResponse.SERVING, member
             services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
-            assert {expected[member.role], "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= services
+            wanted = {expected[member.role], "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
+            assert wanted <= services
         roles.add(member.role)
     assert roles == {"shard", "router", "generator"}
     manifest = json.loads((cluster.dir / "cluster.json").read_text())
@@ -226,7 +227,8 @@ def test_filtered_search_through_router(cluster, ingested):
                                                        {"field": "group", "any_of": ["even"]}])
         assert sorted(h["metadata"]["n"] for h in ranged["hits"]) == [10, 12, 14, 16, 18]
         # a field that exists on one shard only: the others match nothing, no error
-        assert client.ingest([Document("only-one", "A unique note about kites.", metadata={"kite": 1})]).acknowledged == 1
+        kite = Document("only-one", "A unique note about kites.", metadata={"kite": 1})
+        assert client.ingest([kite]).acknowledged == 1
         one = client.search("kites", k=3, where=[{"field": "kite", "equals": 1}])
         assert [h["id"] for h in one["hits"]] == ["only-one"] and one["coverage"]["shards_answered"] == 3
         client.delete(["only-one"])
@@ -350,6 +352,7 @@ def test_locustfile_drives_the_router(cluster, ingested, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     import csv
 
-    rows = {r["Name"]: r for r in csv.DictReader(open(f"{csv_prefix}_stats.csv"))}
+    with open(f"{csv_prefix}_stats.csv") as f:
+        rows = {r["Name"]: r for r in csv.DictReader(f)}
     assert int(rows["search"]["Request Count"]) > 0 and int(rows["search"]["Failure Count"]) == 0
     assert int(rows["Aggregated"]["Failure Count"]) == 0

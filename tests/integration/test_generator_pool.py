@@ -38,9 +38,9 @@ def generate_calls(node: ServerProcess) -> float:
     text = urllib.request.urlopen(f"http://{node.metrics}/metrics", timeout=10).read().decode()
     for family in text_string_to_metric_families(text):
         for s in family.samples:
-            if s.name == "ragcluster_grpc_server_handled_total" and s.labels.get("method") == "Generate":
-                if s.labels.get("code") == "OK":
-                    return s.value
+            if (s.name == "ragcluster_grpc_server_handled_total" and s.labels.get("method") == "Generate"
+                    and s.labels.get("code") == "OK"):
+                return s.value
     return 0.0
 
 

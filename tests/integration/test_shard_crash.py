@@ -110,7 +110,8 @@ def test_kill9_during_streaming_upserts_loses_nothing_acknowledged(tmp_path, fac
     assert errors and errors[0].code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
     assert n_acked >= 40
     unsure = {i for b in batches[n_acked:] for i in b}
-    print(f"\nkill -9 after {n_acked} acknowledged batches ({len(acked)} documents); {len(batches) - n_acked} batches sent unacknowledged")
+    print(f"\nkill -9 after {n_acked} acknowledged batches ({len(acked)} documents); "
+          f"{len(batches) - n_acked} batches sent unacknowledged")
 
     restarted = ShardProcess(data, "--index-factory", factory)
     info = check_consistent(restarted.stub, acked, unsure)
@@ -128,7 +129,8 @@ def test_snapshot_starts_a_new_replica_that_answers_identically(tmp_path):
     replica = ShardProcess(tmp_path / "b", "--index-factory", "HNSW16", "--restore-from", source.address)
     a = source.stub.Info(shard_pb2.ShardInfoRequest(), timeout=30)
     b = replica.stub.Info(shard_pb2.ShardInfoRequest(), timeout=30)
-    assert (b.sequence, b.documents, b.stored_documents) == (a.sequence, a.documents, a.stored_documents) == (4, 550, 550)
+    expected = (4, 550, 550)
+    assert (b.sequence, b.documents, b.stored_documents) == (a.sequence, a.documents, a.stored_documents) == expected
     query = shard_pb2.ShardSearchRequest(queries=matrix_to_pb(x[40:80]), k=5, include_documents=True)
     ra, rb = source.stub.Search(query, timeout=30), replica.stub.Search(query, timeout=30)
     ids_a = [[ra.documents[i].id for i in r.ids] for r in ra.results]

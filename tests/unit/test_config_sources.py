@@ -42,7 +42,7 @@ def test_help_names_env_vars():
 def test_parse_shards():
     assert parse_shards(["0=a:1,b:2", "1=c:3"]) == {0: ["a:1", "b:2"], 1: ["c:3"]}
     assert parse_shards(["0=a:1;1=c:3"]) == {0: ["a:1"], 1: ["c:3"]}
-    with pytest.raises(InvalidArgument, match="numbered 0..n-1"):
+    with pytest.raises(InvalidArgument, match=r"numbered 0\.\.n-1"):
         parse_shards(["1=a:1"])
     with pytest.raises(InvalidArgument, match="N=host:port"):
         parse_shards(["a:1"])

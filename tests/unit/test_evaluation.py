@@ -55,10 +55,10 @@ def test_beir_files(tmp_path):
     assert load_qrels(qr) == {"q1": {"d1": 2, "d2": 0}, "2": {"d3": 1}}
     bad = tmp_path / "bad.tsv"
     bad.write_text("query-id\tcorpus-id\tscore\nq1\td1\thigh\n")
-    with pytest.raises(InvalidArgument, match="bad.tsv:2"):
+    with pytest.raises(InvalidArgument, match=r"bad\.tsv:2"):
         load_qrels(bad)
     q.write_text('{"text": "no id"}\n')
-    with pytest.raises(InvalidArgument, match="queries.jsonl:1"):
+    with pytest.raises(InvalidArgument, match=r"queries\.jsonl:1"):
         load_queries(q)
 
 

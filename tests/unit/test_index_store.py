@@ -108,7 +108,7 @@ def test_untrained_index_searches_exactly_then_trains():
     x = ix.prepare(_vecs(150))
     ix.add(np.arange(50), x[:50])
     assert not ix.trained
-    scores, ids = ix.search(x[:3], 1)
+    _, ids = ix.search(x[:3], 1)
     assert ids[:, 0].tolist() == [0, 1, 2]
     ix.add(np.arange(50, 150), x[50:])
     assert ix.trained and ix.ntotal == 150

@@ -25,17 +25,20 @@ from ragcluster.tools.cli.common import CliError, fail
 
 COMMANDS = {
     "up": (up.UpOptions, up.cmd_up, "start a local cluster (shards, generators, router) until Ctrl-C", []),
-    "ingest": (ingest.IngestOptions, ingest.cmd_ingest, "ingest JSONL, CSV, a directory of text files or SQL rows through the "
-                                          "router (resumable, optionally chunked)", ["files"]),
+    "ingest": (ingest.IngestOptions, ingest.cmd_ingest,
+               "ingest JSONL, CSV, a directory of text files or SQL rows through the router (resumable, optionally "
+               "chunked)", ["files"]),
     "search": (search.SearchOptions, search.cmd_search, "search by text; exact global top-k over all shards", ["text"]),
     "ask": (ask.AskOptions, ask.cmd_ask, "ask a question; the answer streams with its citations", ["question"]),
     "status": (status.StatusOptions, status.cmd_status, "shards, replicas, health, document counts, generators", []),
-    "switch": (switch.SwitchOptions, switch.cmd_switch, "make another collection (e.g. re-indexed with a new embedding model) "
-                                          "the one searches and asks use, atomically", ["name"]),
-    "eval": (evaluate.EvalOptions, evaluate.cmd_eval, "retrieval metrics (recall, precision, nDCG, MRR, MAP @k) on BEIR queries/qrels; "
-                                    "generation metrics (EM, F1, BLEU) on a QA set", []),
-    "loadtest": (loadtest.LoadtestOptions, loadtest.cmd_loadtest, "closed- or open-loop load; latency percentiles, TTFT, errors, "
-                                                "plots", []),
+    "switch": (switch.SwitchOptions, switch.cmd_switch,
+               "make another collection (e.g. re-indexed with a new embedding model) the one searches and asks use, "
+               "atomically", ["name"]),
+    "eval": (evaluate.EvalOptions, evaluate.cmd_eval,
+             "retrieval metrics (recall, precision, nDCG, MRR, MAP @k) on BEIR queries/qrels; generation metrics (EM, "
+             "F1, BLEU) on a QA set", []),
+    "loadtest": (loadtest.LoadtestOptions, loadtest.cmd_loadtest,
+                 "closed- or open-loop load; latency percentiles, TTFT, errors, plots", []),
 }
 
 POSITIONALS = {

@@ -41,6 +41,7 @@ def cmd_ask(opts: AskOptions, ns) -> int:
             out.print(f"  [{n}] {doc_id}" + (f" — {h['title']}" if h.get("title") else "")
                       + (f" (score {h['score']:.3f})" if h else ""))
     t = result["timings"]
-    out.print(f"[dim]{result.get('completion_tokens', 0)} tokens; first token {t.get('time_to_first_token_seconds', 0):.2f}s, "
-              f"total {t.get('total_seconds', 0):.2f}s; {result.get('model', '')} at {result.get('generator', '')}[/]")
+    out.print(f"[dim]{result.get('completion_tokens', 0)} tokens; "
+              f"first token {t.get('time_to_first_token_seconds', 0):.2f}s, total {t.get('total_seconds', 0):.2f}s; "
+              f"{result.get('model', '')} at {result.get('generator', '')}[/]")
     return 0
