@@ -10,7 +10,10 @@ from dataclasses import dataclass, field
 from ragcluster.errors import InvalidArgument
 
 MAX_ID_BYTES = 512
-MAX_TEXT_BYTES = 1 << 20
+# One document (id + title + text + metadata) is at most this big, so that a search answer carrying
+# documents fits the gRPC message limit: 100 hits (the router's default max_k) take at most 50 MiB of the
+# default 64 MiB. The router checks max_k * MAX_DOCUMENT_BYTES against its message limit at start.
+MAX_DOCUMENT_BYTES = 512 * 1024
 MAX_METADATA_KEYS = 64
 
 MetadataValue = str | int | float | bool
@@ -25,8 +28,9 @@ class Document:
 
     def validate(self, where: str = "document") -> None:
         validate_id(self.id, f"{where}.id")
-        if len(self.text.encode("utf-8")) > MAX_TEXT_BYTES:
-            raise InvalidArgument(f"{where}.text: longer than {MAX_TEXT_BYTES} bytes (id {self.id!r})")
+        if len(self.text.encode("utf-8")) > MAX_DOCUMENT_BYTES:  # cheap early answer for one huge field
+            raise InvalidArgument(f"{where}.text: longer than {MAX_DOCUMENT_BYTES} bytes (id {self.id!r}); "
+                                  "split it into chunks (ragcluster ingest --chunk-tokens)")
         if len(self.metadata) > MAX_METADATA_KEYS:
             raise InvalidArgument(f"{where}.metadata: more than {MAX_METADATA_KEYS} keys (id {self.id!r})")
         for key, value in self.metadata.items():
@@ -38,6 +42,15 @@ class Document:
                 )
             if isinstance(value, float) and not math.isfinite(value):
                 raise InvalidArgument(f"{where}.metadata[{key!r}]: not a finite number")
+        if self.size_bytes() > MAX_DOCUMENT_BYTES:
+            raise InvalidArgument(f"{where}: {self.size_bytes()} bytes (id, title, text and metadata) exceeds the "
+                                  f"maximum {MAX_DOCUMENT_BYTES}; split it into chunks (ragcluster ingest "
+                                  "--chunk-tokens)")
+
+    def size_bytes(self) -> int:
+        """Encoded size of everything a search answer carries for this document."""
+        metadata = json.dumps(self.metadata, ensure_ascii=False, separators=(",", ":")) if self.metadata else ""
+        return sum(len(part.encode("utf-8")) for part in (self.id, self.title, self.text, metadata))
 
     def content_hash(self) -> str:
         """Stable hash of title, text and metadata: resumable ingest skips documents stored unchanged."""

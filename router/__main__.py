@@ -14,12 +14,16 @@ from router.config import RouterConfig, parse_shards
 
 
 def build_server(config: RouterConfig) -> GrpcServer:
+    from ragcluster.documents import MAX_DOCUMENT_BYTES
     from router.collections import parse_collections, read_active
     from router.generate import GeneratorPool
     from router.prompt import PromptTemplate
     from router.replicas import ReplicaPolicy
     from router.service import RouterServicer
 
+    if config.max_k * MAX_DOCUMENT_BYTES + (1 << 20) > config.max_message_bytes:
+        raise SystemExit(f"router: --max-k {config.max_k} hits of up to {MAX_DOCUMENT_BYTES} bytes each may not fit "
+                         f"--max-message-bytes {config.max_message_bytes}; lower --max-k or raise the limit")
     shards = parse_shards(config.shard)
     if not shards:
         raise SystemExit("router: at least one --shard N=host:port is required")

@@ -37,6 +37,10 @@ logger = logging.getLogger(__name__)
 
 _FAILOVER_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL,
                    grpc.StatusCode.RESOURCE_EXHAUSTED}
+# Only these say something about the replica itself (transport down, server not serving). An answer too
+# large for the message limit (RESOURCE_EXHAUSTED), a bad request, an expired caller budget or an error
+# raised by one request's content would come back from any replica: they never count toward ejection.
+_EJECT_CODES = {grpc.StatusCode.UNAVAILABLE}
 
 
 @dataclass
@@ -135,8 +139,8 @@ class ShardGroup:
             response = await replica.stub.Search(request, timeout=max(deadline - time.monotonic(), 0.001))
         except grpc.aio.AioRpcError as exc:
             metrics.SHARD_CALLS.labels(self.shard, exc.code().name).inc()
-            if exc.code() in _FAILOVER_CODES and replica.record(False, self.policy.eject_after,
-                                                                self.policy.eject_seconds):
+            if exc.code() in _EJECT_CODES and replica.record(False, self.policy.eject_after,
+                                                             self.policy.eject_seconds):
                 metrics.EJECTIONS.labels(self.shard).inc()
                 logger.warning("shard %d replica %s ejected after %d failures", self.shard, replica.address,
                                self.policy.eject_after)

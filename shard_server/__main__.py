@@ -37,7 +37,8 @@ def build_server(config: ShardConfig) -> GrpcServer:
                 await server.set_serving(True)
 
     servicer = ShardServicer(after_write=lambda: state["maintenance"].after_write(), restore=restore,
-                             search_delay_seconds=config.search_delay_ms / 1000)
+                             search_delay_seconds=config.search_delay_ms / 1000,
+                             max_message_bytes=config.max_message_bytes)
 
     async def load() -> None:
         if config.restore_from and not (Path(config.data_dir) / STORE_FILE).exists():

@@ -41,8 +41,9 @@ def metric_to_pb(metric: str) -> int:
 
 class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
     def __init__(self, shard: Shard | None = None, after_write=lambda: None, restore=None,
-                 search_delay_seconds: float = 0.0):
+                 search_delay_seconds: float = 0.0, max_message_bytes: int = 64 * 1024 * 1024):
         self._shard = shard
+        self.max_message_bytes = max_message_bytes  # an answer larger than this could not be sent
         self.after_write = after_write  # e.g. schedule a background rebuild when tombstones pile up
         self.restore = restore  # async (source) -> None: replaces the shard's data (owned by __main__)
         self.search_delay_seconds = search_delay_seconds  # testing: a slow replica
@@ -78,6 +79,10 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
             response.results.add(ids=ids.tolist(), scores=scores.tolist())
         for iid, doc in result.documents.items():
             response.documents[iid].CopyFrom(document_to_pb(doc))
+        size = response.ByteSize()
+        if size > self.max_message_bytes:  # name the request's problem instead of failing in the transport
+            raise InvalidArgument(f"k: the answer with documents would be {size} bytes, over the message limit of "
+                                  f"{self.max_message_bytes}; ask for fewer hits (k x queries) or without documents")
         return response
 
     async def Upsert(self, request_iterator, context):
