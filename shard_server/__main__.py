@@ -50,7 +50,8 @@ def build_server(config: ShardConfig) -> GrpcServer:
             Shard, config.data_dir, config.shard_id, config.dim, config.metric, config.index_factory,
             config.embedding_model, config.max_k, config.max_batch, config.max_upsert_batch, config.nprobe,
             config.ef_search, config.max_store_bytes, config.rebuild_tombstone_share,
-            ef_construction=config.ef_construction,
+            ef_construction=config.ef_construction, lexical_stemmer=config.lexical_stemmer,
+            lexical_stopwords=config.lexical_stopwords, bm25_k1=config.bm25_k1, bm25_b=config.bm25_b,
         )
         state["shard"] = servicer.shard = shard
         state["maintenance"] = Maintenance(shard, config.checkpoint_interval_seconds)

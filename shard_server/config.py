@@ -29,3 +29,9 @@ class ShardConfig(ServerConfig):
     max_store_bytes: int = option(0, "refuse writes (RESOURCE_EXHAUSTED) beyond this store size; 0 = no limit")
     restore_from: str = option("", "host:port of a shard replica to copy (Snapshot) when --data-dir holds no store")
     search_delay_ms: float = option(0.0, "testing only: add this much latency to every Search (a slow replica)")
+    lexical_stemmer: str = option("english", "lexical (BM25) index: Snowball stemmer (english, porter, french, "
+                                             "german, ... or none); every shard of a collection must use the same")
+    lexical_stopwords: str = option("english", "lexical index: stop words removed before indexing: english (Lucene's "
+                                               "list), none, or a comma-separated list")
+    bm25_k1: float = option(1.5, "BM25 term-frequency saturation k1")
+    bm25_b: float = option(0.75, "BM25 length normalisation b (0..1)")

@@ -22,8 +22,15 @@ SEARCH_SECONDS = Histogram(
     "ragcluster_shard_search_duration_seconds", "Time in the index for one search call (a batch)", ["shard"],
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
 )
-SEARCH_QUERIES = Counter("ragcluster_shard_search_queries", "Query vectors searched", ["shard"])
+SEARCH_QUERIES = Counter("ragcluster_shard_search_queries", "Queries searched (vectors and lexical queries)",
+                         ["shard"])
 WRITE_SECONDS = Histogram(
     "ragcluster_shard_write_duration_seconds", "Durable write latency (commit + index update)", ["shard", "op"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+LEXICAL_DOCUMENTS = Gauge("ragcluster_shard_lexical_documents", "Live documents in the shard's lexical (BM25) index",
+                          ["shard"])
+LEXICAL_BUILD_SECONDS = Histogram(
+    "ragcluster_shard_lexical_build_duration_seconds", "Time to build the lexical index from the store", ["shard"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )

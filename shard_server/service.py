@@ -11,6 +11,7 @@ from ragcluster.convert import document_from_pb, document_to_pb, matrix_from_pb,
 from ragcluster.errors import InvalidArgument, Unavailable
 from ragcluster.v1 import common_pb2, shard_pb2, shard_pb2_grpc
 from shard_server.filters import Condition, Filter
+from shard_server.lexical import CorpusStats, LexicalQuery
 from shard_server.shard import Shard
 
 
@@ -39,6 +40,14 @@ def metric_to_pb(metric: str) -> int:
     return common_pb2.METRIC_INNER_PRODUCT if metric == "ip" else common_pb2.METRIC_L2
 
 
+def lexical_from_pb(pb: shard_pb2.LexicalQuery) -> LexicalQuery:
+    """A BM25 query for the shard core; without corpus statistics (documents = 0) the shard uses its own."""
+    if pb.documents:
+        return LexicalQuery(list(pb.terms), list(pb.counts), list(pb.document_frequencies),
+                            CorpusStats(pb.documents, pb.total_length))
+    return LexicalQuery(list(pb.terms), list(pb.counts) or [1] * len(pb.terms))
+
+
 class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
     def __init__(self, shard: Shard | None = None, after_write=lambda: None, restore=None,
                  search_delay_seconds: float = 0.0, max_message_bytes: int = 64 * 1024 * 1024):
@@ -61,22 +70,30 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
     async def Search(self, request: shard_pb2.ShardSearchRequest, context) -> shard_pb2.ShardSearchResponse:
         if self.search_delay_seconds:
             await asyncio.sleep(self.search_delay_seconds)
-        if not request.HasField("queries"):
-            raise InvalidArgument("queries: required")
-        queries = matrix_from_pb(request.queries, "queries")
+        if not request.HasField("queries") and not request.lexical:
+            raise InvalidArgument("queries: required (or lexical queries)")
+        if request.HasField("queries") and (request.queries.rows or not request.lexical):
+            queries = matrix_from_pb(request.queries, "queries")
+        else:
+            dim = self.shard.dim
+            queries = np.zeros((0, dim), np.float32)
+        lexical = [lexical_from_pb(q) for q in request.lexical]
         params = request.params
         result = await asyncio.to_thread(
             self.shard.search, queries, int(request.k),
             params.nprobe if params.HasField("nprobe") else None,
             params.ef_search if params.HasField("ef_search") else None,
             request.include_documents, filter_from_pb(request.filter) if request.HasField("filter") else None,
-            request.unknown_fields_match_nothing,
+            request.unknown_fields_match_nothing, lexical,
         )
         response = shard_pb2.ShardSearchResponse(vectors_searched=result.vectors_searched, shard=self.shard.shard_id,
                                                  unknown_fields=result.unknown_fields or [],
-                                                 metric=metric_to_pb(self.shard.metric))
+                                                 metric=metric_to_pb(self.shard.metric),
+                                                 lexical_documents=result.lexical_documents)
         for ids, scores in zip(result.ids, result.scores):
             response.results.add(ids=ids.tolist(), scores=scores.tolist())
+        for ids, scores in zip(result.lexical_ids or [], result.lexical_scores or []):
+            response.lexical_results.add(ids=ids.tolist(), scores=scores.tolist())
         for iid, doc in result.documents.items():
             response.documents[iid].CopyFrom(document_to_pb(doc))
         size = response.ByteSize()
@@ -122,7 +139,21 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
             index_factory=info.index_factory, embedding_model=info.embedding_model, sequence=info.sequence,
             trained=info.trained, max_k=info.max_k, max_batch=info.max_batch, stored_documents=info.stored_documents,
             tombstones=info.tombstones, checkpoint_sequence=info.checkpoint_sequence, index_bytes=info.index_bytes,
+            lexical_documents=info.lexical_documents, lexical_terms=info.lexical_terms,
+            lexical_postings=info.lexical_postings, lexical_bytes=info.lexical_bytes,
+            lexical_config=info.lexical_config,
         )
+
+    async def TermStats(self, request: shard_pb2.TermStatsRequest, context) -> shard_pb2.TermStatsResponse:
+        if not request.texts:
+            raise InvalidArgument("texts: empty")
+        result = await asyncio.to_thread(self.shard.term_stats, list(request.texts))
+        response = shard_pb2.TermStatsResponse(documents=result.stats.documents,
+                                               total_length=result.stats.total_length,
+                                               shard=self.shard.shard_id, lexical_config=result.config)
+        for q in result.queries:
+            response.queries.add(terms=q.terms, counts=q.counts, document_frequencies=q.document_frequencies)
+        return response
 
     async def Snapshot(self, request, context):
         from shard_server.snapshot import snapshot_chunks

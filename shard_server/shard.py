@@ -6,6 +6,9 @@
 - The index is checkpointed (atomically, with the sequence it covers); on open the checkpoint is loaded
   and the writes after it replayed from the store. A missing, corrupt or incompatible checkpoint is
   rebuilt from the store (never trusted).
+- The lexical (BM25) index (``lexical.py``) is derived the same way: updated with the FAISS index after
+  each durable write, under the same locks, and built from the store on open (never persisted), so after a
+  crash the dense and lexical views hold exactly the documents of the store.
 - Indexes that cannot delete (HNSW) keep tombstones; past ``rebuild_tombstone_share`` the index is rebuilt
   from a consistent snapshot of the store, in the background, then brought up to date and swapped in.
 """
@@ -26,6 +29,17 @@ from shard_server import metrics
 from shard_server.checkpoint import CorruptCheckpoint, read_checkpoint, write_checkpoint
 from shard_server.filters import Filter, compile_filter
 from shard_server.index import VectorIndex, parse_metric
+from shard_server.lexical import (
+    DEFAULT_B,
+    DEFAULT_K1,
+    Analyzer,
+    AnalyzerConfig,
+    CorpusStats,
+    LexicalIndex,
+    LexicalQuery,
+    QueryTerms,
+    document_text,
+)
 from shard_server.store import DocumentStore
 
 logger = logging.getLogger(__name__)
@@ -100,6 +114,11 @@ class ShardInfo:
     tombstones: int = 0
     checkpoint_sequence: int = 0
     index_bytes: int = 0
+    lexical_documents: int = 0
+    lexical_terms: int = 0
+    lexical_postings: int = 0
+    lexical_bytes: int = 0
+    lexical_config: str = ""
 
 
 @dataclass
@@ -109,6 +128,16 @@ class SearchResult:
     documents: dict[int, Document]
     vectors_searched: int
     unknown_fields: list[str] = None  # filter fields this shard has never seen
+    lexical_ids: list[np.ndarray] = None  # per lexical query, best first
+    lexical_scores: list[np.ndarray] = None
+    lexical_documents: int = 0  # documents in the lexical index when it answered
+
+
+@dataclass
+class TermStats:
+    queries: list[QueryTerms]
+    stats: CorpusStats
+    config: str
 
 
 class Shard:
@@ -116,7 +145,8 @@ class Shard:
                  index_factory: str = "Flat", embedding_model: str = "", max_k: int = 1000,
                  max_batch: int = 1024, max_upsert_batch: int = 4096, nprobe: int = 16, ef_search: int = 64,
                  max_store_bytes: int = 0, rebuild_tombstone_share: float = 0.2, exact_filter_limit: int = 200_000,
-                 ef_construction: int = 200):
+                 ef_construction: int = 200, lexical_stemmer: str = "english", lexical_stopwords: str = "english",
+                 bm25_k1: float = DEFAULT_K1, bm25_b: float = DEFAULT_B):
         self.data_dir = Path(data_dir)
         self.shard_id = shard_id
         self.max_k, self.max_batch, self.max_upsert_batch = max_k, max_batch, max_upsert_batch
@@ -136,6 +166,11 @@ class Shard:
         self.checkpoint_time = 0.0
         self.index_bytes = 0
         self.index = self._open_index()
+        self.analyzer = Analyzer(AnalyzerConfig(lexical_stemmer, lexical_stopwords))
+        if bm25_k1 < 0 or not 0 <= bm25_b <= 1:
+            raise InvalidArgument(f"bm25: k1 must be >= 0 and b in [0, 1], got k1={bm25_k1} b={bm25_b}")
+        self.bm25_k1, self.bm25_b = bm25_k1, bm25_b
+        self.lexical = self._build_lexical()
         metrics.CHECKPOINT_AGE.labels(shard_id).set_function(
             lambda: time.time() - self.checkpoint_time if self.checkpoint_time else float("nan"))
         metrics.STORE_BYTES.labels(shard_id).set_function(self.store.size_bytes)
@@ -189,6 +224,31 @@ class Shard:
                     time.perf_counter() - start)
         return index
 
+    def _new_lexical(self) -> LexicalIndex:
+        return LexicalIndex(self.analyzer, self.bm25_k1, self.bm25_b)
+
+    def _build_lexical(self, conn=None) -> LexicalIndex:
+        """The lexical index of every live document in the store (or in ``conn``'s snapshot)."""
+        start = time.perf_counter()
+        lexical = self._new_lexical()
+        for iids, texts in self.store.iter_texts(conn):
+            lexical.add(iids, lexical.analyze(document_text(title, text) for title, text in texts))
+        seconds = time.perf_counter() - start
+        metrics.LEXICAL_BUILD_SECONDS.labels(self.shard_id).observe(seconds)
+        logger.info("lexical index built from store: %d documents, %d terms in %.2fs", lexical.documents,
+                    lexical.terms, seconds)
+        return lexical
+
+    def _replay_lexical(self, lexical: LexicalIndex, since: int) -> None:
+        """Bring ``lexical`` (built from the store at sequence ``since``) up to date: drop what is no longer
+        live, add what was written after ``since``. Called under the write lock."""
+        present = lexical.live_iids()
+        if len(present):
+            live = self.store.live_iids(int(present[-1]))
+            lexical.remove(present[~np.isin(present, live)].tolist())
+        for iids, texts in self.store.iter_texts(since_sequence=since):
+            lexical.add(iids, lexical.analyze(document_text(title, text) for title, text in texts))
+
     def _replay(self, index: VectorIndex, since: int) -> None:
         """Bring ``index`` (which covers sequence ``since``) up to date with the store."""
         index.remove(self.store.removed_since(since))
@@ -200,6 +260,7 @@ class Shard:
         metrics.TOMBSTONES.labels(self.shard_id).set(self.index.tombstones)
         metrics.SEQUENCE.labels(self.shard_id).set(self.store.sequence)
         metrics.INDEX_BYTES.labels(self.shard_id).set(self.index_bytes)
+        metrics.LEXICAL_DOCUMENTS.labels(self.shard_id).set(self.lexical.documents)
 
     # --- checkpoints and rebuilds -----------------------------------------------------------------
     def checkpoint(self) -> bool:
@@ -227,10 +288,13 @@ class Shard:
         return True
 
     def needs_rebuild(self) -> bool:
+        if self.lexical.dead > 0 and self.lexical.dead_share >= self.rebuild_tombstone_share:
+            return True
         return self.index.tombstones > 0 and self.index.tombstone_share >= self.rebuild_tombstone_share
 
     def rebuild(self, train: bool = False) -> float:
-        """Rebuild the index from the store (dropping tombstones; ``train`` forces training now).
+        """Rebuild the vector and lexical indexes from the store (dropping tombstones and removed documents'
+        postings; ``train`` forces training now).
 
         Built from a consistent snapshot without blocking anything, then brought up to date and swapped
         in under the write lock."""
@@ -241,12 +305,14 @@ class Shard:
                 since = self.store.sequence_in(conn)
                 for iids, vectors in self.store.iter_vectors(conn):
                     index.add(iids, index.prepare(vectors))
+                lexical = self._build_lexical(conn)
             if train:
                 index.train_now()
             with self._write_lock:
                 self._replay(index, since)
+                self._replay_lexical(lexical, since)
                 with self._index_lock.write():
-                    self.index = index
+                    self.index, self.lexical = index, lexical
             seconds = time.perf_counter() - start
             metrics.REBUILDS.labels(self.shard_id).inc()
             self._publish()
@@ -275,6 +341,7 @@ class Shard:
             raise InvalidArgument(f"documents: {len(docs)} documents but {vectors.shape[0]} vectors")
         self._check_vectors(vectors, "documents.vector")
         start = time.perf_counter()
+        analyzed = self.analyze_documents(docs)  # before any lock: the slow part of lexical indexing
         with self._write_lock:
             if embedding_model:
                 if not self.embedding_model:
@@ -290,6 +357,8 @@ class Shard:
             with self._index_lock.write():
                 self.index.remove(replaced)
                 self.index.add(iids, prepared)
+                self.lexical.remove(replaced)
+                self.lexical.add(iids, analyzed)
         self._publish()
         metrics.WRITE_SECONDS.labels(self.shard_id, "upsert").observe(time.perf_counter() - start)
         return len(docs), sequence
@@ -306,19 +375,51 @@ class Shard:
             removed, sequence = self.store.delete(ids)
             with self._index_lock.write():
                 self.index.remove(removed)
+                self.lexical.remove(removed)
         self._publish()
         metrics.WRITE_SECONDS.labels(self.shard_id, "delete").observe(time.perf_counter() - start)
         return len(removed), sequence
 
+    def analyze_documents(self, docs: list[Document]):
+        return self.lexical.analyze(document_text(d.title, d.text) for d in docs)
+
     # --- reads ------------------------------------------------------------------------------------
+    def term_stats(self, texts: list[str]) -> TermStats:
+        """Each text's analysed terms with their local document frequencies, and this shard's corpus
+        statistics: what the router sums over all shards for corpus-wide BM25."""
+        if len(texts) > self.max_batch:
+            raise InvalidArgument(f"texts: batch of {len(texts)} exceeds the maximum {self.max_batch}")
+        with self._index_lock.read():
+            return TermStats([self.lexical.query_terms(t) for t in texts], self.lexical.stats(),
+                             self.lexical.describe())
+
+    def _check_lexical(self, lexical: list[LexicalQuery]) -> None:
+        if len(lexical) > self.max_batch:
+            raise InvalidArgument(f"lexical: batch of {len(lexical)} exceeds the maximum {self.max_batch}")
+        for i, q in enumerate(lexical):
+            if len(q.counts) != len(q.terms):
+                raise InvalidArgument(f"lexical[{i}].counts: {len(q.counts)} counts for {len(q.terms)} terms")
+            if q.document_frequencies is not None and len(q.document_frequencies) != len(q.terms):
+                raise InvalidArgument(f"lexical[{i}].document_frequencies: {len(q.document_frequencies)} for "
+                                      f"{len(q.terms)} terms")
+            if q.stats is not None and q.stats.total_length < 0:
+                raise InvalidArgument(f"lexical[{i}].total_length: negative")
+
     def search(self, queries: np.ndarray, k: int, nprobe: int | None = None, ef_search: int | None = None,
                include_documents: bool = False, flt: Filter | None = None,
-               unknown_fields_match_nothing: bool = False) -> SearchResult:
+               unknown_fields_match_nothing: bool = False, lexical: list[LexicalQuery] | None = None
+               ) -> SearchResult:
+        """Dense top-k of each query vector and/or BM25 top-k of each lexical query, under one filter."""
         if k <= 0 or k > self.max_k:
             raise InvalidArgument(f"k: must be between 1 and {self.max_k}, got {k}")
         if queries.shape[0] > self.max_batch:
             raise InvalidArgument(f"queries: batch of {queries.shape[0]} exceeds the maximum {self.max_batch}")
-        self._check_vectors(queries, "queries")
+        lexical = lexical or []
+        self._check_lexical(lexical)
+        if queries.shape[0] == 0 and not lexical:
+            raise InvalidArgument("queries: give query vectors and/or lexical queries")
+        if queries.shape[0]:
+            self._check_vectors(queries, "queries")
         if nprobe is not None and not 1 <= nprobe <= 65536:
             raise InvalidArgument(f"params.nprobe: must be between 1 and 65536, got {nprobe}")
         if ef_search is not None and not 1 <= ef_search <= 65536:
@@ -332,28 +433,37 @@ class Shard:
             else:
                 allowed = self.store.filter_iids(compile_filter(flt, fields))
         start = time.perf_counter()
-        prepared = self.index.prepare(queries)
-        nq = len(prepared)
+        nq = queries.shape[0]
+        prepared = self.index.prepare(queries) if nq else queries
         if allowed is not None and len(allowed) == 0:
             empty = [np.zeros(0, np.int64)] * nq, [np.zeros(0, np.float32)] * nq
-            return SearchResult(*empty, {}, self.index.ntotal, unknown)
+            lex_empty = [np.zeros(0, np.int64)] * len(lexical), [np.zeros(0, np.float32)] * len(lexical)
+            return SearchResult(*empty, {}, self.index.ntotal, unknown, *lex_empty, self.lexical.documents)
+        out_ids, out_scores, lex_ids, lex_scores = [], [], [], []
         with self._index_lock.read():
             ntotal = self.index.ntotal
-            kk = min(k, max(ntotal, 1))
-            scores, ids = self.index.search(prepared, kk, nprobe, ef_search, allowed)
-        out_ids, out_scores = [], []
-        for row_ids, row_scores in zip(ids, scores):
-            valid = row_ids >= 0
-            out_ids.append(row_ids[valid])
-            out_scores.append(row_scores[valid])
-        if allowed is not None:
-            self._exact_fallback(prepared, min(k, len(allowed)), allowed, out_ids, out_scores)
+            if nq:
+                kk = min(k, max(ntotal, 1))
+                scores, ids = self.index.search(prepared, kk, nprobe, ef_search, allowed)
+            lexical_documents = self.lexical.documents
+            for q in lexical:
+                row_ids, row_scores = self.lexical.search(q, k, allowed)
+                lex_ids.append(row_ids)
+                lex_scores.append(row_scores.astype(np.float32))
+        if nq:
+            for row_ids, row_scores in zip(ids, scores):
+                valid = row_ids >= 0
+                out_ids.append(row_ids[valid])
+                out_scores.append(row_scores[valid])
+            if allowed is not None:
+                self._exact_fallback(prepared, min(k, len(allowed)), allowed, out_ids, out_scores)
         documents: dict[int, Document] = {}
         if include_documents:
-            documents = self.store.get_by_iids(np.concatenate(out_ids).tolist() if out_ids else [])
+            every = out_ids + lex_ids
+            documents = self.store.get_by_iids(np.concatenate(every).tolist() if every else [])
         metrics.SEARCH_SECONDS.labels(self.shard_id).observe(time.perf_counter() - start)
-        metrics.SEARCH_QUERIES.labels(self.shard_id).inc(nq)
-        return SearchResult(out_ids, out_scores, documents, ntotal, unknown)
+        metrics.SEARCH_QUERIES.labels(self.shard_id).inc(nq + len(lexical))
+        return SearchResult(out_ids, out_scores, documents, ntotal, unknown, lex_ids, lex_scores, lexical_documents)
 
     def _exact_fallback(self, queries, want: int, allowed, out_ids, out_scores) -> None:
         """An approximate index may miss matches of a selective filter (e.g. IVF lists not probed): score
@@ -387,6 +497,8 @@ class Shard:
     def info(self) -> ShardInfo:
         with self._index_lock.read():
             ntotal, trained, tombstones = self.index.ntotal, self.index.trained, self.index.tombstones
+            lex = self.lexical
+            lexical = (lex.documents, lex.terms, lex.postings, lex.memory_bytes(), lex.describe())
         return ShardInfo(self.shard_id, ntotal, self.dim, self.metric, self.index_factory, self.embedding_model,
                          self.store.sequence, trained, self.max_k, self.max_batch, self.store.count(), tombstones,
-                         self.checkpoint_sequence, self.index_bytes)
+                         self.checkpoint_sequence, self.index_bytes, *lexical)

@@ -296,6 +296,33 @@ class DocumentStore:
             if own:
                 conn.close()
 
+    def iter_texts(self, conn: sqlite3.Connection | None = None, since_sequence: int = 0,
+                   batch: int = 10_000) -> Iterator[tuple[list[int], list[tuple[str, str]]]]:
+        """(iids, [(title, text)]) of live documents written after ``since_sequence``, in iid order: what
+        the lexical index is built from."""
+        own = conn is None
+        conn = conn or self._connect()
+        try:
+            last = -1
+            while True:
+                rows = conn.execute(
+                    "SELECT iid, title, text FROM docs WHERE iid > ? AND seq > ? ORDER BY iid LIMIT ?",
+                    (last, since_sequence, batch),
+                ).fetchall()
+                if not rows:
+                    return
+                yield [r[0] for r in rows], [(r[1], r[2]) for r in rows]
+                last = rows[-1][0]
+        finally:
+            if own:
+                conn.close()
+
+    def live_iids(self, upto_iid: int, conn: sqlite3.Connection | None = None) -> np.ndarray:
+        """Internal ids of live documents up to ``upto_iid`` (ascending)."""
+        conn = conn or self._reader()
+        rows = conn.execute("SELECT iid FROM docs WHERE iid <= ? ORDER BY iid", (upto_iid,)).fetchall()
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
     def removed_since(self, since_sequence: int, conn: sqlite3.Connection | None = None) -> list[int]:
         conn = conn or self._reader()
         return [r[0] for r in conn.execute("SELECT iid FROM removed WHERE seq > ?", (since_sequence,))]

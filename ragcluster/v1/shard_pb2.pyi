@@ -8,20 +8,66 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ShardSearchRequest(_message.Message):
-    __slots__ = ("queries", "k", "params", "include_documents", "filter", "unknown_fields_match_nothing")
+    __slots__ = ("queries", "k", "params", "include_documents", "filter", "unknown_fields_match_nothing", "lexical")
     QUERIES_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     UNKNOWN_FIELDS_MATCH_NOTHING_FIELD_NUMBER: _ClassVar[int]
+    LEXICAL_FIELD_NUMBER: _ClassVar[int]
     queries: _common_pb2.FloatMatrix
     k: int
     params: _common_pb2.SearchParams
     include_documents: bool
     filter: _common_pb2.Filter
     unknown_fields_match_nothing: bool
-    def __init__(self, queries: _Optional[_Union[_common_pb2.FloatMatrix, _Mapping]] = ..., k: _Optional[int] = ..., params: _Optional[_Union[_common_pb2.SearchParams, _Mapping]] = ..., include_documents: _Optional[bool] = ..., filter: _Optional[_Union[_common_pb2.Filter, _Mapping]] = ..., unknown_fields_match_nothing: _Optional[bool] = ...) -> None: ...
+    lexical: _containers.RepeatedCompositeFieldContainer[LexicalQuery]
+    def __init__(self, queries: _Optional[_Union[_common_pb2.FloatMatrix, _Mapping]] = ..., k: _Optional[int] = ..., params: _Optional[_Union[_common_pb2.SearchParams, _Mapping]] = ..., include_documents: _Optional[bool] = ..., filter: _Optional[_Union[_common_pb2.Filter, _Mapping]] = ..., unknown_fields_match_nothing: _Optional[bool] = ..., lexical: _Optional[_Iterable[_Union[LexicalQuery, _Mapping]]] = ...) -> None: ...
+
+class LexicalQuery(_message.Message):
+    __slots__ = ("terms", "counts", "document_frequencies", "documents", "total_length")
+    TERMS_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENT_FREQUENCIES_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    terms: _containers.RepeatedScalarFieldContainer[str]
+    counts: _containers.RepeatedScalarFieldContainer[int]
+    document_frequencies: _containers.RepeatedScalarFieldContainer[int]
+    documents: int
+    total_length: int
+    def __init__(self, terms: _Optional[_Iterable[str]] = ..., counts: _Optional[_Iterable[int]] = ..., document_frequencies: _Optional[_Iterable[int]] = ..., documents: _Optional[int] = ..., total_length: _Optional[int] = ...) -> None: ...
+
+class TermStatsRequest(_message.Message):
+    __slots__ = ("texts",)
+    TEXTS_FIELD_NUMBER: _ClassVar[int]
+    texts: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, texts: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class QueryTermStats(_message.Message):
+    __slots__ = ("terms", "counts", "document_frequencies")
+    TERMS_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENT_FREQUENCIES_FIELD_NUMBER: _ClassVar[int]
+    terms: _containers.RepeatedScalarFieldContainer[str]
+    counts: _containers.RepeatedScalarFieldContainer[int]
+    document_frequencies: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, terms: _Optional[_Iterable[str]] = ..., counts: _Optional[_Iterable[int]] = ..., document_frequencies: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class TermStatsResponse(_message.Message):
+    __slots__ = ("queries", "documents", "total_length", "shard", "lexical_config")
+    QUERIES_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    LEXICAL_CONFIG_FIELD_NUMBER: _ClassVar[int]
+    queries: _containers.RepeatedCompositeFieldContainer[QueryTermStats]
+    documents: int
+    total_length: int
+    shard: int
+    lexical_config: str
+    def __init__(self, queries: _Optional[_Iterable[_Union[QueryTermStats, _Mapping]]] = ..., documents: _Optional[int] = ..., total_length: _Optional[int] = ..., shard: _Optional[int] = ..., lexical_config: _Optional[str] = ...) -> None: ...
 
 class TopK(_message.Message):
     __slots__ = ("ids", "scores")
@@ -32,7 +78,7 @@ class TopK(_message.Message):
     def __init__(self, ids: _Optional[_Iterable[int]] = ..., scores: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ShardSearchResponse(_message.Message):
-    __slots__ = ("results", "documents", "vectors_searched", "shard", "unknown_fields", "metric")
+    __slots__ = ("results", "documents", "vectors_searched", "shard", "unknown_fields", "metric", "lexical_results", "lexical_documents")
     class DocumentsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -46,13 +92,17 @@ class ShardSearchResponse(_message.Message):
     SHARD_FIELD_NUMBER: _ClassVar[int]
     UNKNOWN_FIELDS_FIELD_NUMBER: _ClassVar[int]
     METRIC_FIELD_NUMBER: _ClassVar[int]
+    LEXICAL_RESULTS_FIELD_NUMBER: _ClassVar[int]
+    LEXICAL_DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[TopK]
     documents: _containers.MessageMap[int, _common_pb2.Document]
     vectors_searched: int
     shard: int
     unknown_fields: _containers.RepeatedScalarFieldContainer[str]
     metric: _common_pb2.Metric
-    def __init__(self, results: _Optional[_Iterable[_Union[TopK, _Mapping]]] = ..., documents: _Optional[_Mapping[int, _common_pb2.Document]] = ..., vectors_searched: _Optional[int] = ..., shard: _Optional[int] = ..., unknown_fields: _Optional[_Iterable[str]] = ..., metric: _Optional[_Union[_common_pb2.Metric, str]] = ...) -> None: ...
+    lexical_results: _containers.RepeatedCompositeFieldContainer[TopK]
+    lexical_documents: int
+    def __init__(self, results: _Optional[_Iterable[_Union[TopK, _Mapping]]] = ..., documents: _Optional[_Mapping[int, _common_pb2.Document]] = ..., vectors_searched: _Optional[int] = ..., shard: _Optional[int] = ..., unknown_fields: _Optional[_Iterable[str]] = ..., metric: _Optional[_Union[_common_pb2.Metric, str]] = ..., lexical_results: _Optional[_Iterable[_Union[TopK, _Mapping]]] = ..., lexical_documents: _Optional[int] = ...) -> None: ...
 
 class DocumentVector(_message.Message):
     __slots__ = ("document", "vector")
@@ -115,7 +165,7 @@ class ShardInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ShardInfoResponse(_message.Message):
-    __slots__ = ("shard", "documents", "dim", "metric", "index_factory", "embedding_model", "sequence", "trained", "max_k", "max_batch", "stored_documents", "tombstones", "checkpoint_sequence", "index_bytes")
+    __slots__ = ("shard", "documents", "dim", "metric", "index_factory", "embedding_model", "sequence", "trained", "max_k", "max_batch", "stored_documents", "tombstones", "checkpoint_sequence", "index_bytes", "lexical_documents", "lexical_terms", "lexical_postings", "lexical_bytes", "lexical_config")
     SHARD_FIELD_NUMBER: _ClassVar[int]
     DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
@@ -130,6 +180,11 @@ class ShardInfoResponse(_message.Message):
     TOMBSTONES_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     INDEX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LEXICAL_DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    LEXICAL_TERMS_FIELD_NUMBER: _ClassVar[int]
+    LEXICAL_POSTINGS_FIELD_NUMBER: _ClassVar[int]
+    LEXICAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LEXICAL_CONFIG_FIELD_NUMBER: _ClassVar[int]
     shard: int
     documents: int
     dim: int
@@ -144,7 +199,12 @@ class ShardInfoResponse(_message.Message):
     tombstones: int
     checkpoint_sequence: int
     index_bytes: int
-    def __init__(self, shard: _Optional[int] = ..., documents: _Optional[int] = ..., dim: _Optional[int] = ..., metric: _Optional[_Union[_common_pb2.Metric, str]] = ..., index_factory: _Optional[str] = ..., embedding_model: _Optional[str] = ..., sequence: _Optional[int] = ..., trained: _Optional[bool] = ..., max_k: _Optional[int] = ..., max_batch: _Optional[int] = ..., stored_documents: _Optional[int] = ..., tombstones: _Optional[int] = ..., checkpoint_sequence: _Optional[int] = ..., index_bytes: _Optional[int] = ...) -> None: ...
+    lexical_documents: int
+    lexical_terms: int
+    lexical_postings: int
+    lexical_bytes: int
+    lexical_config: str
+    def __init__(self, shard: _Optional[int] = ..., documents: _Optional[int] = ..., dim: _Optional[int] = ..., metric: _Optional[_Union[_common_pb2.Metric, str]] = ..., index_factory: _Optional[str] = ..., embedding_model: _Optional[str] = ..., sequence: _Optional[int] = ..., trained: _Optional[bool] = ..., max_k: _Optional[int] = ..., max_batch: _Optional[int] = ..., stored_documents: _Optional[int] = ..., tombstones: _Optional[int] = ..., checkpoint_sequence: _Optional[int] = ..., index_bytes: _Optional[int] = ..., lexical_documents: _Optional[int] = ..., lexical_terms: _Optional[int] = ..., lexical_postings: _Optional[int] = ..., lexical_bytes: _Optional[int] = ..., lexical_config: _Optional[str] = ...) -> None: ...
 
 class SnapshotRequest(_message.Message):
     __slots__ = ()

@@ -75,6 +75,11 @@ class ShardServiceStub:
                 request_serializer=ragcluster_dot_v1_dot_shard__pb2.RestoreRequest.SerializeToString,
                 response_deserializer=ragcluster_dot_v1_dot_shard__pb2.RestoreResponse.FromString,
                 _registered_method=True)
+        self.TermStats = channel.unary_unary(
+                '/ragcluster.v1.ShardService/TermStats',
+                request_serializer=ragcluster_dot_v1_dot_shard__pb2.TermStatsRequest.SerializeToString,
+                response_deserializer=ragcluster_dot_v1_dot_shard__pb2.TermStatsResponse.FromString,
+                _registered_method=True)
 
 
 class ShardServiceServicer:
@@ -140,6 +145,16 @@ class ShardServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TermStats(self, request, context):
+        """Corpus statistics for BM25: each text's analysed terms with their document frequencies on this
+        shard, and the shard's document count and total length. The router sums them over all shards and
+        sends them back with the lexical query, so every shard scores with corpus-wide statistics
+        (dfs_query_then_fetch) and the merged ranking equals one index over the whole corpus.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ShardServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -182,6 +197,11 @@ def add_ShardServiceServicer_to_server(servicer, server):
                     servicer.Restore,
                     request_deserializer=ragcluster_dot_v1_dot_shard__pb2.RestoreRequest.FromString,
                     response_serializer=ragcluster_dot_v1_dot_shard__pb2.RestoreResponse.SerializeToString,
+            ),
+            'TermStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.TermStats,
+                    request_deserializer=ragcluster_dot_v1_dot_shard__pb2.TermStatsRequest.FromString,
+                    response_serializer=ragcluster_dot_v1_dot_shard__pb2.TermStatsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -401,6 +421,33 @@ class ShardService:
             '/ragcluster.v1.ShardService/Restore',
             ragcluster_dot_v1_dot_shard__pb2.RestoreRequest.SerializeToString,
             ragcluster_dot_v1_dot_shard__pb2.RestoreResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TermStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ragcluster.v1.ShardService/TermStats',
+            ragcluster_dot_v1_dot_shard__pb2.TermStatsRequest.SerializeToString,
+            ragcluster_dot_v1_dot_shard__pb2.TermStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

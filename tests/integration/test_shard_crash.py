@@ -55,6 +55,9 @@ def check_consistent(stub, acked: dict[str, np.ndarray], unsure: set[str] = froz
     ``unsure``: ids re-sent in batches never acknowledged: their newer version may have been committed."""
     info = stub.Info(shard_pb2.ShardInfoRequest(), timeout=30)
     assert info.documents == info.stored_documents  # index and store agree on the count
+    assert info.lexical_documents == info.stored_documents  # so does the lexical index
+    stats = stub.TermStats(shard_pb2.TermStatsRequest(texts=["text"]), timeout=30)  # every document says "text"
+    assert stats.documents == info.stored_documents and stats.queries[0].document_frequencies == [info.stored_documents]
     ids = list(acked)
     fetched = stub.Fetch(shard_pb2.FetchRequest(ids=ids), timeout=60)
     assert {d.id for d in fetched.documents} == set(ids)  # every acknowledged document survived
