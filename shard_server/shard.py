@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -162,6 +163,7 @@ class Shard:
         self._write_lock = threading.Lock()  # one writer at a time: store commit + index update
         self._index_lock = RWLock()
         self._rebuild_lock = threading.Lock()
+        self._rebuild_since: int | None = None  # a running rebuild replays removals after this sequence
         self.checkpoint_sequence = 0
         self.checkpoint_time = 0.0
         self.index_bytes = 0
@@ -279,7 +281,11 @@ class Shard:
             metrics.CHECKPOINT_FAILURES.labels(self.shard_id, "write").inc()
             logger.error("checkpoint failed: %s (the store is intact; will retry)", exc)
             return False
-        self.store.prune_removed(sequence)
+        with self._write_lock:  # a rebuild that started meanwhile registers under this lock
+            needed = self._rebuild_since
+            # a running rebuild still replays the removals after its snapshot: keep those, or the ids it
+            # copied from the snapshot would come back ("ghosts") once it is swapped in
+            self.store.prune_removed(sequence if needed is None else min(sequence, needed))
         self.checkpoint_sequence, self.checkpoint_time, self.index_bytes = sequence, time.time(), size
         seconds = time.perf_counter() - start
         metrics.CHECKPOINT_SECONDS.labels(self.shard_id).observe(seconds)
@@ -301,18 +307,25 @@ class Shard:
         with self._rebuild_lock:
             start = time.perf_counter()
             index = self._new_index()
-            with self.store.consistent_read() as conn:
-                since = self.store.sequence_in(conn)
-                for iids, vectors in self.store.iter_vectors(conn):
-                    index.add(iids, index.prepare(vectors))
-                lexical = self._build_lexical(conn)
-            if train:
-                index.train_now()
-            with self._write_lock:
-                self._replay(index, since)
-                self._replay_lexical(lexical, since)
-                with self._index_lock.write():
-                    self.index, self.lexical = index, lexical
+            try:
+                with contextlib.ExitStack() as snapshot:
+                    with self._write_lock:  # the snapshot and the registration see the same store state
+                        conn = snapshot.enter_context(self.store.consistent_read())
+                        since = self.store.sequence_in(conn)
+                        self._rebuild_since = since  # checkpoints keep the removal records after it
+                    for iids, vectors in self.store.iter_vectors(conn):
+                        index.add(iids, index.prepare(vectors))
+                    lexical = self._build_lexical(conn)
+                if train:
+                    index.train_now()
+                with self._write_lock:
+                    self._replay(index, since)
+                    self._replay_lexical(lexical, since)
+                    with self._index_lock.write():
+                        self.index, self.lexical = index, lexical
+            finally:
+                with self._write_lock:
+                    self._rebuild_since = None
             seconds = time.perf_counter() - start
             metrics.REBUILDS.labels(self.shard_id).inc()
             self._publish()
