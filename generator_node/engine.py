@@ -74,6 +74,7 @@ class Engine:
         self.engine_args = engine_args
         self.model_name = model_name
         self.max_pending = max_pending
+        metrics.MAX_PENDING.set(max_pending)
         self.llm = None
         self.tokenizer = None
         self.max_model_len = 0

@@ -23,23 +23,27 @@ logger = logging.getLogger(__name__)
 REQUEST_ID_KEY = "x-request-id"
 
 RPC_HANDLED = Counter(
-    "ragcluster_grpc_server_handled", "RPCs completed on the server, by method and status code", ["method", "code"]
+    "ragcluster_grpc_server_handled", "RPCs completed on the server, by service, method and status code",
+    ["service", "method", "code"],
 )
 RPC_SECONDS = Histogram(
     "ragcluster_grpc_server_handling_seconds",
-    "RPC latency on the server (for streams: until the stream ends), by method",
-    ["method"],
+    "RPC latency on the server (for streams: until the stream ends), by service and method",
+    ["service", "method"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
-RPC_IN_FLIGHT = Gauge("ragcluster_grpc_server_in_flight", "RPCs in progress, by method", ["method"])
+RPC_IN_FLIGHT = Gauge("ragcluster_grpc_server_in_flight", "RPCs in progress, by service and method",
+                      ["service", "method"])
 
 
-def preinitialise(methods: Iterable[str]) -> None:
-    """Create label children up front so dashboards see zeros rather than missing series."""
+def preinitialise(service: str, methods: Iterable[str]) -> None:
+    """Create label children up front so dashboards see zeros rather than missing series.
+
+    ``service`` is the short service name (``RouterService``), as in the ``service`` label."""
     for method in methods:
-        RPC_HANDLED.labels(method, "OK")
-        RPC_SECONDS.labels(method)
-        RPC_IN_FLIGHT.labels(method)
+        RPC_HANDLED.labels(service, method, "OK")
+        RPC_SECONDS.labels(service, method)
+        RPC_IN_FLIGHT.labels(service, method)
 
 
 def _code_name(context: grpc.aio.ServicerContext) -> str:
@@ -71,13 +75,13 @@ def _rich_status(exc: RagclusterError):
 class _Observed:
     """Times one RPC, counts its status code, sets the correlation id and maps exceptions to statuses."""
 
-    def __init__(self, method: str, rid: str, context: grpc.aio.ServicerContext):
-        self.method, self.rid, self.context = method, rid, context
+    def __init__(self, service: str, method: str, rid: str, context: grpc.aio.ServicerContext):
+        self.service, self.method, self.rid, self.context = service, method, rid, context
 
     async def __aenter__(self):
         self.token = request_id.set(self.rid)
         self.start = time.perf_counter()
-        RPC_IN_FLIGHT.labels(self.method).inc()
+        RPC_IN_FLIGHT.labels(self.service, self.method).inc()
         return self
 
     async def __aexit__(self, exc_type, exc, tb):
@@ -99,9 +103,9 @@ class _Observed:
                 logger.error("%s failed", self.method, exc_info=(exc_type, exc, tb))
                 await self.context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc_type.__name__}: {exc}")
         finally:
-            RPC_IN_FLIGHT.labels(self.method).dec()
-            RPC_HANDLED.labels(self.method, code).inc()
-            RPC_SECONDS.labels(self.method).observe(time.perf_counter() - self.start)
+            RPC_IN_FLIGHT.labels(self.service, self.method).dec()
+            RPC_HANDLED.labels(self.service, self.method, code).inc()
+            RPC_SECONDS.labels(self.service, self.method).observe(time.perf_counter() - self.start)
             request_id.reset(self.token)
         return False
 
@@ -114,20 +118,21 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         full = handler_call_details.method
         if full.startswith(("/grpc.health.", "/grpc.reflection.")):
             return handler  # probes and reflection stay out of the metrics and the error boundary
-        method = full.rsplit("/", 1)[-1]
+        path, _, method = full.rpartition("/")
+        service = path.rsplit(".", 1)[-1]  # /ragcluster.v1.RouterService/Search -> RouterService, Search
         metadata = dict(handler_call_details.invocation_metadata or ())
         rid = metadata.get(REQUEST_ID_KEY) or uuid.uuid4().hex[:16]
 
         def unary(behavior):
             async def wrapper(request, context):
-                async with _Observed(method, rid, context):
+                async with _Observed(service, method, rid, context):
                     return await behavior(request, context)
 
             return wrapper
 
         def streaming(behavior):
             async def wrapper(request, context):
-                async with _Observed(method, rid, context):
+                async with _Observed(service, method, rid, context):
                     async for item in behavior(request, context):
                         yield item
 

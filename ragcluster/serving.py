@@ -90,7 +90,7 @@ class GrpcServer:
         self.server = grpc.aio.server(interceptors=[ServerInterceptor()], options=options)
         for spec in self.services:
             spec.add_to_server(spec.servicer, self.server)
-            preinitialise(spec.method_names)
+            preinitialise(spec.full_name.rsplit(".", 1)[-1], spec.method_names)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = [s.full_name for s in self.services] + [
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,

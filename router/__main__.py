@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import time
 
 from ragcluster.config import add_config_arguments, config_from_args
 from ragcluster.log import setup_logging
@@ -15,10 +16,11 @@ from router.config import RouterConfig, parse_shards
 
 def build_server(config: RouterConfig) -> GrpcServer:
     from ragcluster.documents import MAX_DOCUMENT_BYTES
+    from router import metrics
     from router.collections import parse_collections, read_active
     from router.generate import GeneratorPool
     from router.prompt import PromptTemplate
-    from router.replicas import ReplicaPolicy
+    from router.replicas import ReplicaPolicy, replica_state
     from router.service import RouterServicer
 
     if config.max_k * MAX_DOCUMENT_BYTES + (1 << 20) > config.max_message_bytes:
@@ -36,6 +38,19 @@ def build_server(config: RouterConfig) -> GrpcServer:
     template.check()
     servicer = RouterServicer(config, [], pool, template=template, collections=collections,
                               active=read_active(config.state_file, config.collection))
+
+    def replica_counts() -> list[tuple[str, int, str, int]]:
+        now = time.monotonic()
+        counts = []
+        for col in collections.values():
+            for group in col.groups:
+                states = [replica_state(r, now) for r in group.replicas]
+                counts += [(col.name, group.shard, s, states.count(s))
+                           for s in ("serving", "ejected", "catching_up", "not_serving")]
+        return counts
+
+    metrics.BACKEND_STATES.replicas = replica_counts
+    metrics.BACKEND_STATES.nodes = pool.state_counts
 
     async def load() -> None:
         from router.embedding import Embedder

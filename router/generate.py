@@ -13,6 +13,7 @@ import grpc
 from ragcluster.channels import channel_options
 from ragcluster.errors import InvalidArgument, Unavailable
 from ragcluster.v1 import common_pb2, generator_pb2, generator_pb2_grpc
+from router import metrics
 from router.discovery import resolve
 from router.health import Backend, Watchers
 from router.prompt import Passage, Prompt, PromptTemplate, answer_budget, order_passages, select_passages
@@ -70,6 +71,13 @@ class GeneratorPool:
                 logger.info("new generator nodes %s", [n.address for n in added])
                 await self._watchers.start(added, "generator", 0)
             self.nodes = [n for n in self.nodes if n.address in wanted]
+
+    def state_counts(self) -> list[tuple[str, int]]:
+        """Nodes by state (serving, ejected, not_serving), for ragcluster_router_generator_nodes."""
+        now = time.monotonic()
+        states = ["not_serving" if not n.serving else "ejected" if n.ejected_until > now else "serving"
+                  for n in self.nodes]
+        return [(state, states.count(state)) for state in ("serving", "ejected", "not_serving")]
 
     def ordered(self) -> list[GeneratorNode]:
         """SERVING, non-ejected nodes, least outstanding requests first."""
@@ -155,6 +163,7 @@ class GeneratorPool:
                 logger.warning("generator %s: %s before the first token; ejected for %.0fs, trying another",
                                node.address, exc.code().name, self.eject_seconds)
                 node.info = None
+                metrics.GENERATOR_FAILOVERS.labels(exc.code().name).inc()
                 if exc.code() == grpc.StatusCode.UNAVAILABLE:
                     node.eject(self.eject_seconds)
                 errors.append(f"{node.address}: {exc.code().name}")

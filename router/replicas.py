@@ -81,6 +81,7 @@ class ShardGroup:
         self.last_documents = 0
         self._sync_task: asyncio.Task | None = None
         self._refresh_task: asyncio.Task | None = None
+        metrics.preinitialise_shard(shard)
         for spec in self.specs:
             if not spec.startswith("dns:"):
                 self.replicas.append(self._new_replica(spec))
@@ -312,6 +313,7 @@ class ShardGroup:
                         if done.sequence == seqs[source]:
                             replica.needs_sync = False
                     except grpc.aio.AioRpcError as exc:
+                        metrics.CATCHUP_FAILURES.labels(self.shard).inc()
                         logger.warning("shard %d replica %s restore failed: %s", self.shard, replica.address,
                                        exc.details())
                     finally:
@@ -333,6 +335,22 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+_MISS_REASONS = {common_pb2.SHARD_FAILURE_REASON_TIMEOUT: "timeout",
+                 common_pb2.SHARD_FAILURE_REASON_UNAVAILABLE: "unavailable",
+                 common_pb2.SHARD_FAILURE_REASON_ERROR: "error"}
+
+
+def replica_state(replica: Replica, now: float) -> str:
+    """One word for a replica's state, as exported in ragcluster_router_shard_replicas{state}."""
+    if not replica.serving:
+        return "not_serving"
+    if replica.catching_up or replica.needs_sync:
+        return "catching_up"
+    if replica.ejected_until > now:
+        return "ejected"
+    return "serving"
+
+
 def failure_from_exception(shard: int, exc: BaseException) -> common_pb2.ShardFailure:
     if isinstance(exc, asyncio.TimeoutError) or (
         isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -352,11 +370,14 @@ async def fan_out(groups: list[ShardGroup], request: shard_pb2.ShardSearchReques
     """Search every shard concurrently within ``timeout``; failures become ShardAnswer.failure."""
 
     async def one(group: ShardGroup) -> ShardAnswer:
+        metrics.SHARD_SEARCHES.labels(group.shard).inc()
         try:
             return ShardAnswer(group.shard, await group.search(request, timeout))
         except InvalidArgument:
             raise
         except (TimeoutError, grpc.aio.AioRpcError, Unavailable) as exc:
-            return ShardAnswer(group.shard, None, failure_from_exception(group.shard, exc))
+            failure = failure_from_exception(group.shard, exc)
+            metrics.SHARD_MISSES.labels(group.shard, _MISS_REASONS[failure.reason]).inc()
+            return ShardAnswer(group.shard, None, failure)
 
     return list(await asyncio.gather(*(one(g) for g in groups)))

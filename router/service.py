@@ -62,6 +62,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self.template = template or PromptTemplate()
         self._embed_executor = ThreadPoolExecutor(1, thread_name_prefix="embed")  # one encode at a time
         self.in_flight = 0
+        metrics.MAX_IN_FLIGHT.set(config.max_in_flight)
         if embedder is not None:
             self.embedder = embedder
 
@@ -296,6 +297,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 done = event.complete
                 timings.generate_seconds = time.perf_counter() - t
                 timings.total_seconds = time.perf_counter() - start
+                metrics.observe_completion(done.completion_tokens, timings)
                 yield router_pb2.AskEvent(complete=router_pb2.AskComplete(
                     citations=prompt.citations if prompt else [], finish_reason=done.finish_reason,
                     prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens, timings=timings,

@@ -7,8 +7,16 @@ TOMBSTONES = Gauge("ragcluster_shard_tombstones", "Removed ids still inside an i
 SEQUENCE = Gauge("ragcluster_shard_sequence", "Write sequence number (acknowledged write batches)", ["shard"])
 INDEX_BYTES = Gauge("ragcluster_shard_index_bytes", "Size of the last index checkpoint", ["shard"])
 STORE_BYTES = Gauge("ragcluster_shard_store_bytes", "Size of the document store (database + WAL)", ["shard"])
-CHECKPOINT_AGE = Gauge("ragcluster_shard_checkpoint_age_seconds", "Seconds since the last index checkpoint",
-                       ["shard"])
+WAL_BYTES = Gauge("ragcluster_shard_wal_bytes", "Size of the store's write-ahead log (part of store_bytes)", ["shard"])
+STORE_QUOTA_BYTES = Gauge("ragcluster_shard_store_quota_bytes", "Store size beyond which writes are refused (0 = none)",
+                          ["shard"])
+DISK_FREE_BYTES = Gauge("ragcluster_shard_disk_free_bytes", "Free bytes on the data directory's filesystem", ["shard"])
+DISK_TOTAL_BYTES = Gauge("ragcluster_shard_disk_size_bytes", "Size of the data directory's filesystem", ["shard"])
+CHECKPOINT_AGE = Gauge("ragcluster_shard_checkpoint_age_seconds",
+                       "Seconds since the last index checkpoint (since the shard opened when it has none)", ["shard"])
+CHECKPOINT_SEQUENCE = Gauge("ragcluster_shard_checkpoint_sequence",
+                            "Write sequence covered by the last checkpoint (sequence minus this = writes to replay)",
+                            ["shard"])
 CHECKPOINT_SECONDS = Histogram(
     "ragcluster_shard_checkpoint_duration_seconds", "Time to write an index checkpoint", ["shard"],
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),

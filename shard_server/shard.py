@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -173,9 +174,22 @@ class Shard:
             raise InvalidArgument(f"bm25: k1 must be >= 0 and b in [0, 1], got k1={bm25_k1} b={bm25_b}")
         self.bm25_k1, self.bm25_b = bm25_k1, bm25_b
         self.lexical = self._build_lexical()
-        metrics.CHECKPOINT_AGE.labels(shard_id).set_function(
-            lambda: time.time() - self.checkpoint_time if self.checkpoint_time else float("nan"))
+        opened = time.time()
+        metrics.CHECKPOINT_AGE.labels(shard_id).set_function(lambda: time.time() - (self.checkpoint_time or opened))
         metrics.STORE_BYTES.labels(shard_id).set_function(self.store.size_bytes)
+        metrics.WAL_BYTES.labels(shard_id).set_function(self.store.wal_bytes)
+        metrics.STORE_QUOTA_BYTES.labels(shard_id).set(max_store_bytes)
+        metrics.DISK_FREE_BYTES.labels(shard_id).set_function(lambda: shutil.disk_usage(self.data_dir).free)
+        metrics.DISK_TOTAL_BYTES.labels(shard_id).set_function(lambda: shutil.disk_usage(self.data_dir).total)
+        for stage in ("load", "write"):
+            metrics.CHECKPOINT_FAILURES.labels(shard_id, stage)
+        for op in ("upsert", "delete"):
+            metrics.WRITE_SECONDS.labels(shard_id, op)
+        metrics.REBUILDS.labels(shard_id)
+        metrics.FILTER_FALLBACKS.labels(shard_id)
+        metrics.SEARCH_QUERIES.labels(shard_id)
+        metrics.SEARCH_SECONDS.labels(shard_id)
+        metrics.CHECKPOINT_SECONDS.labels(shard_id)
         self._publish()
 
     def _new_index(self) -> VectorIndex:
@@ -263,6 +277,7 @@ class Shard:
         metrics.SEQUENCE.labels(self.shard_id).set(self.store.sequence)
         metrics.INDEX_BYTES.labels(self.shard_id).set(self.index_bytes)
         metrics.LEXICAL_DOCUMENTS.labels(self.shard_id).set(self.lexical.documents)
+        metrics.CHECKPOINT_SEQUENCE.labels(self.shard_id).set(self.checkpoint_sequence)
 
     # --- checkpoints and rebuilds -----------------------------------------------------------------
     def checkpoint(self) -> bool:

@@ -338,6 +338,13 @@ class DocumentStore:
             dest.close()
         return sequence
 
+    def wal_bytes(self) -> int:
+        wal = Path(str(self.path) + "-wal")
+        try:
+            return wal.stat().st_size
+        except FileNotFoundError:
+            return 0
+
     def size_bytes(self) -> int:
         total = 0
         for suffix in ("", "-wal"):

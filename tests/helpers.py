@@ -39,3 +39,20 @@ class RouterInThread:
         asyncio.run_coroutine_threadsafe(self.server.stop(grace=1), self.loop).result(60)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+
+
+def require_tool(name: str, install: str = "make tools (apt-get install -y prometheus)") -> str:
+    """Path of an external tool. Missing: the test fails under CI (CI=true), else it is skipped with how to
+    install it, so nothing that CI must run is skipped silently."""
+    import os
+    import shutil
+
+    import pytest
+
+    path = shutil.which(name)
+    if path:
+        return path
+    message = f"{name} is not installed; run `{install}`"
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(message + " (CI=true: required)")
+    pytest.skip(message)

@@ -81,7 +81,7 @@ async def test_bad_search_input_is_invalid_argument(tmp_path, make_request, fiel
     from prometheus_client import REGISTRY
 
     def rejected():
-        labels = {"method": "Search", "code": "INVALID_ARGUMENT"}
+        labels = {"service": "ShardService", "method": "Search", "code": "INVALID_ARGUMENT"}
         return REGISTRY.get_sample_value("ragcluster_grpc_server_handled_total", labels) or 0
 
     server, channel, stub = await _start(tmp_path)
