@@ -15,12 +15,13 @@ from shard_server.config import ShardConfig
 
 
 def build_server(config: ShardConfig) -> GrpcServer:
-    from shard_server.maintenance import Maintenance
+    from shard_server.maintenance import Maintenance, maintenance_executor
     from shard_server.service import ShardServicer
     from shard_server.shard import STORE_FILE, Shard
     from shard_server.snapshot import restore_from
 
     state: dict = {"lock": asyncio.Lock()}
+    upkeep = maintenance_executor(config.maintenance_threads)  # checkpoints, rebuilds: never the search threads
 
     async def restore(source: str) -> None:
         """Replace this replica's data with a snapshot of ``source``; keep our own on failure."""
@@ -38,7 +39,7 @@ def build_server(config: ShardConfig) -> GrpcServer:
 
     servicer = ShardServicer(after_write=lambda: state["maintenance"].after_write(), restore=restore,
                              search_delay_seconds=config.search_delay_ms / 1000,
-                             max_message_bytes=config.max_message_bytes)
+                             max_message_bytes=config.max_message_bytes, maintenance_executor=upkeep)
 
     async def load() -> None:
         if config.restore_from and not (Path(config.data_dir) / STORE_FILE).exists():
@@ -54,7 +55,7 @@ def build_server(config: ShardConfig) -> GrpcServer:
             lexical_stopwords=config.lexical_stopwords, bm25_k1=config.bm25_k1, bm25_b=config.bm25_b,
         )
         state["shard"] = servicer.shard = shard
-        state["maintenance"] = Maintenance(shard, config.checkpoint_interval_seconds)
+        state["maintenance"] = Maintenance(shard, config.checkpoint_interval_seconds, upkeep)
         state["maintenance"].start()
 
     async def close() -> None:
@@ -62,6 +63,7 @@ def build_server(config: ShardConfig) -> GrpcServer:
             await state["maintenance"].stop()
         if "shard" in state:
             await asyncio.to_thread(state["shard"].close)  # writes a final checkpoint: fast restarts
+        upkeep.shutdown(wait=False)
 
     spec = service_spec(servicer, shard_pb2, "ShardService", shard_pb2_grpc)
     server = GrpcServer(config, [spec], load=load, close=close)

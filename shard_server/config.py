@@ -35,3 +35,5 @@ class ShardConfig(ServerConfig):
                                                "list), none, or a comma-separated list")
     bm25_k1: float = option(1.5, "BM25 term-frequency saturation k1")
     bm25_b: float = option(0.75, "BM25 length normalisation b (0..1)")
+    maintenance_threads: int = option(2, "threads for background checkpoints and rebuilds (their FAISS work uses one "
+                                         "core each); searches and writes never wait for these threads")

@@ -4,6 +4,7 @@ release the GIL), so the event loop keeps serving."""
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import Executor
 
 import numpy as np
 
@@ -50,8 +51,11 @@ def lexical_from_pb(pb: shard_pb2.LexicalQuery) -> LexicalQuery:
 
 class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
     def __init__(self, shard: Shard | None = None, after_write=lambda: None, restore=None,
-                 search_delay_seconds: float = 0.0, max_message_bytes: int = 64 * 1024 * 1024):
+                 search_delay_seconds: float = 0.0, max_message_bytes: int = 64 * 1024 * 1024,
+                 maintenance_executor: Executor | None = None):
         self._shard = shard
+        # rebuilds on demand run with the background checkpoints and rebuilds, never in the searches' threads
+        self.maintenance_executor = maintenance_executor
         self.max_message_bytes = max_message_bytes  # an answer larger than this could not be sent
         self.after_write = after_write  # e.g. schedule a background rebuild when tombstones pile up
         self.restore = restore  # async (source) -> None: replaces the shard's data (owned by __main__)
@@ -70,25 +74,29 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
     async def Search(self, request: shard_pb2.ShardSearchRequest, context) -> shard_pb2.ShardSearchResponse:
         if self.search_delay_seconds:
             await asyncio.sleep(self.search_delay_seconds)
+        # parsing, the search and building the answer all run in a worker thread: the event loop only
+        # moves bytes, so a large answer never delays other requests
+        return await asyncio.to_thread(self._search, self.shard, request)
+
+    def _search(self, shard: Shard, request: shard_pb2.ShardSearchRequest) -> shard_pb2.ShardSearchResponse:
         if not request.HasField("queries") and not request.lexical:
             raise InvalidArgument("queries: required (or lexical queries)")
         if request.HasField("queries") and (request.queries.rows or not request.lexical):
             queries = matrix_from_pb(request.queries, "queries")
         else:
-            dim = self.shard.dim
-            queries = np.zeros((0, dim), np.float32)
+            queries = np.zeros((0, shard.dim), np.float32)
         lexical = [lexical_from_pb(q) for q in request.lexical]
         params = request.params
-        result = await asyncio.to_thread(
-            self.shard.search, queries, int(request.k),
+        result = shard.search(
+            queries, int(request.k),
             params.nprobe if params.HasField("nprobe") else None,
             params.ef_search if params.HasField("ef_search") else None,
             request.include_documents, filter_from_pb(request.filter) if request.HasField("filter") else None,
             request.unknown_fields_match_nothing, lexical,
         )
-        response = shard_pb2.ShardSearchResponse(vectors_searched=result.vectors_searched, shard=self.shard.shard_id,
+        response = shard_pb2.ShardSearchResponse(vectors_searched=result.vectors_searched, shard=shard.shard_id,
                                                  unknown_fields=result.unknown_fields or [],
-                                                 metric=metric_to_pb(self.shard.metric),
+                                                 metric=metric_to_pb(shard.metric),
                                                  lexical_documents=result.lexical_documents)
         for ids, scores in zip(result.ids, result.scores):
             response.results.add(ids=ids.tolist(), scores=scores.tolist())
@@ -178,6 +186,7 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
                                          seconds=asyncio.get_running_loop().time() - start)
 
     async def Rebuild(self, request, context):
-        seconds = await asyncio.to_thread(self.shard.rebuild, True)
+        shard = self.shard
+        seconds = await asyncio.get_running_loop().run_in_executor(self.maintenance_executor, shard.rebuild, True)
         info = await asyncio.to_thread(self.shard.info)
         return shard_pb2.RebuildResponse(documents=info.documents, sequence=info.sequence, seconds=seconds)
