@@ -1,27 +1,63 @@
-"""Backend discovery: turn a configured address into the addresses of every backend behind it."""
+"""Backend discovery: turn configured addresses into the addresses of every backend behind them.
+
+``dns:///host:port`` resolves to every address the name has (a Kubernetes headless service lists one per
+pod); anything else is taken as one host:port. Names are resolved off the event loop (in a thread, with a
+timeout), and a failed or empty lookup keeps the last good answer: a DNS outage must not drop every
+replica behind the name.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
+from collections.abc import Callable
 
 logger = logging.getLogger(__name__)
 
+Lookup = Callable[[str, int], list[tuple]]  # socket.getaddrinfo-like: (host, port) -> address infos
 
-def resolve(address: str) -> list[str]:
-    """``dns:///host:port`` -> every address the name resolves to (a Kubernetes headless service lists
-    one per pod); anything else is taken as one host:port."""
-    if not address.startswith("dns:"):
-        return [address]
-    target = address.split("///", 1)[-1] if "///" in address else address[4:]
+
+def _getaddrinfo(host: str, port: int) -> list[tuple]:
+    return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+
+
+def _split(spec: str) -> tuple[str, str]:
+    target = spec.split("///", 1)[-1] if "///" in spec else spec[4:]
     host, _, port = target.rpartition(":")
-    try:
-        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
-    except (socket.gaierror, ValueError) as exc:
-        logger.warning("cannot resolve %s: %s", address, exc)
-        return []
-    out = []
-    for family, _, _, _, sockaddr in infos:
-        ip = sockaddr[0]
-        out.append(f"[{ip}]:{port}" if family == socket.AF_INET6 else f"{ip}:{port}")
-    return sorted(set(out))
+    return host, port
+
+
+class Resolver:
+    """Resolves address specs, remembering the last good answer of each name."""
+
+    def __init__(self, lookup: Lookup = _getaddrinfo, timeout: float = 5.0):
+        self._lookup = lookup
+        self.timeout = timeout
+        self.last_good: dict[str, list[str]] = {}
+
+    async def resolve(self, spec: str) -> list[str]:
+        """Every address behind ``spec``; on a failed or empty lookup, the last good answer (or [])."""
+        if not spec.startswith("dns:"):
+            return [spec]
+        host, port = _split(spec)
+        try:
+            infos = await asyncio.wait_for(asyncio.to_thread(self._lookup, host, int(port)), self.timeout)
+        except (OSError, ValueError, TimeoutError) as exc:
+            kept = self.last_good.get(spec, [])
+            logger.warning("cannot resolve %s (%s); keeping the last good addresses %s", spec, exc or
+                           type(exc).__name__, kept)
+            return list(kept)
+        out = sorted({f"[{info[4][0]}]:{port}" if info[0] == socket.AF_INET6 else f"{info[4][0]}:{port}"
+                      for info in infos})
+        if not out:
+            kept = self.last_good.get(spec, [])
+            logger.warning("%s resolved to no address; keeping the last good addresses %s", spec, kept)
+            return list(kept)
+        self.last_good[spec] = out
+        return out
+
+    async def resolve_all(self, specs: list[str]) -> list[str]:
+        """The union of every spec's addresses, sorted."""
+        parts = await asyncio.gather(*(self.resolve(s) for s in specs))
+        return sorted({a for part in parts for a in part})

@@ -14,7 +14,7 @@ from ragcluster.channels import channel_options
 from ragcluster.errors import InvalidArgument, Unavailable
 from ragcluster.v1 import common_pb2, generator_pb2, generator_pb2_grpc
 from router import metrics
-from router.discovery import resolve
+from router.discovery import Resolver
 from router.health import Backend, Watchers
 from router.prompt import Passage, Prompt, PromptTemplate, answer_budget, order_passages, select_passages
 
@@ -43,6 +43,7 @@ class GeneratorPool:
         self.nodes: list[GeneratorNode] = []
         self._watchers = Watchers()
         self._refresh_task: asyncio.Task | None = None
+        self.resolver = Resolver()
         self._add([a for a in self.specs if not a.startswith("dns:")])
 
     def _add(self, addresses: list[str]) -> list[GeneratorNode]:
@@ -52,12 +53,9 @@ class GeneratorPool:
         self.nodes.extend(added)
         return added
 
-    def _resolved(self) -> list[str]:
-        return sorted({a for spec in self.specs for a in resolve(spec)})
-
     async def start(self, wait_seconds: float = 5.0, refresh_seconds: float = 30.0) -> None:
         """Start watching every node; wait (bounded) until each has reported a first status."""
-        self._add(self._resolved())
+        self._add(await self.resolver.resolve_all(self.specs))
         await self._watchers.start(self.nodes, "generator", wait_seconds)
         if any(s.startswith("dns:") for s in self.specs):
             self._refresh_task = asyncio.create_task(self._refresh_loop(refresh_seconds))
@@ -65,12 +63,25 @@ class GeneratorPool:
     async def _refresh_loop(self, every: float) -> None:
         while True:
             await asyncio.sleep(every)  # periodic DNS refresh (a timer)
-            wanted = set(self._resolved())
-            added = self._add(sorted(wanted))
-            if added:
-                logger.info("new generator nodes %s", [n.address for n in added])
-                await self._watchers.start(added, "generator", 0)
-            self.nodes = [n for n in self.nodes if n.address in wanted]
+            try:
+                await self.refresh()
+            except Exception:  # keep the nodes we have; try again at the next refresh
+                logger.exception("generator refresh failed")
+
+    async def refresh(self) -> None:
+        """Re-resolve: watch new nodes, stop watching and close the channels of those that left (a failed
+        lookup keeps the last good addresses)."""
+        wanted = set(await self.resolver.resolve_all(self.specs))
+        added = self._add(sorted(wanted))
+        gone = [n for n in self.nodes if n.address not in wanted]
+        self.nodes = [n for n in self.nodes if n.address in wanted]
+        if added:
+            logger.info("new generator nodes %s", [n.address for n in added])
+            await self._watchers.start(added, "generator", 0)
+        if gone:
+            logger.info("generator nodes %s left DNS", [n.address for n in gone])
+            await self._watchers.remove(gone)
+            await asyncio.gather(*(n.channel.close(grace=5.0) for n in gone))  # streams in flight may finish
 
     def state_counts(self) -> list[tuple[str, int]]:
         """Nodes by state (serving, ejected, not_serving), for ragcluster_router_generator_nodes."""

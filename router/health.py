@@ -78,18 +78,28 @@ class Watchers:
     """The watch tasks of a set of backends."""
 
     def __init__(self):
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: dict[int, asyncio.Task] = {}  # id(backend) -> its watch task
 
     async def start(self, backends: list[Backend], kind: str, wait_seconds: float = 5.0) -> None:
-        self._tasks += [asyncio.create_task(watch(b, kind)) for b in backends]
+        for b in backends:
+            self._tasks[id(b)] = asyncio.create_task(watch(b, kind))
         if backends:
             waits = [asyncio.create_task(b.known.wait()) for b in backends]
             await asyncio.wait(waits, timeout=wait_seconds)
             for w in waits:
                 w.cancel()
 
+    async def remove(self, backends: list[Backend]) -> None:
+        """Stop watching ``backends`` (e.g. gone from DNS); their channels can then be closed."""
+        for b in backends:
+            task = self._tasks.pop(id(b), None)
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
     async def stop(self) -> None:
-        for task in self._tasks:
+        for task in self._tasks.values():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

@@ -30,7 +30,7 @@ from ragcluster.channels import channel_options
 from ragcluster.errors import FailedPrecondition, InvalidArgument, Unavailable
 from ragcluster.v1 import common_pb2, shard_pb2, shard_pb2_grpc
 from router import metrics
-from router.discovery import resolve
+from router.discovery import Resolver
 from router.health import Backend, Watchers
 
 logger = logging.getLogger(__name__)
@@ -69,9 +69,11 @@ class ShardAnswer:
 class ShardGroup:
     """One shard and its replicas."""
 
-    def __init__(self, shard: int, addresses: list[str], policy: ReplicaPolicy | None = None):
+    def __init__(self, shard: int, addresses: list[str], policy: ReplicaPolicy | None = None,
+                 resolver: Resolver | None = None):
         self.shard = shard
         self.specs = list(addresses)
+        self.resolver = resolver or Resolver()
         self.policy = policy or ReplicaPolicy()
         self.replicas: list[Replica] = []
         self._watchers = Watchers()
@@ -92,7 +94,7 @@ class ShardGroup:
         return replica
 
     async def start(self, refresh_seconds: float = 30.0) -> None:
-        await self._add([a for spec in self.specs if spec.startswith("dns:") for a in resolve(spec)])
+        await self._add(await self.resolver.resolve_all([s for s in self.specs if s.startswith("dns:")]))
         await self._watchers.start(self.replicas, f"shard {self.shard} replica")
         await self.sync()  # compare sequences before the first read
         if any(s.startswith("dns:") for s in self.specs):
@@ -107,14 +109,26 @@ class ShardGroup:
     async def _refresh_loop(self, every: float) -> None:
         while True:
             await asyncio.sleep(every)  # periodic DNS refresh (a timer)
-            wanted = {a for spec in self.specs for a in (resolve(spec) if spec.startswith("dns:") else [spec])}
+            try:
+                await self.refresh()
+            except Exception:  # keep the replicas we have; try again at the next refresh
+                logger.exception("shard %d: replica refresh failed", self.shard)
+
+    async def refresh(self) -> None:
+        """Re-resolve the replica addresses: watch new ones, stop watching and close the channels of
+        those that left. A failed lookup keeps the last good addresses (router/discovery.py)."""
+        wanted = set(await self.resolver.resolve_all(self.specs))
+        async with self.write_lock:  # no write is in flight on a channel about to close
             added = await self._add(sorted(wanted))
-            if added:
-                logger.info("shard %d: new replicas %s", self.shard, [r.address for r in added])
-                await self._watchers.start(added, f"shard {self.shard} replica")
-            for gone in [r for r in self.replicas if r.address not in wanted]:
-                logger.info("shard %d: replica %s left DNS", self.shard, gone.address)
-                self.replicas.remove(gone)
+            gone = [r for r in self.replicas if r.address not in wanted]
+            self.replicas = [r for r in self.replicas if r.address in wanted]
+        if added:
+            logger.info("shard %d: new replicas %s", self.shard, [r.address for r in added])
+            await self._watchers.start(added, f"shard {self.shard} replica")
+        if gone:
+            logger.info("shard %d: replicas %s left DNS", self.shard, [r.address for r in gone])
+            await self._watchers.remove(gone)
+            await asyncio.gather(*(r.channel.close(grace=2.0) for r in gone))  # in-flight reads may finish
 
     # --- reads ----------------------------------------------------------------------------------
     def readable(self) -> list[Replica]:
