@@ -158,6 +158,7 @@ class Shard:
         self.nprobe, self.ef_search, self.ef_construction = nprobe, ef_search, ef_construction
         self.rebuild_tombstone_share = rebuild_tombstone_share
         self.exact_filter_limit = exact_filter_limit
+        self.exact_filter_block = 4096  # vectors scored at once by the filtered exact fallback
         self.store = DocumentStore(self.data_dir / STORE_FILE, dim, max_store_bytes)
         self._check_layout(dim, self.metric)
         self.embedding_model = self.store.get_meta("embedding_model", "") or embedding_model
@@ -495,21 +496,28 @@ class Shard:
 
     def _exact_fallback(self, queries, want: int, allowed, out_ids, out_scores) -> None:
         """An approximate index may miss matches of a selective filter (e.g. IVF lists not probed): score
-        those queries exactly over the matching vectors, so k hits come back when k documents match."""
+        those queries exactly over the matching vectors, so k hits come back when k documents match.
+        The matching vectors are read and scored in blocks, keeping a running top-k: memory is bounded by
+        the block size, not by the number of matches."""
         short = [q for q in range(len(queries)) if len(out_ids[q]) < want]
         if not short or len(allowed) > self.exact_filter_limit:
             return
-        iids, vectors = self.store.vectors_for(allowed)
-        vectors = self.index.prepare(vectors)
         metrics.FILTER_FALLBACKS.labels(self.shard_id).inc(len(short))
-        for q in short:
-            if self.metric == "ip":
-                scores = vectors @ queries[q]
-                order = np.argsort(-scores, kind="stable")[:want]
-            else:
-                scores = ((vectors - queries[q]) ** 2).sum(axis=1)
-                order = np.argsort(scores, kind="stable")[:want]
-            out_ids[q], out_scores[q] = iids[order], scores[order].astype(np.float32)
+        sign = -1.0 if self.metric == "ip" else 1.0  # sort key: lower is better
+        qs = np.ascontiguousarray(queries[short], dtype=np.float32)
+        best_ids = [np.zeros(0, np.int64) for _ in short]
+        best_keys = [np.zeros(0, np.float64) for _ in short]
+        for iids, vectors in self.store.iter_vectors_for(allowed, self.exact_filter_block):
+            vectors = self.index.prepare(vectors)
+            ip_scores = qs @ vectors.T if self.metric == "ip" else None  # (queries, block)
+            for j in range(len(short)):
+                scores = ip_scores[j] if ip_scores is not None else ((vectors - qs[j]) ** 2).sum(axis=1)
+                keys = np.concatenate([best_keys[j], sign * scores.astype(np.float64)])
+                ids = np.concatenate([best_ids[j], iids])
+                order = np.argsort(keys, kind="stable")[:want]  # ties: earlier blocks first
+                best_keys[j], best_ids[j] = keys[order], ids[order]
+        for j, q in enumerate(short):
+            out_ids[q], out_scores[q] = best_ids[j], (sign * best_keys[j]).astype(np.float32)
 
     def fetch(self, ids: list[str]) -> list[Document]:
         for i, doc_id in enumerate(ids):

@@ -243,6 +243,16 @@ class DocumentStore:
         sql = "SELECT id, hash FROM docs WHERE id IN ({marks})"
         return {row[0]: row[1] for row in self._chunked(sql, list(dict.fromkeys(ids)))}
 
+    def iter_vectors_for(self, iids: Sequence[int], block: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(iids, vectors) of ``iids`` in blocks of at most ``block`` rows: memory stays bounded whatever
+        the number of ids."""
+        sql = "SELECT iid, vector FROM docs WHERE iid IN ({marks})"
+        keys = np.asarray(iids, dtype=np.int64)
+        for start in range(0, len(keys), block):
+            rows = list(self._chunked(sql, keys[start:start + block].tolist()))
+            if rows:
+                yield self._rows_to_arrays(rows)
+
     def vectors_for(self, iids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         sql = "SELECT iid, vector FROM docs WHERE iid IN ({marks})"
         rows = list(self._chunked(sql, [int(i) for i in iids]))
