@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import grpc
 
 from ragcluster.channels import channel_options
-from ragcluster.convert import coverage_to_json, document_to_pb, filter_to_pb, hit_to_json
+from ragcluster.convert import coverage_to_json, document_to_pb, filter_to_pb, hit_to_json, set_retrieval
 from ragcluster.documents import Document
 from ragcluster.v1 import common_pb2, router_pb2, router_pb2_grpc
 
@@ -38,10 +38,14 @@ class RouterClient:
 
     def search(self, text: str | None = None, k: int = 10, vector: list[float] | None = None,
                timeout: float | None = None, where: list[dict] | None = None,
-               min_coverage: float | None = None, collection: str = "") -> dict:
+               min_coverage: float | None = None, collection: str = "", mode: str = "", fusion: str = "",
+               rrf_k: int | None = None, alpha: float | None = None, window: int | None = None) -> dict:
         """``where``: filter conditions, e.g. ``[{"field": "topic", "equals": "science"}, {"field": "n", "gte": 3}]``.
-        ``min_coverage``: fail (UNAVAILABLE, see ``coverage_from_error``) below this share of shards."""
+        ``min_coverage``: fail (UNAVAILABLE, see ``coverage_from_error``) below this share of shards.
+        ``mode``: dense | lexical | hybrid ('' = the router's default); ``fusion`` (rrf | weighted), ``rrf_k``,
+        ``alpha``, ``window``: how hybrid fuses."""
         request = router_pb2.SearchRequest(k=k, collection=collection)
+        set_retrieval(request, mode, fusion, rrf_k, alpha, window)
         if min_coverage is not None:
             request.min_coverage = min_coverage
         if where:
@@ -56,6 +60,7 @@ class RouterClient:
             "coverage": coverage_to_json(response.coverage),
             "collection": response.collection,
             "embedding_model": response.embedding_model,
+            "mode": {1: "dense", 2: "lexical", 3: "hybrid"}.get(response.mode, ""),
             "timings": {"embed_seconds": response.timings.embed_seconds,
                         "retrieve_seconds": response.timings.retrieve_seconds,
                         "total_seconds": response.timings.total_seconds},
@@ -63,7 +68,9 @@ class RouterClient:
 
     def ask_events(self, question: str, k: int = 0, max_tokens: int | None = None, temperature: float | None = None,
                    seed: int | None = None, repetition_penalty: float | None = None,
-                   timeout: float | None = None, where: list[dict] | None = None) -> Iterator[router_pb2.AskEvent]:
+                   timeout: float | None = None, where: list[dict] | None = None, mode: str = "",
+                   fusion: str = "", rrf_k: int | None = None, alpha: float | None = None,
+                   window: int | None = None) -> Iterator[router_pb2.AskEvent]:
         sampling = common_pb2.SamplingParams()
         if max_tokens is not None:
             sampling.max_tokens = max_tokens
@@ -74,6 +81,7 @@ class RouterClient:
         if repetition_penalty is not None:
             sampling.repetition_penalty = repetition_penalty
         request = router_pb2.AskRequest(question=question, k=k, sampling=sampling)
+        set_retrieval(request, mode, fusion, rrf_k, alpha, window)
         if where:
             request.filter.CopyFrom(filter_to_pb(where))
         yield from self.stub.Ask(request, timeout=timeout or self.timeout)

@@ -70,7 +70,34 @@ def hit_to_json(hit: common_pb2.Hit) -> dict:
     return {
         "id": doc.id, "score": float(hit.score), "shard": hit.shard, "title": doc.title, "text": doc.text,
         "metadata": doc.metadata, "parent_id": str(doc.metadata.get("parent_id", doc.id)),
+        "dense_rank": hit.dense_rank or None, "dense_score": float(hit.dense_score) if hit.dense_rank else None,
+        "lexical_rank": hit.lexical_rank or None,
+        "lexical_score": float(hit.lexical_score) if hit.lexical_rank else None,
+        "fused_score": float(hit.fused_score) if hit.fused_score else None,
     }
+
+
+MODES = {"dense": 1, "lexical": 2, "hybrid": 3}  # router_pb2.RetrievalMode values
+FUSIONS = {"rrf": 1, "weighted": 2}  # router_pb2.FusionMethod values
+
+
+def set_retrieval(request, mode: str = "", fusion: str = "", rrf_k: int | None = None, alpha: float | None = None,
+                  window: int | None = None) -> None:
+    """Fill ``mode`` and ``fusion`` of a router SearchRequest/AskRequest ('' / None = the router's default)."""
+    if mode:
+        if mode not in MODES:
+            raise InvalidArgument(f"mode: {mode!r} is not one of {', '.join(MODES)}")
+        request.mode = MODES[mode]
+    if fusion:
+        if fusion not in FUSIONS:
+            raise InvalidArgument(f"fusion: {fusion!r} is not one of {', '.join(FUSIONS)}")
+        request.fusion.method = FUSIONS[fusion]
+    if rrf_k is not None:
+        request.fusion.rrf_k = rrf_k
+    if alpha is not None:
+        request.fusion.alpha = alpha
+    if window is not None:
+        request.fusion.window = window
 
 
 def filter_to_pb(conditions: list[dict]) -> common_pb2.Filter:

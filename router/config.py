@@ -31,6 +31,14 @@ class RouterConfig(ServerConfig):
                                        "the router shares a small machine with other busy processes")
     embed_max_batch: int = option(32, "query micro-batching: most texts in one encode call (1 = no batching)")
     embed_max_wait_us: int = option(500, "query micro-batching: longest a text waits for others, in microseconds")
+    search_mode: str = option("dense", "retrieval mode of requests that leave it unset: dense (embeddings), lexical "
+                                       "(BM25 with corpus-wide statistics) or hybrid (both, fused)",
+                              choices=["dense", "lexical", "hybrid"])
+    fusion: str = option("rrf", "hybrid fusion of requests that leave it unset: rrf (reciprocal rank) or weighted "
+                                "(alpha * dense + (1 - alpha) * BM25, min-max normalised)", choices=["rrf", "weighted"])
+    rrf_k: int = option(60, "RRF constant: a candidate scores 1 / (rrf_k + rank) per retriever")
+    fusion_alpha: float = option(0.5, "weighted fusion: weight of the dense score (0..1)")
+    fusion_window: int = option(100, "hybrid: candidates taken from each retriever before fusing (at least k)")
     default_k: int = option(10, "k when a search request leaves it 0")
     max_k: int = option(100, "largest k a request may ask for")
     ask_k: int = option(5, "passages retrieved for Ask when the request leaves k 0")

@@ -2,7 +2,8 @@
 
 Each shard returns its own exact top-k, so the global top-k is contained in their union; sorting the
 union by score (best first; ties broken by shard then id, so results are deterministic) and cutting at
-k gives the same answer as one index over the whole corpus.
+k gives the same answer as one index over the whole corpus. Lexical results carry tie-break keys (a hash
+of the document id) that every shard also ranks ties by, so even their ties order as one index would.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ class ShardTopK:
     shard: int
     ids: np.ndarray  # int64, best first
     scores: np.ndarray  # float32
+    keys: np.ndarray | None = None  # uint64 tie-break keys (lexical results): ties rank by key, not shard/id
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,10 @@ def merge_topk(parts: list[ShardTopK], k: int, higher_is_better: bool = True) ->
     scores = np.concatenate([p.scores.astype(np.float64) for p in parts])
     ids = np.concatenate([p.ids.astype(np.int64) for p in parts])
     shards = np.concatenate([np.full(len(p.ids), p.shard, dtype=np.int64) for p in parts])
-    keys = -scores if higher_is_better else scores
-    order = np.lexsort((ids, shards, keys))[:k]  # last key is primary
+    primary = -scores if higher_is_better else scores
+    if all(p.keys is not None and len(p.keys) == len(p.ids) for p in parts):
+        ties = np.concatenate([p.keys.astype(np.uint64) for p in parts])
+        order = np.lexsort((ids, shards, ties, primary))[:k]  # last key is primary
+    else:
+        order = np.lexsort((ids, shards, primary))[:k]
     return [MergedHit(int(shards[i]), int(ids[i]), float(scores[i])) for i in order]

@@ -115,3 +115,9 @@ def observe_completion(completion_tokens: int, timings: router_pb2.Timings) -> N
     decode = timings.total_seconds - ttft
     if completion_tokens > 1 and ttft and decode > 0:
         TPOT_SECONDS.observe(decode / (completion_tokens - 1))
+
+
+SEARCHES = Counter("ragcluster_router_searches",
+                   "Searches and asks retrieved, by retrieval mode (dense, lexical, hybrid)", ["mode"])
+for _mode in ("dense", "lexical", "hybrid"):
+    SEARCHES.labels(_mode)

@@ -62,7 +62,7 @@ class Replica(Backend):
 @dataclass
 class ShardAnswer:
     shard: int
-    response: shard_pb2.ShardSearchResponse | None
+    response: shard_pb2.ShardSearchResponse | shard_pb2.TermStatsResponse | None
     failure: common_pb2.ShardFailure | None = None
 
 
@@ -147,11 +147,12 @@ class ShardGroup:
             return 0.02  # until the shard's own latencies are known
         return float(min(max(np.percentile(self._latencies, 95), 0.001), 1.0))
 
-    async def _call(self, replica: Replica, request, deadline: float):
+    async def _call(self, replica: Replica, request, deadline: float, method: str = "Search"):
         replica.outstanding += 1
         start = time.perf_counter()
         try:
-            response = await replica.stub.Search(request, timeout=max(deadline - time.monotonic(), 0.001))
+            call = getattr(replica.stub, method)
+            response = await call(request, timeout=max(deadline - time.monotonic(), 0.001))
         except grpc.aio.AioRpcError as exc:
             metrics.SHARD_CALLS.labels(self.shard, exc.code().name).inc()
             if exc.code() in _EJECT_CODES and replica.record(False, self.policy.eject_after,
@@ -169,19 +170,24 @@ class ShardGroup:
         metrics.SHARD_CALL_SECONDS.labels(self.shard).observe(elapsed)
         return response
 
-    async def search(self, request: shard_pb2.ShardSearchRequest, timeout: float) -> shard_pb2.ShardSearchResponse:
+    def _note(self, response) -> None:
+        if isinstance(response, shard_pb2.ShardSearchResponse):
+            self.last_documents = response.vectors_searched
+
+    async def search(self, request, timeout: float, method: str = "Search"):
+        """A read call (``Search``, or ``TermStats``) with failover and hedging across the replicas."""
         deadline = time.monotonic() + timeout
         candidates = self.readable()
         if not candidates:
             raise Unavailable(f"no SERVING replica of shard {self.shard}")
         if len(candidates) == 1:  # nothing to hedge or fail over to: call directly
             try:
-                response = await self._call(candidates[0], request, deadline)
+                response = await self._call(candidates[0], request, deadline, method)
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
                     raise InvalidArgument(exc.details()) from exc
                 raise
-            self.last_documents = response.vectors_searched
+            self._note(response)
             return response
         pending: dict[asyncio.Task, Replica] = {}
         hedged: set[asyncio.Task] = set()
@@ -190,7 +196,7 @@ class ShardGroup:
 
         def launch() -> asyncio.Task:
             nonlocal launched
-            task = asyncio.create_task(self._call(candidates[launched], request, deadline))
+            task = asyncio.create_task(self._call(candidates[launched], request, deadline, method))
             pending[task] = candidates[launched]
             launched += 1
             return task
@@ -218,7 +224,7 @@ class ShardGroup:
                         if task in hedged:
                             metrics.HEDGES_WON.labels(self.shard).inc()
                         response = task.result()
-                        self.last_documents = response.vectors_searched
+                        self._note(response)
                         return response
                     last_error = exc
                     if isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
@@ -249,6 +255,21 @@ class ShardGroup:
                     raise InvalidArgument(exc.details()) from exc
                 last = exc
         raise Unavailable(f"shard {self.shard}: no replica answered a lookup"
+                          + (f": {last.details()}" if isinstance(last, grpc.aio.AioRpcError) else ""))
+
+    async def fetch_by_iids(self, iids: list[int], timeout: float) -> dict[int, common_pb2.Document]:
+        """Documents by internal id from one readable replica (failing over on UNAVAILABLE)."""
+        request = shard_pb2.FetchRequest(iids=iids)
+        last: BaseException | None = None
+        for replica in self.readable():
+            try:
+                response = await replica.stub.Fetch(request, timeout=timeout)
+                return dict(response.documents_by_iid)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                    raise InvalidArgument(exc.details()) from exc
+                last = exc
+        raise Unavailable(f"shard {self.shard}: no replica answered a fetch"
                           + (f": {last.details()}" if isinstance(last, grpc.aio.AioRpcError) else ""))
 
     # --- writes ---------------------------------------------------------------------------------
@@ -380,13 +401,14 @@ def failure_from_exception(shard: int, exc: BaseException) -> common_pb2.ShardFa
     return common_pb2.ShardFailure(shard=shard, reason=reason, message=message or "")
 
 
-async def fan_out(groups: list[ShardGroup], request: shard_pb2.ShardSearchRequest, timeout: float) -> list[ShardAnswer]:
-    """Search every shard concurrently within ``timeout``; failures become ShardAnswer.failure."""
+async def fan_out(groups: list[ShardGroup], request, timeout: float, method: str = "Search") -> list[ShardAnswer]:
+    """Call ``method`` (Search, or TermStats) on every shard concurrently within ``timeout``, with the same
+    replica choice, failover and hedging; failures become ShardAnswer.failure."""
 
     async def one(group: ShardGroup) -> ShardAnswer:
         metrics.SHARD_SEARCHES.labels(group.shard).inc()
         try:
-            return ShardAnswer(group.shard, await group.search(request, timeout))
+            return ShardAnswer(group.shard, await group.search(request, timeout, method))
         except InvalidArgument:
             raise
         except (TimeoutError, grpc.aio.AioRpcError, Unavailable) as exc:

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import grpc
 import numpy as np
@@ -23,6 +26,8 @@ from ragcluster.v1 import common_pb2, generator_pb2, router_pb2, router_pb2_grpc
 from router import metrics
 from router.collections import Collection, write_active
 from router.config import RouterConfig
+from router.fusion import FUSIONS, MODES, FusedHit, GlobalTerms, ShardTermStats, combine_term_stats, rrf, single
+from router.fusion import weighted as weighted_fusion
 from router.generate import GeneratorPool
 from router.merge import ShardTopK, merge_topk
 from router.prompt import Passage, PromptTemplate
@@ -31,11 +36,29 @@ from router.replicas import ShardGroup, fan_out
 logger = logging.getLogger(__name__)
 
 MAX_QUERY_CHARS = 10_000
+MAX_WINDOW = 1000  # hybrid candidates per retriever (a shard's default --max-k)
 
 
 def embedding_text(title: str, text: str) -> str:
     """What is embedded for a document: its title (if any) and text."""
     return f"{title}\n{text}" if title else text
+
+
+@dataclass(frozen=True)
+class Retrieval:
+    """How one request retrieves: mode, and for hybrid the fusion and its candidate window."""
+
+    mode: str = "dense"
+    fusion: str = "rrf"
+    rrf_k: int = 60
+    alpha: float = 0.5
+    window: int = 10
+
+
+_MODE_NAMES = {router_pb2.RETRIEVAL_MODE_DENSE: "dense", router_pb2.RETRIEVAL_MODE_LEXICAL: "lexical",
+               router_pb2.RETRIEVAL_MODE_HYBRID: "hybrid"}
+_MODE_PB = {name: value for value, name in _MODE_NAMES.items()}
+_FUSION_NAMES = {router_pb2.FUSION_METHOD_RRF: "rrf", router_pb2.FUSION_METHOD_WEIGHTED: "weighted"}
 
 
 def higher_is_better(responses: list[shard_pb2.ShardSearchResponse]) -> bool:
@@ -179,30 +202,132 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             return values.reshape(1, -1)
         raise InvalidArgument("query: set text or vector")
 
-    async def retrieve(self, col: Collection, vector: np.ndarray, k: int, params: common_pb2.SearchParams | None,
-                       budget: float, flt: common_pb2.Filter | None = None
+    def _retrieval(self, mode: int, fusion: router_pb2.Fusion | None, k: int) -> Retrieval:
+        """The request's mode and fusion, defaults from the config; bad values are INVALID_ARGUMENT."""
+        cfg = self.config
+        if mode == router_pb2.RETRIEVAL_MODE_UNSPECIFIED:
+            name = cfg.search_mode
+        elif mode in _MODE_NAMES:
+            name = _MODE_NAMES[mode]
+        else:
+            raise InvalidArgument(f"mode: unknown retrieval mode {mode}")
+        method, rrf_k, alpha, window = cfg.fusion, cfg.rrf_k, cfg.fusion_alpha, cfg.fusion_window
+        if fusion is not None:
+            if fusion.method != router_pb2.FUSION_METHOD_UNSPECIFIED:
+                if fusion.method not in _FUSION_NAMES:
+                    raise InvalidArgument(f"fusion.method: unknown fusion method {fusion.method}")
+                method = _FUSION_NAMES[fusion.method]
+            if fusion.HasField("rrf_k"):
+                rrf_k = fusion.rrf_k
+            if fusion.HasField("alpha"):
+                alpha = fusion.alpha
+            if fusion.HasField("window"):
+                window = fusion.window
+        if not 0.0 <= alpha <= 1.0:
+            raise InvalidArgument(f"fusion.alpha: must be in [0, 1], got {alpha:g}")
+        if not 0 <= window <= MAX_WINDOW:
+            raise InvalidArgument(f"fusion.window: must be at most {MAX_WINDOW}, got {window}")
+        if rrf_k > 100_000:
+            raise InvalidArgument(f"fusion.rrf_k: must be at most 100000, got {rrf_k}")
+        assert name in MODES and method in FUSIONS
+        return Retrieval(name, method, rrf_k, alpha, max(window, k))
+
+    async def _term_stats(self, col: Collection, text: str, budget: float
+                          ) -> tuple[GlobalTerms, list[ShardGroup], list[common_pb2.ShardFailure]]:
+        """Phase one of a lexical search: the query's terms with corpus-wide statistics, summed over every
+        shard that answered (those are the shards phase two asks), and the failures of the others."""
+        answers = await fan_out(col.groups, shard_pb2.TermStatsRequest(texts=[text]), budget, "TermStats")
+        parts, answered, failures = [], [], []
+        for group, answer in zip(col.groups, answers):
+            if answer.response is None:
+                failures.append(answer.failure)
+                continue
+            r, q = answer.response, answer.response.queries[0]
+            parts.append(ShardTermStats(group.shard, q.terms, q.counts, q.document_frequencies, r.documents,
+                                        r.total_length, r.lexical_config))
+            answered.append(group)
+        if not parts:
+            reasons = "; ".join(f"shard {f.shard}: {f.message}" for f in failures)
+            raise Unavailable(f"no shard answered: {reasons}")
+        return combine_term_stats(parts), answered, failures
+
+    async def _fetch_missing(self, col: Collection, wanted: list[tuple[int, int]],
+                             documents: dict[tuple[int, int], common_pb2.Document], budget: float) -> None:
+        """Documents of final hits a shard did not send with its results (hybrid: beyond its top-k)."""
+        missing: dict[int, list[int]] = defaultdict(list)
+        for shard, iid in wanted:
+            if (shard, iid) not in documents:
+                missing[shard].append(iid)
+        if not missing:
+            return
+        groups = {g.shard: g for g in col.groups}
+        found = await asyncio.gather(*(groups[s].fetch_by_iids(iids, budget) for s, iids in missing.items()),
+                                     return_exceptions=True)
+        for shard, part in zip(missing, found):
+            if isinstance(part, BaseException):
+                logger.warning("shard %d: fetching hit documents failed: %s", shard, part)
+                continue
+            for iid, doc in part.items():
+                documents[(shard, iid)] = doc
+
+    async def retrieve(self, col: Collection, vector: np.ndarray | Awaitable[np.ndarray] | None, k: int,
+                       params: common_pb2.SearchParams | None, budget: float, flt: common_pb2.Filter | None = None,
+                       retrieval: Retrieval | None = None, text: str = "",
                        ) -> tuple[list[common_pb2.Hit], common_pb2.Coverage]:
+        """Dense, lexical or hybrid top-k over every shard. Lexical search runs in two phases: corpus-wide
+        term statistics, then the search with them; hybrid takes ``window`` candidates from each retriever
+        (exact global top-``window`` each) and fuses them. ``vector`` may still be computing (an awaitable):
+        the term statistics are gathered meanwhile."""
         start = time.perf_counter()
-        request = shard_pb2.ShardSearchRequest(queries=matrix_to_pb(vector), k=k, include_documents=True,
-                                               unknown_fields_match_nothing=True)
+        deadline = start + budget
+        retrieval = retrieval or Retrieval(window=k)
+        mode = retrieval.mode
+        width = k if mode != "hybrid" else retrieval.window
+        request = shard_pb2.ShardSearchRequest(k=width, include_documents=True, unknown_fields_match_nothing=True,
+                                               documents_per_list=k if width > k else 0)
+        groups, failures = col.groups, []
+        if mode != "dense":
+            phase_one = self._term_stats(col, text, budget)
+            if inspect.isawaitable(vector):
+                vector, (stats, groups, failures) = await asyncio.gather(vector, phase_one)
+            else:
+                stats, groups, failures = await phase_one
+            request.lexical.add(terms=stats.terms, counts=stats.counts,
+                                document_frequencies=stats.document_frequencies, documents=stats.documents,
+                                total_length=stats.total_length)
+        if inspect.isawaitable(vector):
+            vector = await vector
+        if mode != "lexical":
+            request.queries.CopyFrom(matrix_to_pb(vector))
         if params is not None:
             request.params.CopyFrom(params)
         if flt is not None and flt.must:
             request.filter.CopyFrom(flt)
-        answers = await fan_out(col.groups, request, budget)
+        answers = await fan_out(groups, request, max(deadline - time.perf_counter(), 0.001))
         coverage = common_pb2.Coverage(shards_total=len(col.groups))
-        parts, documents = [], {}
-        for group, answer in zip(col.groups, answers):
-            if answer.response is None:
-                coverage.failures.append(answer.failure)
+        dense_parts, lexical_parts, documents = [], [], {}
+        by_shard = {a.shard: a for a in answers}
+        for group in col.groups:
+            answer = by_shard.get(group.shard)
+            if answer is None or answer.response is None:
+                coverage.failures.append(answer.failure if answer is not None else
+                                         next(f for f in failures if f.shard == group.shard))
                 coverage.documents_total += group.last_documents
                 continue
+            response = answer.response
+            searched = response.lexical_documents if mode == "lexical" else response.vectors_searched
             coverage.shards_answered += 1
-            coverage.documents_searched += answer.response.vectors_searched
-            coverage.documents_total += answer.response.vectors_searched
-            top = answer.response.results[0]
-            parts.append(ShardTopK(answer.shard, np.array(top.ids, dtype=np.int64), np.array(top.scores, np.float32)))
-            for iid, doc in answer.response.documents.items():
+            coverage.documents_searched += searched
+            coverage.documents_total += searched
+            if mode != "lexical":
+                top = response.results[0]
+                dense_parts.append(ShardTopK(answer.shard, np.array(top.ids, dtype=np.int64),
+                                             np.array(top.scores, np.float32)))
+            if mode != "dense":
+                top = response.lexical_results[0]
+                lexical_parts.append(ShardTopK(answer.shard, np.array(top.ids, dtype=np.int64),
+                                               np.array(top.scores, np.float32), np.array(top.keys, np.uint64)))
+            for iid, doc in response.documents.items():
                 documents[(answer.shard, iid)] = doc
         coverage.degraded = coverage.shards_answered < coverage.shards_total
         metrics.COVERAGE_RATIO.observe(coverage.shards_answered / max(coverage.shards_total, 1))
@@ -213,13 +338,48 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         unknown_everywhere = set.intersection(*(set(r.unknown_fields) for r in answered))
         if unknown_everywhere:
             raise InvalidArgument(f"filter: unknown metadata field(s) {', '.join(sorted(unknown_everywhere))}")
+        dense_better = higher_is_better(answered) if mode != "lexical" else True
+        fused: list[FusedHit]
+        if mode == "dense":
+            fused = single(merge_topk(dense_parts, k, dense_better), "dense")
+        elif mode == "lexical":
+            fused = single(merge_topk(lexical_parts, k, True), "lexical")
+        else:
+            dense_top = merge_topk(dense_parts, width, dense_better)
+            lexical_top = merge_topk(lexical_parts, width, True)
+            if retrieval.fusion == "rrf":
+                fused = rrf(dense_top, lexical_top, k, retrieval.rrf_k)
+            else:
+                fused = weighted_fusion(dense_top, lexical_top, k, retrieval.alpha, dense_better)
+            await self._fetch_missing(col, [(h.shard, h.id) for h in fused], documents,
+                                      max(deadline - time.perf_counter(), 0.001))
         hits = [
-            common_pb2.Hit(document=documents[(h.shard, h.id)], score=h.score, shard=h.shard)
-            for h in merge_topk(parts, k, higher_is_better(answered))
+            common_pb2.Hit(document=documents[(h.shard, h.id)], score=h.score, shard=h.shard, dense_rank=h.dense_rank,
+                           dense_score=h.dense_score, lexical_rank=h.lexical_rank, lexical_score=h.lexical_score,
+                           fused_score=h.fused_score)
+            for h in fused
             if (h.shard, h.id) in documents
         ]
         metrics.FANOUT_SECONDS.observe(time.perf_counter() - start)
+        metrics.SEARCHES.labels(mode).inc()
         return hits, coverage
+
+    async def _query(self, col: Collection, request: router_pb2.SearchRequest, retrieval: Retrieval,
+                     timings: router_pb2.Timings) -> tuple[np.ndarray | Awaitable[np.ndarray] | None, str]:
+        """The query vector (dense; for hybrid a coroutine computing it, awaited by ``retrieve`` while it
+        gathers term statistics) and text (lexical, hybrid) of a search request."""
+        if retrieval.mode == "dense":
+            return await self._query_vector(col, request, timings), ""
+        if request.WhichOneof("query") != "text":
+            raise InvalidArgument(f"text: {retrieval.mode} search needs a text query (a vector has no words)")
+        text = request.text.strip()
+        if not text:
+            raise InvalidArgument("text: empty query")
+        if len(text) > MAX_QUERY_CHARS:
+            raise InvalidArgument(f"text: longer than {MAX_QUERY_CHARS} characters")
+        if retrieval.mode == "lexical":
+            return None, text
+        return self._query_vector(col, request, timings), text
 
     # --- RPCs -----------------------------------------------------------------------------------
     async def Search(self, request: router_pb2.SearchRequest, context) -> router_pb2.SearchResponse:
@@ -231,17 +391,19 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         budget = self._budget(context)
         col = self._collection(request.collection)
         k = self._k(request.k, self.config.default_k)
+        retrieval = self._retrieval(request.mode, request.fusion if request.HasField("fusion") else None, k)
         timings = router_pb2.Timings()
-        vector = await self._query_vector(col, request, timings)
+        vector, text = await self._query(col, request, retrieval, timings)
         t = time.perf_counter()
         params = request.params if request.HasField("params") else None
         flt = request.filter if request.HasField("filter") else None
-        hits, coverage = await self.retrieve(col, vector, k, params, budget - (time.perf_counter() - start), flt)
+        hits, coverage = await self.retrieve(col, vector, k, params, budget - (time.perf_counter() - start), flt,
+                                             retrieval, text)
         self._check_coverage(coverage, request)
         timings.retrieve_seconds = time.perf_counter() - t
         timings.total_seconds = time.perf_counter() - start
         return router_pb2.SearchResponse(hits=hits, coverage=coverage, timings=timings, collection=col.name,
-                                         embedding_model=col.model_name)
+                                         embedding_model=col.model_name, mode=_MODE_PB[retrieval.mode])
 
     async def Ask(self, request: router_pb2.AskRequest, context):
         with self._admit():
@@ -263,16 +425,22 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             sampling.max_tokens = self.config.default_max_tokens
         if sampling.max_tokens == 0:
             raise InvalidArgument("sampling.max_tokens: must be positive")
+        retrieval = self._retrieval(request.mode, request.fusion if request.HasField("fusion") else None, k)
         timings = router_pb2.Timings()
-        vector = await self._embed(col, [question], "query")
+        vector = None
+        if retrieval.mode == "dense":
+            vector = await self._embed(col, [question], "query")
+        elif retrieval.mode == "hybrid":
+            vector = self._embed(col, [question], "query")  # embedded while the term statistics are gathered
         timings.embed_seconds = time.perf_counter() - start
         t = time.perf_counter()
         flt = request.filter if request.HasField("filter") else None
-        hits, coverage = await self.retrieve(col, vector, k, None, self._budget(context), flt)
+        hits, coverage = await self.retrieve(col, vector, k, None, self._budget(context), flt, retrieval, question)
         self._check_coverage(coverage, request)
         timings.retrieve_seconds = time.perf_counter() - t
         yield router_pb2.AskEvent(hits=router_pb2.AskHits(hits=hits, coverage=coverage, collection=col.name,
-                                                          embedding_model=col.model_name))
+                                                          embedding_model=col.model_name,
+                                                          mode=_MODE_PB[retrieval.mode]))
 
         passages = [Passage(h.document.id, h.document.text, h.document.title, h.score) for h in hits]
         gen_budget = context.time_remaining() if context.time_remaining() is not None else None

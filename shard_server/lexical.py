@@ -162,6 +162,7 @@ class LexicalIndex:
         self._post_slots: list[array] = []  # term id -> slots holding the term (ascending)
         self._post_tfs: list[array] = []  # term id -> the term's frequency in each of those slots
         self._iids = np.zeros(1024, np.int64)  # slot -> iid (ascending)
+        self._keys = np.zeros(1024, np.uint64)  # slot -> tie-break key (hash of the document id)
         self._lengths = np.zeros(1024, np.float64)
         self._alive = np.zeros(1024, bool)
         self._slots = 0
@@ -189,15 +190,18 @@ class LexicalIndex:
                     ids[i] = tid
         return ids  # type: ignore[return-value]
 
-    def add(self, iids: Sequence[int], analyzed: Sequence[Counter[str]]) -> None:
-        """Add documents (iids larger than any present, as the store assigns them). The batch's postings
-        are grouped by term with numpy, so the Python work is per distinct term, not per posting."""
+    def add(self, iids: Sequence[int], analyzed: Sequence[Counter[str]], keys: Sequence[int] | None = None) -> None:
+        """Add documents (iids larger than any present, as the store assigns them). ``keys``: tie-break key
+        of each document (``ragcluster.hashing.id_key`` of its id: equal scores rank in key order on every
+        shard and in the router, so a cluster orders ties as one index would); default: the iids.
+        The batch's postings are grouped by term with numpy, so the Python work is per distinct term, not
+        per posting."""
         n = len(iids)
         if n == 0:
             return
         if self._slots + n > len(self._iids):
             cap = max(2 * len(self._iids), self._slots + n)
-            for name in ("_iids", "_lengths", "_alive"):
+            for name in ("_iids", "_keys", "_lengths", "_alive"):
                 old = getattr(self, name)
                 new = np.zeros(cap, old.dtype)
                 new[: self._slots] = old[: self._slots]
@@ -214,6 +218,7 @@ class LexicalIndex:
         new_slots = np.arange(first, first + n)
         iid_arr = np.asarray(iids, np.int64)
         self._iids[first : first + n] = iid_arr
+        self._keys[first : first + n] = np.asarray(keys if keys is not None else iid_arr, np.uint64)
         self._lengths[first : first + n] = lengths
         self._alive[first : first + n] = True
         self._slot_of.update(zip(iid_arr.tolist(), new_slots.tolist()))
@@ -262,6 +267,10 @@ class LexicalIndex:
     def live_iids(self) -> np.ndarray:
         return self._iids[: self._slots][self._alive[: self._slots]]
 
+    def keys_for(self, iids: np.ndarray) -> np.ndarray:
+        """Tie-break keys of present iids."""
+        return self._keys[np.searchsorted(self._iids[: self._slots], iids)]
+
     def stats(self) -> CorpusStats:
         return CorpusStats(self.documents, self.total_length)
 
@@ -285,7 +294,7 @@ class LexicalIndex:
 
     def search(self, query: LexicalQuery, k: int, allowed: np.ndarray | None = None
                ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` (iids, scores) by BM25, best first (ties by iid); only documents containing a query
+        """Top-``k`` (iids, scores) by BM25, best first (ties by key); only documents containing a query
         term score. ``allowed``: iids a filter admits."""
         stats = query.stats or self.stats()
         if stats.documents <= 0 or not query.terms:
@@ -324,7 +333,7 @@ class LexicalIndex:
             kth = cand_scores[top].min()
             top = np.flatnonzero(cand_scores >= kth)
             candidates, cand_scores = candidates[top], cand_scores[top]
-        order = np.lexsort((self._iids[candidates], -cand_scores))[:k]
+        order = np.lexsort((self._keys[candidates], -cand_scores))[:k]
         return self._iids[candidates[order]], cand_scores[order]
 
     def memory_bytes(self) -> int:

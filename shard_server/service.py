@@ -92,7 +92,7 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
             params.nprobe if params.HasField("nprobe") else None,
             params.ef_search if params.HasField("ef_search") else None,
             request.include_documents, filter_from_pb(request.filter) if request.HasField("filter") else None,
-            request.unknown_fields_match_nothing, lexical,
+            request.unknown_fields_match_nothing, lexical, request.documents_per_list,
         )
         response = shard_pb2.ShardSearchResponse(vectors_searched=result.vectors_searched, shard=shard.shard_id,
                                                  unknown_fields=result.unknown_fields or [],
@@ -100,8 +100,8 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
                                                  lexical_documents=result.lexical_documents)
         for ids, scores in zip(result.ids, result.scores):
             response.results.add(ids=ids.tolist(), scores=scores.tolist())
-        for ids, scores in zip(result.lexical_ids or [], result.lexical_scores or []):
-            response.lexical_results.add(ids=ids.tolist(), scores=scores.tolist())
+        for ids, scores, keys in zip(result.lexical_ids or [], result.lexical_scores or [], result.lexical_keys or []):
+            response.lexical_results.add(ids=ids.tolist(), scores=scores.tolist(), keys=keys.tolist())
         for iid, doc in result.documents.items():
             response.documents[iid].CopyFrom(document_to_pb(doc))
         size = response.ByteSize()
@@ -131,9 +131,19 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
     async def Fetch(self, request, context):
         if len(request.ids) > 10_000:
             raise InvalidArgument("ids: at most 10000 per call")
+        if request.iids:
+            by_iid = await asyncio.to_thread(self.shard.fetch_by_iids, list(request.iids))
+            response = shard_pb2.FetchResponse()
+            for iid, doc in by_iid.items():
+                response.documents_by_iid[iid].CopyFrom(document_to_pb(doc))
+            if not request.ids:
+                return response
+        else:
+            response = shard_pb2.FetchResponse()
         hashes = await asyncio.to_thread(self.shard.content_hashes, list(request.ids))
         found = [i for i in request.ids if i in hashes]
-        response = shard_pb2.FetchResponse(ids=found, content_hashes=[hashes[i] for i in found])
+        response.ids.extend(found)
+        response.content_hashes.extend(hashes[i] for i in found)
         if not request.hashes_only:
             docs = await asyncio.to_thread(self.shard.fetch, found)
             response.documents.extend(document_to_pb(d) for d in docs)

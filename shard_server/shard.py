@@ -27,6 +27,7 @@ import numpy as np
 
 from ragcluster.documents import Document, validate_batch, validate_id
 from ragcluster.errors import FailedPrecondition, InvalidArgument
+from ragcluster.hashing import id_key
 from shard_server import metrics
 from shard_server.checkpoint import CorruptCheckpoint, read_checkpoint, write_checkpoint
 from shard_server.filters import Filter, compile_filter
@@ -132,6 +133,7 @@ class SearchResult:
     unknown_fields: list[str] = None  # filter fields this shard has never seen
     lexical_ids: list[np.ndarray] = None  # per lexical query, best first
     lexical_scores: list[np.ndarray] = None
+    lexical_keys: list[np.ndarray] = None  # tie-break keys (id_key of the document id)
     lexical_documents: int = 0  # documents in the lexical index when it answered
 
 
@@ -249,7 +251,8 @@ class Shard:
         start = time.perf_counter()
         lexical = self._new_lexical()
         for iids, texts in self.store.iter_texts(conn):
-            lexical.add(iids, lexical.analyze(document_text(title, text) for title, text in texts))
+            lexical.add(iids, lexical.analyze(document_text(title, text) for _, title, text in texts),
+                        [id_key(doc_id) for doc_id, _, _ in texts])
         seconds = time.perf_counter() - start
         metrics.LEXICAL_BUILD_SECONDS.labels(self.shard_id).observe(seconds)
         logger.info("lexical index built from store: %d documents, %d terms in %.2fs", lexical.documents,
@@ -264,7 +267,8 @@ class Shard:
             live = self.store.live_iids(int(present[-1]))
             lexical.remove(present[~np.isin(present, live)].tolist())
         for iids, texts in self.store.iter_texts(since_sequence=since):
-            lexical.add(iids, lexical.analyze(document_text(title, text) for title, text in texts))
+            lexical.add(iids, lexical.analyze(document_text(title, text) for _, title, text in texts),
+                        [id_key(doc_id) for doc_id, _, _ in texts])
 
     def _replay(self, index: VectorIndex, since: int) -> None:
         """Bring ``index`` (which covers sequence ``since``) up to date with the store."""
@@ -387,7 +391,7 @@ class Shard:
                 self.index.remove(replaced)
                 self.index.add(iids, prepared)
                 self.lexical.remove(replaced)
-                self.lexical.add(iids, analyzed)
+                self.lexical.add(iids, analyzed, [id_key(d.id) for d in docs])
         self._publish()
         metrics.WRITE_SECONDS.labels(self.shard_id, "upsert").observe(time.perf_counter() - start)
         return len(docs), sequence
@@ -436,8 +440,8 @@ class Shard:
 
     def search(self, queries: np.ndarray, k: int, nprobe: int | None = None, ef_search: int | None = None,
                include_documents: bool = False, flt: Filter | None = None,
-               unknown_fields_match_nothing: bool = False, lexical: list[LexicalQuery] | None = None
-               ) -> SearchResult:
+               unknown_fields_match_nothing: bool = False, lexical: list[LexicalQuery] | None = None,
+               documents_per_list: int = 0) -> SearchResult:
         """Dense top-k of each query vector and/or BM25 top-k of each lexical query, under one filter."""
         if k <= 0 or k > self.max_k:
             raise InvalidArgument(f"k: must be between 1 and {self.max_k}, got {k}")
@@ -466,9 +470,10 @@ class Shard:
         prepared = self.index.prepare(queries) if nq else queries
         if allowed is not None and len(allowed) == 0:
             empty = [np.zeros(0, np.int64)] * nq, [np.zeros(0, np.float32)] * nq
-            lex_empty = [np.zeros(0, np.int64)] * len(lexical), [np.zeros(0, np.float32)] * len(lexical)
+            nl = len(lexical)
+            lex_empty = [np.zeros(0, np.int64)] * nl, [np.zeros(0, np.float32)] * nl, [np.zeros(0, np.uint64)] * nl
             return SearchResult(*empty, {}, self.index.ntotal, unknown, *lex_empty, self.lexical.documents)
-        out_ids, out_scores, lex_ids, lex_scores = [], [], [], []
+        out_ids, out_scores, lex_ids, lex_scores, lex_keys = [], [], [], [], []
         with self._index_lock.read():
             ntotal = self.index.ntotal
             if nq:
@@ -479,6 +484,7 @@ class Shard:
                 row_ids, row_scores = self.lexical.search(q, k, allowed)
                 lex_ids.append(row_ids)
                 lex_scores.append(row_scores.astype(np.float32))
+                lex_keys.append(self.lexical.keys_for(row_ids))
         if nq:
             for row_ids, row_scores in zip(ids, scores):
                 valid = row_ids >= 0
@@ -488,11 +494,12 @@ class Shard:
                 self._exact_fallback(prepared, min(k, len(allowed)), allowed, out_ids, out_scores)
         documents: dict[int, Document] = {}
         if include_documents:
-            every = out_ids + lex_ids
+            every = [row[:documents_per_list] if documents_per_list else row for row in out_ids + lex_ids]
             documents = self.store.get_by_iids(np.concatenate(every).tolist() if every else [])
         metrics.SEARCH_SECONDS.labels(self.shard_id).observe(time.perf_counter() - start)
         metrics.SEARCH_QUERIES.labels(self.shard_id).inc(nq + len(lexical))
-        return SearchResult(out_ids, out_scores, documents, ntotal, unknown, lex_ids, lex_scores, lexical_documents)
+        return SearchResult(out_ids, out_scores, documents, ntotal, unknown, lex_ids, lex_scores, lex_keys,
+                            lexical_documents)
 
     def _exact_fallback(self, queries, want: int, allowed, out_ids, out_scores) -> None:
         """An approximate index may miss matches of a selective filter (e.g. IVF lists not probed): score
@@ -524,6 +531,11 @@ class Shard:
             validate_id(doc_id, f"ids[{i}]")
         found = self.store.get_by_ids(ids)
         return [found[i] for i in ids if i in found]
+
+    def fetch_by_iids(self, iids: list[int]) -> dict[int, Document]:
+        if len(iids) > self.max_k:
+            raise InvalidArgument(f"iids: at most {self.max_k} per call")
+        return self.store.get_by_iids(iids)
 
     def content_hashes(self, ids: list[str]) -> dict[str, str]:
         for i, doc_id in enumerate(ids):

@@ -307,21 +307,21 @@ class DocumentStore:
                 conn.close()
 
     def iter_texts(self, conn: sqlite3.Connection | None = None, since_sequence: int = 0,
-                   batch: int = 10_000) -> Iterator[tuple[list[int], list[tuple[str, str]]]]:
-        """(iids, [(title, text)]) of live documents written after ``since_sequence``, in iid order: what
-        the lexical index is built from."""
+                   batch: int = 10_000) -> Iterator[tuple[list[int], list[tuple[str, str, str]]]]:
+        """(iids, [(id, title, text)]) of live documents written after ``since_sequence``, in iid order:
+        what the lexical index is built from."""
         own = conn is None
         conn = conn or self._connect()
         try:
             last = -1
             while True:
                 rows = conn.execute(
-                    "SELECT iid, title, text FROM docs WHERE iid > ? AND seq > ? ORDER BY iid LIMIT ?",
+                    "SELECT iid, id, title, text FROM docs WHERE iid > ? AND seq > ? ORDER BY iid LIMIT ?",
                     (last, since_sequence, batch),
                 ).fetchall()
                 if not rows:
                     return
-                yield [r[0] for r in rows], [(r[1], r[2]) for r in rows]
+                yield [r[0] for r in rows], [(r[1], r[2], r[3]) for r in rows]
                 last = rows[-1][0]
         finally:
             if own:

@@ -14,6 +14,7 @@ import grpc
 import numpy as np
 
 from ragcluster.channels import channel_options
+from ragcluster.convert import set_retrieval
 from ragcluster.v1 import common_pb2, router_pb2, router_pb2_grpc
 
 PERCENTILES = (50, 90, 99, 99.9)
@@ -97,14 +98,17 @@ def _percentiles(values: list[float]) -> dict[str, float]:
 
 
 async def _one(stub, mode: str, text: str, k: int, max_tokens: int, timeout: float, scheduled: float,
-               t0: float) -> Sample:
+               t0: float, retrieval: str = "") -> Sample:
     ttft = None
     try:
         if mode == "search":
-            await stub.Search(router_pb2.SearchRequest(text=text, k=k), timeout=timeout)
+            request = router_pb2.SearchRequest(text=text, k=k)
+            set_retrieval(request, retrieval)
+            await stub.Search(request, timeout=timeout)
         else:
             request = router_pb2.AskRequest(question=text, k=k, sampling=common_pb2.SamplingParams(
                 max_tokens=max_tokens, temperature=0.0))
+            set_retrieval(request, retrieval)
             async for event in stub.Ask(request, timeout=timeout):
                 if ttft is None and event.WhichOneof("event") == "delta":
                     ttft = time.perf_counter() - scheduled
@@ -116,7 +120,9 @@ async def _one(stub, mode: str, text: str, k: int, max_tokens: int, timeout: flo
 
 async def run_load(address: str, mode: str, queries: list[str], duration: float, concurrency: int = 0,
                    rate: float = 0.0, k: int = 10, max_tokens: int = 32, timeout: float = 30.0,
-                   max_requests: int = 1_000_000, max_outstanding: int = 1000, seed: int = 0) -> LoadReport:
+                   max_requests: int = 1_000_000, max_outstanding: int = 1000, seed: int = 0,
+                   retrieval: str = "") -> LoadReport:
+    """``retrieval``: dense | lexical | hybrid ('' = the router's default)."""
     if mode not in ("search", "ask"):
         raise ValueError("mode must be search or ask")
     if not queries:
@@ -135,7 +141,7 @@ async def run_load(address: str, mode: str, queries: list[str], duration: float,
                 i = n
                 while time.perf_counter() < end and next(counter, None) is not None:
                     report.samples.append(await _one(stub, mode, queries[i % len(queries)], k, max_tokens,
-                                                     timeout, time.perf_counter(), t0))
+                                                     timeout, time.perf_counter(), t0, retrieval))
                     i += concurrency
 
             await asyncio.gather(*(client(n) for n in range(concurrency)))
@@ -154,7 +160,7 @@ async def run_load(address: str, mode: str, queries: list[str], duration: float,
                     report.dropped += 1
                     continue
                 task = asyncio.create_task(_one(stub, mode, queries[i % len(queries)], k, max_tokens, timeout,
-                                                scheduled, t0))
+                                                scheduled, t0, retrieval))
                 task.add_done_callback(lambda t: (tasks.discard(t), report.samples.append(t.result())))
                 tasks.add(task)
                 i += 1

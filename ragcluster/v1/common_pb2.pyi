@@ -103,14 +103,24 @@ class Coverage(_message.Message):
     def __init__(self, shards_total: _Optional[int] = ..., shards_answered: _Optional[int] = ..., documents_searched: _Optional[int] = ..., documents_total: _Optional[int] = ..., degraded: _Optional[bool] = ..., failures: _Optional[_Iterable[_Union[ShardFailure, _Mapping]]] = ...) -> None: ...
 
 class Hit(_message.Message):
-    __slots__ = ("document", "score", "shard")
+    __slots__ = ("document", "score", "shard", "dense_rank", "dense_score", "lexical_rank", "lexical_score", "fused_score")
     DOCUMENT_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     SHARD_FIELD_NUMBER: _ClassVar[int]
+    DENSE_RANK_FIELD_NUMBER: _ClassVar[int]
+    DENSE_SCORE_FIELD_NUMBER: _ClassVar[int]
+    LEXICAL_RANK_FIELD_NUMBER: _ClassVar[int]
+    LEXICAL_SCORE_FIELD_NUMBER: _ClassVar[int]
+    FUSED_SCORE_FIELD_NUMBER: _ClassVar[int]
     document: Document
     score: float
     shard: int
-    def __init__(self, document: _Optional[_Union[Document, _Mapping]] = ..., score: _Optional[float] = ..., shard: _Optional[int] = ...) -> None: ...
+    dense_rank: int
+    dense_score: float
+    lexical_rank: int
+    lexical_score: float
+    fused_score: float
+    def __init__(self, document: _Optional[_Union[Document, _Mapping]] = ..., score: _Optional[float] = ..., shard: _Optional[int] = ..., dense_rank: _Optional[int] = ..., dense_score: _Optional[float] = ..., lexical_rank: _Optional[int] = ..., lexical_score: _Optional[float] = ..., fused_score: _Optional[float] = ...) -> None: ...
 
 class SamplingParams(_message.Message):
     __slots__ = ("max_tokens", "temperature", "top_p", "top_k", "stop", "seed", "repetition_penalty")

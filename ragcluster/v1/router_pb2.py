@@ -25,13 +25,17 @@ _sym_db = _symbol_database.Default()
 from ragcluster.v1 import common_pb2 as ragcluster_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aragcluster/v1/router.proto\x12\rragcluster.v1\x1a\x1aragcluster/v1/common.proto\"\'\n\x17SwitchCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"h\n\x18SwitchCollectionResponse\x12\x10\n\x08previous\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x02 \x01(\t\x12\x11\n\tdocuments\x18\x03 \x01(\x04\x12\x17\n\x0f\x65mbedding_model\x18\x04 \x01(\t\"0\n\rLookupRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\x12\n\ncollection\x18\x02 \x01(\t\"5\n\x0eLookupResponse\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\x16\n\x0e\x63ontent_hashes\x18\x02 \x03(\t\"\x18\n\x06Vector\x12\x0e\n\x06values\x18\x01 \x03(\x02\"\xf0\x01\n\rSearchRequest\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\'\n\x06vector\x18\x02 \x01(\x0b\x32\x15.ragcluster.v1.VectorH\x00\x12\t\n\x01k\x18\x03 \x01(\r\x12+\n\x06params\x18\x04 \x01(\x0b\x32\x1b.ragcluster.v1.SearchParams\x12%\n\x06\x66ilter\x18\x05 \x01(\x0b\x32\x15.ragcluster.v1.Filter\x12\x19\n\x0cmin_coverage\x18\x06 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\ncollection\x18\x07 \x01(\tB\x07\n\x05queryB\x0f\n\r_min_coverage\"\xa8\x01\n\x07Timings\x12\x15\n\rembed_seconds\x18\x01 \x01(\x01\x12\x18\n\x10retrieve_seconds\x18\x02 \x01(\x01\x12\x16\n\x0eprompt_seconds\x18\x03 \x01(\x01\x12#\n\x1btime_to_first_token_seconds\x18\x04 \x01(\x01\x12\x18\n\x10generate_seconds\x18\x05 \x01(\x01\x12\x15\n\rtotal_seconds\x18\x06 \x01(\x01\"\xb3\x01\n\x0eSearchResponse\x12 \n\x04hits\x18\x01 \x03(\x0b\x32\x12.ragcluster.v1.Hit\x12)\n\x08\x63overage\x18\x02 \x01(\x0b\x32\x17.ragcluster.v1.Coverage\x12\'\n\x07timings\x18\x03 \x01(\x0b\x32\x16.ragcluster.v1.Timings\x12\x12\n\ncollection\x18\x04 \x01(\t\x12\x17\n\x0f\x65mbedding_model\x18\x05 \x01(\t\"\xc1\x01\n\nAskRequest\x12\x10\n\x08question\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\r\x12/\n\x08sampling\x18\x03 \x01(\x0b\x32\x1d.ragcluster.v1.SamplingParams\x12%\n\x06\x66ilter\x18\x04 \x01(\x0b\x32\x15.ragcluster.v1.Filter\x12\x19\n\x0cmin_coverage\x18\x05 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\ncollection\x18\x06 \x01(\tB\x0f\n\r_min_coverage\"\x83\x01\n\x07\x41skHits\x12 \n\x04hits\x18\x01 \x03(\x0b\x32\x12.ragcluster.v1.Hit\x12)\n\x08\x63overage\x18\x02 \x01(\x0b\x32\x17.ragcluster.v1.Coverage\x12\x12\n\ncollection\x18\x03 \x01(\t\x12\x17\n\x0f\x65mbedding_model\x18\x04 \x01(\t\"\x1b\n\x0b\x41nswerDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\"\xb4\x01\n\x0b\x41skComplete\x12\x11\n\tcitations\x18\x01 \x03(\t\x12\x15\n\rfinish_reason\x18\x02 \x01(\t\x12\x15\n\rprompt_tokens\x18\x03 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x04 \x01(\r\x12\'\n\x07timings\x18\x05 \x01(\x0b\x32\x16.ragcluster.v1.Timings\x12\x11\n\tgenerator\x18\x06 \x01(\t\x12\r\n\x05model\x18\x07 \x01(\t\"\x98\x01\n\x08\x41skEvent\x12&\n\x04hits\x18\x01 \x01(\x0b\x32\x16.ragcluster.v1.AskHitsH\x00\x12+\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x1a.ragcluster.v1.AnswerDeltaH\x00\x12.\n\x08\x63omplete\x18\x03 \x01(\x0b\x32\x1a.ragcluster.v1.AskCompleteH\x00\x42\x07\n\x05\x65vent\"O\n\rIngestRequest\x12*\n\tdocuments\x18\x01 \x03(\x0b\x32\x17.ragcluster.v1.Document\x12\x12\n\ncollection\x18\x02 \x01(\t\"B\n\x0eIngestResponse\x12\x14\n\x0c\x61\x63knowledged\x18\x01 \x01(\r\x12\x1a\n\x12total_acknowledged\x18\x02 \x01(\x04\"0\n\rDeleteRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\x12\n\ncollection\x18\x02 \x01(\t\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\r\"*\n\x14\x43lusterStatusRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"l\n\rReplicaStatus\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0e\n\x06health\x18\x02 \x01(\t\x12\x11\n\tdocuments\x18\x03 \x01(\x04\x12\x10\n\x08sequence\x18\x04 \x01(\x04\x12\x15\n\rindex_factory\x18\x05 \x01(\t\"_\n\x0bShardStatus\x12\r\n\x05shard\x18\x01 \x01(\r\x12.\n\x08replicas\x18\x02 \x03(\x0b\x32\x1c.ragcluster.v1.ReplicaStatus\x12\x11\n\tdocuments\x18\x03 \x01(\x04\"]\n\x0fGeneratorStatus\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0e\n\x06health\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x1a\n\x12max_context_length\x18\x04 \x01(\r\"\xe8\x01\n\x15\x43lusterStatusResponse\x12*\n\x06shards\x18\x01 \x03(\x0b\x32\x1a.ragcluster.v1.ShardStatus\x12\x11\n\tdocuments\x18\x02 \x01(\x04\x12\x32\n\ngenerators\x18\x03 \x03(\x0b\x32\x1e.ragcluster.v1.GeneratorStatus\x12\x17\n\x0f\x65mbedding_model\x18\x04 \x01(\t\x12\x0b\n\x03\x64im\x18\x05 \x01(\r\x12\r\n\x05max_k\x18\x06 \x01(\r\x12\x12\n\ncollection\x18\x07 \x01(\t\x12\x13\n\x0b\x63ollections\x18\x08 \x03(\t2\xad\x04\n\rRouterService\x12\x45\n\x06Search\x12\x1c.ragcluster.v1.SearchRequest\x1a\x1d.ragcluster.v1.SearchResponse\x12;\n\x03\x41sk\x12\x19.ragcluster.v1.AskRequest\x1a\x17.ragcluster.v1.AskEvent0\x01\x12I\n\x06Ingest\x12\x1c.ragcluster.v1.IngestRequest\x1a\x1d.ragcluster.v1.IngestResponse(\x01\x30\x01\x12\x45\n\x06\x44\x65lete\x12\x1c.ragcluster.v1.DeleteRequest\x1a\x1d.ragcluster.v1.DeleteResponse\x12Z\n\rClusterStatus\x12#.ragcluster.v1.ClusterStatusRequest\x1a$.ragcluster.v1.ClusterStatusResponse\x12\x45\n\x06Lookup\x12\x1c.ragcluster.v1.LookupRequest\x1a\x1d.ragcluster.v1.LookupResponse\x12\x63\n\x10SwitchCollection\x12&.ragcluster.v1.SwitchCollectionRequest\x1a\'.ragcluster.v1.SwitchCollectionResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aragcluster/v1/router.proto\x12\rragcluster.v1\x1a\x1aragcluster/v1/common.proto\"\'\n\x17SwitchCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"h\n\x18SwitchCollectionResponse\x12\x10\n\x08previous\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x02 \x01(\t\x12\x11\n\tdocuments\x18\x03 \x01(\x04\x12\x17\n\x0f\x65mbedding_model\x18\x04 \x01(\t\"0\n\rLookupRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\x12\n\ncollection\x18\x02 \x01(\t\"5\n\x0eLookupResponse\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\x16\n\x0e\x63ontent_hashes\x18\x02 \x03(\t\"\x18\n\x06Vector\x12\x0e\n\x06values\x18\x01 \x03(\x02\"\x91\x01\n\x06\x46usion\x12+\n\x06method\x18\x01 \x01(\x0e\x32\x1b.ragcluster.v1.FusionMethod\x12\x12\n\x05rrf_k\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x12\n\x05\x61lpha\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\x13\n\x06window\x18\x04 \x01(\rH\x02\x88\x01\x01\x42\x08\n\x06_rrf_kB\x08\n\x06_alphaB\t\n\x07_window\"\xc3\x02\n\rSearchRequest\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\'\n\x06vector\x18\x02 \x01(\x0b\x32\x15.ragcluster.v1.VectorH\x00\x12\t\n\x01k\x18\x03 \x01(\r\x12+\n\x06params\x18\x04 \x01(\x0b\x32\x1b.ragcluster.v1.SearchParams\x12%\n\x06\x66ilter\x18\x05 \x01(\x0b\x32\x15.ragcluster.v1.Filter\x12\x19\n\x0cmin_coverage\x18\x06 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\ncollection\x18\x07 \x01(\t\x12*\n\x04mode\x18\x08 \x01(\x0e\x32\x1c.ragcluster.v1.RetrievalMode\x12%\n\x06\x66usion\x18\t \x01(\x0b\x32\x15.ragcluster.v1.FusionB\x07\n\x05queryB\x0f\n\r_min_coverage\"\xa8\x01\n\x07Timings\x12\x15\n\rembed_seconds\x18\x01 \x01(\x01\x12\x18\n\x10retrieve_seconds\x18\x02 \x01(\x01\x12\x16\n\x0eprompt_seconds\x18\x03 \x01(\x01\x12#\n\x1btime_to_first_token_seconds\x18\x04 \x01(\x01\x12\x18\n\x10generate_seconds\x18\x05 \x01(\x01\x12\x15\n\rtotal_seconds\x18\x06 \x01(\x01\"\xdf\x01\n\x0eSearchResponse\x12 \n\x04hits\x18\x01 \x03(\x0b\x32\x12.ragcluster.v1.Hit\x12)\n\x08\x63overage\x18\x02 \x01(\x0b\x32\x17.ragcluster.v1.Coverage\x12\'\n\x07timings\x18\x03 \x01(\x0b\x32\x16.ragcluster.v1.Timings\x12\x12\n\ncollection\x18\x04 \x01(\t\x12\x17\n\x0f\x65mbedding_model\x18\x05 \x01(\t\x12*\n\x04mode\x18\x06 \x01(\x0e\x32\x1c.ragcluster.v1.RetrievalMode\"\x94\x02\n\nAskRequest\x12\x10\n\x08question\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\r\x12/\n\x08sampling\x18\x03 \x01(\x0b\x32\x1d.ragcluster.v1.SamplingParams\x12%\n\x06\x66ilter\x18\x04 \x01(\x0b\x32\x15.ragcluster.v1.Filter\x12\x19\n\x0cmin_coverage\x18\x05 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\ncollection\x18\x06 \x01(\t\x12*\n\x04mode\x18\x07 \x01(\x0e\x32\x1c.ragcluster.v1.RetrievalMode\x12%\n\x06\x66usion\x18\x08 \x01(\x0b\x32\x15.ragcluster.v1.FusionB\x0f\n\r_min_coverage\"\xaf\x01\n\x07\x41skHits\x12 \n\x04hits\x18\x01 \x03(\x0b\x32\x12.ragcluster.v1.Hit\x12)\n\x08\x63overage\x18\x02 \x01(\x0b\x32\x17.ragcluster.v1.Coverage\x12\x12\n\ncollection\x18\x03 \x01(\t\x12\x17\n\x0f\x65mbedding_model\x18\x04 \x01(\t\x12*\n\x04mode\x18\x05 \x01(\x0e\x32\x1c.ragcluster.v1.RetrievalMode\"\x1b\n\x0b\x41nswerDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\"\xb4\x01\n\x0b\x41skComplete\x12\x11\n\tcitations\x18\x01 \x03(\t\x12\x15\n\rfinish_reason\x18\x02 \x01(\t\x12\x15\n\rprompt_tokens\x18\x03 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x04 \x01(\r\x12\'\n\x07timings\x18\x05 \x01(\x0b\x32\x16.ragcluster.v1.Timings\x12\x11\n\tgenerator\x18\x06 \x01(\t\x12\r\n\x05model\x18\x07 \x01(\t\"\x98\x01\n\x08\x41skEvent\x12&\n\x04hits\x18\x01 \x01(\x0b\x32\x16.ragcluster.v1.AskHitsH\x00\x12+\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x1a.ragcluster.v1.AnswerDeltaH\x00\x12.\n\x08\x63omplete\x18\x03 \x01(\x0b\x32\x1a.ragcluster.v1.AskCompleteH\x00\x42\x07\n\x05\x65vent\"O\n\rIngestRequest\x12*\n\tdocuments\x18\x01 \x03(\x0b\x32\x17.ragcluster.v1.Document\x12\x12\n\ncollection\x18\x02 \x01(\t\"B\n\x0eIngestResponse\x12\x14\n\x0c\x61\x63knowledged\x18\x01 \x01(\r\x12\x1a\n\x12total_acknowledged\x18\x02 \x01(\x04\"0\n\rDeleteRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\x12\n\ncollection\x18\x02 \x01(\t\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\r\"*\n\x14\x43lusterStatusRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"l\n\rReplicaStatus\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0e\n\x06health\x18\x02 \x01(\t\x12\x11\n\tdocuments\x18\x03 \x01(\x04\x12\x10\n\x08sequence\x18\x04 \x01(\x04\x12\x15\n\rindex_factory\x18\x05 \x01(\t\"_\n\x0bShardStatus\x12\r\n\x05shard\x18\x01 \x01(\r\x12.\n\x08replicas\x18\x02 \x03(\x0b\x32\x1c.ragcluster.v1.ReplicaStatus\x12\x11\n\tdocuments\x18\x03 \x01(\x04\"]\n\x0fGeneratorStatus\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0e\n\x06health\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x1a\n\x12max_context_length\x18\x04 \x01(\r\"\xe8\x01\n\x15\x43lusterStatusResponse\x12*\n\x06shards\x18\x01 \x03(\x0b\x32\x1a.ragcluster.v1.ShardStatus\x12\x11\n\tdocuments\x18\x02 \x01(\x04\x12\x32\n\ngenerators\x18\x03 \x03(\x0b\x32\x1e.ragcluster.v1.GeneratorStatus\x12\x17\n\x0f\x65mbedding_model\x18\x04 \x01(\t\x12\x0b\n\x03\x64im\x18\x05 \x01(\r\x12\r\n\x05max_k\x18\x06 \x01(\r\x12\x12\n\ncollection\x18\x07 \x01(\t\x12\x13\n\x0b\x63ollections\x18\x08 \x03(\t*\x80\x01\n\rRetrievalMode\x12\x1e\n\x1aRETRIEVAL_MODE_UNSPECIFIED\x10\x00\x12\x18\n\x14RETRIEVAL_MODE_DENSE\x10\x01\x12\x1a\n\x16RETRIEVAL_MODE_LEXICAL\x10\x02\x12\x19\n\x15RETRIEVAL_MODE_HYBRID\x10\x03*`\n\x0c\x46usionMethod\x12\x1d\n\x19\x46USION_METHOD_UNSPECIFIED\x10\x00\x12\x15\n\x11\x46USION_METHOD_RRF\x10\x01\x12\x1a\n\x16\x46USION_METHOD_WEIGHTED\x10\x02\x32\xad\x04\n\rRouterService\x12\x45\n\x06Search\x12\x1c.ragcluster.v1.SearchRequest\x1a\x1d.ragcluster.v1.SearchResponse\x12;\n\x03\x41sk\x12\x19.ragcluster.v1.AskRequest\x1a\x17.ragcluster.v1.AskEvent0\x01\x12I\n\x06Ingest\x12\x1c.ragcluster.v1.IngestRequest\x1a\x1d.ragcluster.v1.IngestResponse(\x01\x30\x01\x12\x45\n\x06\x44\x65lete\x12\x1c.ragcluster.v1.DeleteRequest\x1a\x1d.ragcluster.v1.DeleteResponse\x12Z\n\rClusterStatus\x12#.ragcluster.v1.ClusterStatusRequest\x1a$.ragcluster.v1.ClusterStatusResponse\x12\x45\n\x06Lookup\x12\x1c.ragcluster.v1.LookupRequest\x1a\x1d.ragcluster.v1.LookupResponse\x12\x63\n\x10SwitchCollection\x12&.ragcluster.v1.SwitchCollectionRequest\x1a\'.ragcluster.v1.SwitchCollectionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ragcluster.v1.router_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_RETRIEVALMODE']._serialized_start=2862
+  _globals['_RETRIEVALMODE']._serialized_end=2990
+  _globals['_FUSIONMETHOD']._serialized_start=2992
+  _globals['_FUSIONMETHOD']._serialized_end=3088
   _globals['_SWITCHCOLLECTIONREQUEST']._serialized_start=73
   _globals['_SWITCHCOLLECTIONREQUEST']._serialized_end=112
   _globals['_SWITCHCOLLECTIONRESPONSE']._serialized_start=114
@@ -42,40 +46,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LOOKUPRESPONSE']._serialized_end=323
   _globals['_VECTOR']._serialized_start=325
   _globals['_VECTOR']._serialized_end=349
-  _globals['_SEARCHREQUEST']._serialized_start=352
-  _globals['_SEARCHREQUEST']._serialized_end=592
-  _globals['_TIMINGS']._serialized_start=595
-  _globals['_TIMINGS']._serialized_end=763
-  _globals['_SEARCHRESPONSE']._serialized_start=766
-  _globals['_SEARCHRESPONSE']._serialized_end=945
-  _globals['_ASKREQUEST']._serialized_start=948
-  _globals['_ASKREQUEST']._serialized_end=1141
-  _globals['_ASKHITS']._serialized_start=1144
-  _globals['_ASKHITS']._serialized_end=1275
-  _globals['_ANSWERDELTA']._serialized_start=1277
-  _globals['_ANSWERDELTA']._serialized_end=1304
-  _globals['_ASKCOMPLETE']._serialized_start=1307
-  _globals['_ASKCOMPLETE']._serialized_end=1487
-  _globals['_ASKEVENT']._serialized_start=1490
-  _globals['_ASKEVENT']._serialized_end=1642
-  _globals['_INGESTREQUEST']._serialized_start=1644
-  _globals['_INGESTREQUEST']._serialized_end=1723
-  _globals['_INGESTRESPONSE']._serialized_start=1725
-  _globals['_INGESTRESPONSE']._serialized_end=1791
-  _globals['_DELETEREQUEST']._serialized_start=1793
-  _globals['_DELETEREQUEST']._serialized_end=1841
-  _globals['_DELETERESPONSE']._serialized_start=1843
-  _globals['_DELETERESPONSE']._serialized_end=1876
-  _globals['_CLUSTERSTATUSREQUEST']._serialized_start=1878
-  _globals['_CLUSTERSTATUSREQUEST']._serialized_end=1920
-  _globals['_REPLICASTATUS']._serialized_start=1922
-  _globals['_REPLICASTATUS']._serialized_end=2030
-  _globals['_SHARDSTATUS']._serialized_start=2032
-  _globals['_SHARDSTATUS']._serialized_end=2127
-  _globals['_GENERATORSTATUS']._serialized_start=2129
-  _globals['_GENERATORSTATUS']._serialized_end=2222
-  _globals['_CLUSTERSTATUSRESPONSE']._serialized_start=2225
-  _globals['_CLUSTERSTATUSRESPONSE']._serialized_end=2457
-  _globals['_ROUTERSERVICE']._serialized_start=2460
-  _globals['_ROUTERSERVICE']._serialized_end=3017
+  _globals['_FUSION']._serialized_start=352
+  _globals['_FUSION']._serialized_end=497
+  _globals['_SEARCHREQUEST']._serialized_start=500
+  _globals['_SEARCHREQUEST']._serialized_end=823
+  _globals['_TIMINGS']._serialized_start=826
+  _globals['_TIMINGS']._serialized_end=994
+  _globals['_SEARCHRESPONSE']._serialized_start=997
+  _globals['_SEARCHRESPONSE']._serialized_end=1220
+  _globals['_ASKREQUEST']._serialized_start=1223
+  _globals['_ASKREQUEST']._serialized_end=1499
+  _globals['_ASKHITS']._serialized_start=1502
+  _globals['_ASKHITS']._serialized_end=1677
+  _globals['_ANSWERDELTA']._serialized_start=1679
+  _globals['_ANSWERDELTA']._serialized_end=1706
+  _globals['_ASKCOMPLETE']._serialized_start=1709
+  _globals['_ASKCOMPLETE']._serialized_end=1889
+  _globals['_ASKEVENT']._serialized_start=1892
+  _globals['_ASKEVENT']._serialized_end=2044
+  _globals['_INGESTREQUEST']._serialized_start=2046
+  _globals['_INGESTREQUEST']._serialized_end=2125
+  _globals['_INGESTRESPONSE']._serialized_start=2127
+  _globals['_INGESTRESPONSE']._serialized_end=2193
+  _globals['_DELETEREQUEST']._serialized_start=2195
+  _globals['_DELETEREQUEST']._serialized_end=2243
+  _globals['_DELETERESPONSE']._serialized_start=2245
+  _globals['_DELETERESPONSE']._serialized_end=2278
+  _globals['_CLUSTERSTATUSREQUEST']._serialized_start=2280
+  _globals['_CLUSTERSTATUSREQUEST']._serialized_end=2322
+  _globals['_REPLICASTATUS']._serialized_start=2324
+  _globals['_REPLICASTATUS']._serialized_end=2432
+  _globals['_SHARDSTATUS']._serialized_start=2434
+  _globals['_SHARDSTATUS']._serialized_end=2529
+  _globals['_GENERATORSTATUS']._serialized_start=2531
+  _globals['_GENERATORSTATUS']._serialized_end=2624
+  _globals['_CLUSTERSTATUSRESPONSE']._serialized_start=2627
+  _globals['_CLUSTERSTATUSRESPONSE']._serialized_end=2859
+  _globals['_ROUTERSERVICE']._serialized_start=3091
+  _globals['_ROUTERSERVICE']._serialized_end=3648
 # @@protoc_insertion_point(module_scope)

@@ -1,11 +1,32 @@
 from ragcluster.v1 import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class RetrievalMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RETRIEVAL_MODE_UNSPECIFIED: _ClassVar[RetrievalMode]
+    RETRIEVAL_MODE_DENSE: _ClassVar[RetrievalMode]
+    RETRIEVAL_MODE_LEXICAL: _ClassVar[RetrievalMode]
+    RETRIEVAL_MODE_HYBRID: _ClassVar[RetrievalMode]
+
+class FusionMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FUSION_METHOD_UNSPECIFIED: _ClassVar[FusionMethod]
+    FUSION_METHOD_RRF: _ClassVar[FusionMethod]
+    FUSION_METHOD_WEIGHTED: _ClassVar[FusionMethod]
+RETRIEVAL_MODE_UNSPECIFIED: RetrievalMode
+RETRIEVAL_MODE_DENSE: RetrievalMode
+RETRIEVAL_MODE_LEXICAL: RetrievalMode
+RETRIEVAL_MODE_HYBRID: RetrievalMode
+FUSION_METHOD_UNSPECIFIED: FusionMethod
+FUSION_METHOD_RRF: FusionMethod
+FUSION_METHOD_WEIGHTED: FusionMethod
 
 class SwitchCollectionRequest(_message.Message):
     __slots__ = ("name",)
@@ -47,8 +68,20 @@ class Vector(_message.Message):
     values: _containers.RepeatedScalarFieldContainer[float]
     def __init__(self, values: _Optional[_Iterable[float]] = ...) -> None: ...
 
+class Fusion(_message.Message):
+    __slots__ = ("method", "rrf_k", "alpha", "window")
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    RRF_K_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    method: FusionMethod
+    rrf_k: int
+    alpha: float
+    window: int
+    def __init__(self, method: _Optional[_Union[FusionMethod, str]] = ..., rrf_k: _Optional[int] = ..., alpha: _Optional[float] = ..., window: _Optional[int] = ...) -> None: ...
+
 class SearchRequest(_message.Message):
-    __slots__ = ("text", "vector", "k", "params", "filter", "min_coverage", "collection")
+    __slots__ = ("text", "vector", "k", "params", "filter", "min_coverage", "collection", "mode", "fusion")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +89,8 @@ class SearchRequest(_message.Message):
     FILTER_FIELD_NUMBER: _ClassVar[int]
     MIN_COVERAGE_FIELD_NUMBER: _ClassVar[int]
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    FUSION_FIELD_NUMBER: _ClassVar[int]
     text: str
     vector: Vector
     k: int
@@ -63,7 +98,9 @@ class SearchRequest(_message.Message):
     filter: _common_pb2.Filter
     min_coverage: float
     collection: str
-    def __init__(self, text: _Optional[str] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., k: _Optional[int] = ..., params: _Optional[_Union[_common_pb2.SearchParams, _Mapping]] = ..., filter: _Optional[_Union[_common_pb2.Filter, _Mapping]] = ..., min_coverage: _Optional[float] = ..., collection: _Optional[str] = ...) -> None: ...
+    mode: RetrievalMode
+    fusion: Fusion
+    def __init__(self, text: _Optional[str] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., k: _Optional[int] = ..., params: _Optional[_Union[_common_pb2.SearchParams, _Mapping]] = ..., filter: _Optional[_Union[_common_pb2.Filter, _Mapping]] = ..., min_coverage: _Optional[float] = ..., collection: _Optional[str] = ..., mode: _Optional[_Union[RetrievalMode, str]] = ..., fusion: _Optional[_Union[Fusion, _Mapping]] = ...) -> None: ...
 
 class Timings(_message.Message):
     __slots__ = ("embed_seconds", "retrieve_seconds", "prompt_seconds", "time_to_first_token_seconds", "generate_seconds", "total_seconds")
@@ -82,46 +119,54 @@ class Timings(_message.Message):
     def __init__(self, embed_seconds: _Optional[float] = ..., retrieve_seconds: _Optional[float] = ..., prompt_seconds: _Optional[float] = ..., time_to_first_token_seconds: _Optional[float] = ..., generate_seconds: _Optional[float] = ..., total_seconds: _Optional[float] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("hits", "coverage", "timings", "collection", "embedding_model")
+    __slots__ = ("hits", "coverage", "timings", "collection", "embedding_model", "mode")
     HITS_FIELD_NUMBER: _ClassVar[int]
     COVERAGE_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[_common_pb2.Hit]
     coverage: _common_pb2.Coverage
     timings: Timings
     collection: str
     embedding_model: str
-    def __init__(self, hits: _Optional[_Iterable[_Union[_common_pb2.Hit, _Mapping]]] = ..., coverage: _Optional[_Union[_common_pb2.Coverage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., collection: _Optional[str] = ..., embedding_model: _Optional[str] = ...) -> None: ...
+    mode: RetrievalMode
+    def __init__(self, hits: _Optional[_Iterable[_Union[_common_pb2.Hit, _Mapping]]] = ..., coverage: _Optional[_Union[_common_pb2.Coverage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., collection: _Optional[str] = ..., embedding_model: _Optional[str] = ..., mode: _Optional[_Union[RetrievalMode, str]] = ...) -> None: ...
 
 class AskRequest(_message.Message):
-    __slots__ = ("question", "k", "sampling", "filter", "min_coverage", "collection")
+    __slots__ = ("question", "k", "sampling", "filter", "min_coverage", "collection", "mode", "fusion")
     QUESTION_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     MIN_COVERAGE_FIELD_NUMBER: _ClassVar[int]
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    FUSION_FIELD_NUMBER: _ClassVar[int]
     question: str
     k: int
     sampling: _common_pb2.SamplingParams
     filter: _common_pb2.Filter
     min_coverage: float
     collection: str
-    def __init__(self, question: _Optional[str] = ..., k: _Optional[int] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., filter: _Optional[_Union[_common_pb2.Filter, _Mapping]] = ..., min_coverage: _Optional[float] = ..., collection: _Optional[str] = ...) -> None: ...
+    mode: RetrievalMode
+    fusion: Fusion
+    def __init__(self, question: _Optional[str] = ..., k: _Optional[int] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., filter: _Optional[_Union[_common_pb2.Filter, _Mapping]] = ..., min_coverage: _Optional[float] = ..., collection: _Optional[str] = ..., mode: _Optional[_Union[RetrievalMode, str]] = ..., fusion: _Optional[_Union[Fusion, _Mapping]] = ...) -> None: ...
 
 class AskHits(_message.Message):
-    __slots__ = ("hits", "coverage", "collection", "embedding_model")
+    __slots__ = ("hits", "coverage", "collection", "embedding_model", "mode")
     HITS_FIELD_NUMBER: _ClassVar[int]
     COVERAGE_FIELD_NUMBER: _ClassVar[int]
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[_common_pb2.Hit]
     coverage: _common_pb2.Coverage
     collection: str
     embedding_model: str
-    def __init__(self, hits: _Optional[_Iterable[_Union[_common_pb2.Hit, _Mapping]]] = ..., coverage: _Optional[_Union[_common_pb2.Coverage, _Mapping]] = ..., collection: _Optional[str] = ..., embedding_model: _Optional[str] = ...) -> None: ...
+    mode: RetrievalMode
+    def __init__(self, hits: _Optional[_Iterable[_Union[_common_pb2.Hit, _Mapping]]] = ..., coverage: _Optional[_Union[_common_pb2.Coverage, _Mapping]] = ..., collection: _Optional[str] = ..., embedding_model: _Optional[str] = ..., mode: _Optional[_Union[RetrievalMode, str]] = ...) -> None: ...
 
 class AnswerDelta(_message.Message):
     __slots__ = ("text",)

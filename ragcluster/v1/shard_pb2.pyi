@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ShardSearchRequest(_message.Message):
-    __slots__ = ("queries", "k", "params", "include_documents", "filter", "unknown_fields_match_nothing", "lexical")
+    __slots__ = ("queries", "k", "params", "include_documents", "filter", "unknown_fields_match_nothing", "lexical", "documents_per_list")
     QUERIES_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
@@ -16,6 +16,7 @@ class ShardSearchRequest(_message.Message):
     FILTER_FIELD_NUMBER: _ClassVar[int]
     UNKNOWN_FIELDS_MATCH_NOTHING_FIELD_NUMBER: _ClassVar[int]
     LEXICAL_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENTS_PER_LIST_FIELD_NUMBER: _ClassVar[int]
     queries: _common_pb2.FloatMatrix
     k: int
     params: _common_pb2.SearchParams
@@ -23,7 +24,8 @@ class ShardSearchRequest(_message.Message):
     filter: _common_pb2.Filter
     unknown_fields_match_nothing: bool
     lexical: _containers.RepeatedCompositeFieldContainer[LexicalQuery]
-    def __init__(self, queries: _Optional[_Union[_common_pb2.FloatMatrix, _Mapping]] = ..., k: _Optional[int] = ..., params: _Optional[_Union[_common_pb2.SearchParams, _Mapping]] = ..., include_documents: _Optional[bool] = ..., filter: _Optional[_Union[_common_pb2.Filter, _Mapping]] = ..., unknown_fields_match_nothing: _Optional[bool] = ..., lexical: _Optional[_Iterable[_Union[LexicalQuery, _Mapping]]] = ...) -> None: ...
+    documents_per_list: int
+    def __init__(self, queries: _Optional[_Union[_common_pb2.FloatMatrix, _Mapping]] = ..., k: _Optional[int] = ..., params: _Optional[_Union[_common_pb2.SearchParams, _Mapping]] = ..., include_documents: _Optional[bool] = ..., filter: _Optional[_Union[_common_pb2.Filter, _Mapping]] = ..., unknown_fields_match_nothing: _Optional[bool] = ..., lexical: _Optional[_Iterable[_Union[LexicalQuery, _Mapping]]] = ..., documents_per_list: _Optional[int] = ...) -> None: ...
 
 class LexicalQuery(_message.Message):
     __slots__ = ("terms", "counts", "document_frequencies", "documents", "total_length")
@@ -70,12 +72,14 @@ class TermStatsResponse(_message.Message):
     def __init__(self, queries: _Optional[_Iterable[_Union[QueryTermStats, _Mapping]]] = ..., documents: _Optional[int] = ..., total_length: _Optional[int] = ..., shard: _Optional[int] = ..., lexical_config: _Optional[str] = ...) -> None: ...
 
 class TopK(_message.Message):
-    __slots__ = ("ids", "scores")
+    __slots__ = ("ids", "scores", "keys")
     IDS_FIELD_NUMBER: _ClassVar[int]
     SCORES_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
     ids: _containers.RepeatedScalarFieldContainer[int]
     scores: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, ids: _Optional[_Iterable[int]] = ..., scores: _Optional[_Iterable[float]] = ...) -> None: ...
+    keys: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, ids: _Optional[_Iterable[int]] = ..., scores: _Optional[_Iterable[float]] = ..., keys: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ShardSearchResponse(_message.Message):
     __slots__ = ("results", "documents", "vectors_searched", "shard", "unknown_fields", "metric", "lexical_results", "lexical_documents")
@@ -143,22 +147,33 @@ class ShardDeleteResponse(_message.Message):
     def __init__(self, deleted: _Optional[int] = ..., sequence: _Optional[int] = ...) -> None: ...
 
 class FetchRequest(_message.Message):
-    __slots__ = ("ids", "hashes_only")
+    __slots__ = ("ids", "hashes_only", "iids")
     IDS_FIELD_NUMBER: _ClassVar[int]
     HASHES_ONLY_FIELD_NUMBER: _ClassVar[int]
+    IIDS_FIELD_NUMBER: _ClassVar[int]
     ids: _containers.RepeatedScalarFieldContainer[str]
     hashes_only: bool
-    def __init__(self, ids: _Optional[_Iterable[str]] = ..., hashes_only: _Optional[bool] = ...) -> None: ...
+    iids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, ids: _Optional[_Iterable[str]] = ..., hashes_only: _Optional[bool] = ..., iids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class FetchResponse(_message.Message):
-    __slots__ = ("documents", "ids", "content_hashes")
+    __slots__ = ("documents", "ids", "content_hashes", "documents_by_iid")
+    class DocumentsByIidEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: _common_pb2.Document
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[_Union[_common_pb2.Document, _Mapping]] = ...) -> None: ...
     DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
     IDS_FIELD_NUMBER: _ClassVar[int]
     CONTENT_HASHES_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENTS_BY_IID_FIELD_NUMBER: _ClassVar[int]
     documents: _containers.RepeatedCompositeFieldContainer[_common_pb2.Document]
     ids: _containers.RepeatedScalarFieldContainer[str]
     content_hashes: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, documents: _Optional[_Iterable[_Union[_common_pb2.Document, _Mapping]]] = ..., ids: _Optional[_Iterable[str]] = ..., content_hashes: _Optional[_Iterable[str]] = ...) -> None: ...
+    documents_by_iid: _containers.MessageMap[int, _common_pb2.Document]
+    def __init__(self, documents: _Optional[_Iterable[_Union[_common_pb2.Document, _Mapping]]] = ..., ids: _Optional[_Iterable[str]] = ..., content_hashes: _Optional[_Iterable[str]] = ..., documents_by_iid: _Optional[_Mapping[int, _common_pb2.Document]] = ...) -> None: ...
 
 class ShardInfoRequest(_message.Message):
     __slots__ = ()

@@ -170,7 +170,10 @@ def test_lexical_search_with_filters_and_dense_in_one_call(tmp_path):
 
     flt = Filter([Condition("n", lt=30)])
     got = lexical_ids(shard, "special common", k=50, flt=flt)
-    assert set(got) == {f"d{i}" for i in range(0, 30)} and got[:10] == [f"d{i}" for i in range(0, 30, 3)]
+    assert set(got) == {f"d{i}" for i in range(0, 30)} and set(got[:10]) == {f"d{i}" for i in range(0, 30, 3)}
+    from ragcluster.hashing import id_key
+
+    assert got[:10] == sorted(got[:10], key=id_key)  # equal scores rank by the hash of the document id
     q = shard.term_stats(["special"]).queries[0]
     res = shard.search(x[:2], 3, include_documents=True, lexical=[LexicalQuery(q.terms, q.counts)])
     assert res.documents[int(res.ids[0][0])].id == "d0"  # dense: its own vector first

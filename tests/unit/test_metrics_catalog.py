@@ -15,7 +15,8 @@ import router.metrics
 import shard_server.metrics
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-BOUNDED_LABELS = {"service", "method", "code", "shard", "collection", "state", "reason", "kind", "op", "stage"}
+BOUNDED_LABELS = {"service", "method", "code", "shard", "collection", "state", "reason", "kind", "op", "stage",
+                  "mode"}
 SUBSYSTEMS = ("ragcluster_grpc_server_", "ragcluster_router_", "ragcluster_shard_", "ragcluster_generator_")
 # histograms of a quantity without a unit: a share (0..1) and a count of texts
 UNITLESS_HISTOGRAMS = {"ragcluster_router_coverage_ratio", "ragcluster_router_embed_batch_size"}

@@ -7,11 +7,18 @@ import sys
 from dataclasses import dataclass
 
 from ragcluster.config import option
-from ragcluster.tools.cli.common import DEFAULT_ROUTER, WHERE_HELP, console, parse_where
+from ragcluster.tools.cli.common import (
+    DEFAULT_ROUTER,
+    WHERE_HELP,
+    RetrievalOptions,
+    console,
+    parse_where,
+    retrieval_kwargs,
+)
 
 
 @dataclass
-class AskOptions:
+class AskOptions(RetrievalOptions):
     router: str = option(DEFAULT_ROUTER, "router address host:port")
     k: int = option(5, "passages to retrieve", short="-k")
     where: list[str] = option([], WHERE_HELP, metavar="COND")
@@ -26,7 +33,7 @@ def cmd_ask(opts: AskOptions, ns) -> int:
 
     out = console()
     kwargs = dict(k=opts.k, max_tokens=opts.max_tokens, temperature=opts.temperature, timeout=opts.timeout,
-                  where=parse_where(opts.where))
+                  where=parse_where(opts.where), **retrieval_kwargs(opts))
     with RouterClient(opts.router) as client:
         if opts.json:
             print(json.dumps(client.ask(ns.question, **kwargs)))

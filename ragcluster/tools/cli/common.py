@@ -3,11 +3,34 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
+from typing import Any
+
+from ragcluster.config import option
 
 DEFAULT_ROUTER = "127.0.0.1:50051"
 
 WHERE_HELP = ("metadata filter, ANDed when repeated: FIELD=VALUE, FIELD>=N, FIELD>N, FIELD<=N, FIELD<N, "
               "FIELD~=A,B,C (any of)")
+
+
+@dataclass
+class RetrievalOptions:
+    """How search, ask and eval retrieve (empty / 0 / negative = the router's default)."""
+
+    mode: str = option("", "retrieval mode: dense (embeddings), lexical (BM25) or hybrid (both, fused); default: "
+                           "the router's --search-mode", choices=["", "dense", "lexical", "hybrid"])
+    fusion: str = option("", "hybrid fusion: rrf or weighted (default: the router's --fusion)",
+                         choices=["", "rrf", "weighted"])
+    rrf_k: int = option(0, "RRF constant (default: the router's, 60)")
+    alpha: float = option(-1.0, "weighted fusion: weight of the dense score, 0..1 (default: the router's, 0.5)")
+    window: int = option(0, "hybrid: candidates per retriever before fusing (default: the router's)")
+
+
+def retrieval_kwargs(opts: RetrievalOptions) -> dict[str, Any]:
+    """Client keyword arguments for the retrieval options that were set."""
+    return {"mode": opts.mode, "fusion": opts.fusion, "rrf_k": opts.rrf_k or None,
+            "alpha": opts.alpha if opts.alpha >= 0 else None, "window": opts.window or None}
 
 
 class CliError(Exception):

@@ -11,11 +11,11 @@ from typing import Any, TypeVar
 from ragcluster.client import RouterClient
 from ragcluster.config import option
 from ragcluster.errors import InvalidArgument
-from ragcluster.tools.cli.common import DEFAULT_ROUTER, console, fail
+from ragcluster.tools.cli.common import DEFAULT_ROUTER, RetrievalOptions, console, fail, retrieval_kwargs
 
 
 @dataclass
-class EvalOptions:
+class EvalOptions(RetrievalOptions):
     router: str = option(DEFAULT_ROUTER, "router address host:port")
     queries: str = option("", "BEIR queries JSONL ({'_id'|'id', 'text'}) for retrieval metrics")
     qrels: str = option("", "BEIR qrels TSV (query-id, corpus-id, score; header line) for retrieval metrics")
@@ -47,7 +47,7 @@ def _retrieval(opts: EvalOptions, client: RouterClient, pool: ThreadPoolExecutor
 
     def search(qid: str) -> tuple[str, list[tuple[str, float]]]:
         # chunked corpora: ask for more, then rank each parent document once, at its best chunk
-        hits = client.search(queries[qid], k=min(opts.k * 4, 100))["hits"]
+        hits = client.search(queries[qid], k=min(opts.k * 4, 100), **retrieval_kwargs(opts))["hits"]
         best: dict[str, float] = {}
         for h in hits:
             parent = h.get("parent_id") or h["id"]
@@ -87,7 +87,8 @@ def _generation(opts: EvalOptions, client: RouterClient, pool: ThreadPoolExecuto
 
     def ask(item: tuple[str, str, list[str]]) -> tuple[str, str]:
         qid, question, _ = item
-        return qid, client.ask(question, max_tokens=opts.max_tokens, temperature=0.0)["answer"].strip()
+        return qid, client.ask(question, max_tokens=opts.max_tokens, temperature=0.0,
+                               **retrieval_kwargs(opts))["answer"].strip()
 
     answers = dict(_progress(pool, ask, items, "eval generation", opts.json))
     preds = [answers[qid] for qid, _, _ in items]

@@ -14,6 +14,8 @@ from ragcluster.tools.cli.common import DEFAULT_ROUTER, console, fail
 class LoadtestOptions:
     router: str = option(DEFAULT_ROUTER, "router address host:port")
     mode: str = option("search", "what to send", choices=["search", "ask"])
+    retrieval: str = option("", "retrieval mode of the requests: dense, lexical or hybrid (default: the router's)",
+                            choices=["", "dense", "lexical", "hybrid"])
     concurrency: int = option(0, "closed loop: clients, each sending when its last request finished (default 8)")
     rate: float = option(0.0, "open loop: requests per second, Poisson arrivals (latency counted from the "
                               "scheduled arrival: no coordinated omission)")
@@ -46,7 +48,8 @@ def cmd_loadtest(opts: LoadtestOptions, ns) -> int:
         loop = f"open loop at {opts.rate:g}/s" if opts.rate else f"closed loop, {opts.concurrency or 8} clients"
         print(f"loadtest: {opts.mode}, {loop}, {opts.duration:g}s against {opts.router}…", file=sys.stderr)
     report = asyncio.run(run_load(opts.router, opts.mode, queries, opts.duration, opts.concurrency, opts.rate,
-                                  opts.k, opts.max_tokens, opts.timeout, opts.max_requests))
+                                  opts.k, opts.max_tokens, opts.timeout, opts.max_requests,
+                                  retrieval=opts.retrieval))
     summary = report.summary()
     if opts.plot:
         report.plot(opts.plot)

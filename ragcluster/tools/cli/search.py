@@ -11,21 +11,24 @@ from ragcluster.config import option
 from ragcluster.tools.cli.common import (
     DEFAULT_ROUTER,
     WHERE_HELP,
+    RetrievalOptions,
     console,
     fail,
     parse_where,
+    retrieval_kwargs,
 )
 
 
 @dataclass
-class SearchOptions:
+class SearchOptions(RetrievalOptions):
     router: str = option(DEFAULT_ROUTER, "router address host:port")
     k: int = option(10, "number of hits", short="-k")
     where: list[str] = option([], WHERE_HELP, metavar="COND")
     min_coverage: float = option(0.0, "fail unless this share of shards (0..1] answers; 0 = accept partial results")
     collection: str = option("", "collection to search (default: the active one)")
     timeout: float = option(30.0, "deadline in seconds")
-    json: bool = option(False, "print JSON: {hits: [{id, score, shard, text, metadata}], coverage}")
+    json: bool = option(False, "print JSON: {hits: [{id, score, shard, text, metadata, dense_rank, dense_score, "
+                               "lexical_rank, lexical_score, fused_score}], coverage, mode}")
 
 
 def cmd_search(opts: SearchOptions, ns) -> int:
@@ -34,7 +37,8 @@ def cmd_search(opts: SearchOptions, ns) -> int:
     with RouterClient(opts.router) as client:
         try:
             result = client.search(ns.text, k=opts.k, timeout=opts.timeout, where=parse_where(opts.where),
-                                   min_coverage=opts.min_coverage or None, collection=opts.collection)
+                                   min_coverage=opts.min_coverage or None, collection=opts.collection,
+                                   **retrieval_kwargs(opts))
         except grpc.RpcError as exc:
             coverage = coverage_from_error(exc)
             if coverage is None:
@@ -49,12 +53,14 @@ def cmd_search(opts: SearchOptions, ns) -> int:
     from rich.table import Table
 
     cov = result["coverage"]
-    table = Table(title=f"{len(result['hits'])} hits — {cov['shards_answered']}/{cov['shards_total']} shards"
-                        + (" [red](degraded)[/]" if cov["degraded"] else ""))
-    for col in ("#", "score", "shard", "id", "title / text"):
+    table = Table(title=f"{len(result['hits'])} hits ({result['mode']}) — {cov['shards_answered']}/"
+                        f"{cov['shards_total']} shards" + (" [red](degraded)[/]" if cov["degraded"] else ""))
+    hybrid = result["mode"] == "hybrid"
+    for col in ("#", "score", *(("dense #", "lexical #") if hybrid else ()), "shard", "id", "title / text"):
         table.add_column(col, overflow="fold")
     for i, h in enumerate(result["hits"], 1):
         snippet = (h["title"] + " — " if h["title"] else "") + h["text"][:100]
-        table.add_row(str(i), f"{h['score']:.4f}", str(h["shard"]), h["id"], snippet)
+        ranks = (str(h["dense_rank"] or "–"), str(h["lexical_rank"] or "–")) if hybrid else ()
+        table.add_row(str(i), f"{h['score']:.4f}", *ranks, str(h["shard"]), h["id"], snippet)
     console().print(table)
     return 0
