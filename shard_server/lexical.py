@@ -320,8 +320,8 @@ class LexicalIndex:
             return np.zeros(0, np.int64), np.zeros(0, np.float64)
         slots = np.concatenate(slot_parts)
         scores = np.bincount(slots, weights=np.concatenate(score_parts), minlength=self._slots)
-        candidates = np.unique(slots)
-        candidates = candidates[self._alive[candidates]]
+        # every term's contribution is positive, so the documents holding a query term are those scoring > 0
+        candidates = np.flatnonzero((scores > 0) & self._alive[: self._slots])
         if allowed is not None:
             candidates = candidates[np.isin(self._iids[candidates], allowed)]
         if len(candidates) == 0:

@@ -26,12 +26,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ragcluster.errors import InvalidArgument
+from ragcluster.tools.smart import is_smart, numeric_first_line, read_smart, read_smart_qrels
 
 RETRIEVAL_METRICS = ("recall", "precision", "ndcg", "mrr", "map")
 
 
 def load_queries(path: str | Path) -> dict[str, str]:
-    """BEIR queries JSONL: ``{"_id" | "id": str, "text": str}`` per line."""
+    """BEIR queries JSONL (``{"_id" | "id": str, "text": str}`` per line), or a SMART query file
+    (``CISI.QRY``, ``cran.qry``, ``MED.QRY``, ...: recognised by its first line starting with ``.I``)."""
+    if is_smart(path):
+        return {r.id: r.text for r in read_smart(path)}
     queries: dict[str, str] = {}
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -68,7 +72,10 @@ def load_query_texts(path: str | Path) -> list[str]:
 
 
 def load_qrels(path: str | Path) -> dict[str, dict[str, int]]:
-    """BEIR qrels TSV: ``query-id<TAB>corpus-id<TAB>score`` with a header line (graded relevance)."""
+    """BEIR qrels TSV: ``query-id<TAB>corpus-id<TAB>score`` with a header line (graded relevance); a file
+    whose first line is all numbers is read as SMART/TREC relevance judgements (``read_smart_qrels``)."""
+    if numeric_first_line(path):
+        return read_smart_qrels(path)
     qrels: dict[str, dict[str, int]] = {}
     with open(path, encoding="utf-8", newline="") as f:
         for n, row in enumerate(csv.reader(f, delimiter="\t"), 1):

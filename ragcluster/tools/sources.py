@@ -56,6 +56,24 @@ def read_jsonl(paths: list[str]) -> Iterator[Record]:
                     yield Record(str(path), line_no, error=str(exc))
 
 
+def read_smart_files(paths: list[str]) -> Iterator[Record]:
+    """Documents of SMART collection files (``CISI.ALL``, ``cran.all.1400``, ``MED.ALL``, ``cacm.all``):
+    id ``.I``, title ``.T``, text ``.W``, metadata ``authors`` (``.A``)."""
+    from ragcluster.tools.smart import read_smart_documents
+
+    for path in paths:
+        if not Path(path).is_file():
+            yield Record(str(path), 0, error="no such file")
+            continue
+        try:
+            docs = read_smart_documents(path)
+        except InvalidArgument as exc:
+            yield Record(str(path), 0, error=str(exc))
+            continue
+        for n, doc in enumerate(docs, 1):
+            yield Record(str(path), n, doc)
+
+
 def _metadata_value(text: str):
     """CSV/SQL cell -> metadata value: numbers become numbers, the rest stays a string."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):

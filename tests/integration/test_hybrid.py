@@ -29,8 +29,8 @@ def _corpus() -> list[Document]:
     rng = random.Random(5)
     vocab = [f"w{n}x" for n in range(3000)]
     weights = [1.0 / (n + 1) for n in range(len(vocab))]
-    for i in range(400):
-        words = rng.choices(vocab, weights, k=rng.randint(15, 120))
+    for i in range(250):
+        words = rng.choices(vocab, weights, k=rng.randint(10, 60))
         docs.append(Document(f"z{i}", " ".join(words), title=" ".join(rng.choices(vocab, weights, k=3)),
                              metadata={"topic": "random"}))
     return docs
@@ -87,7 +87,7 @@ async def _cluster(tmp, n: int, embedder, docs, dead: int = 0, **router_kw) -> C
     if docs:
         batches = [router_pb2.IngestRequest(documents=[document_to_pb(d) for d in docs[i:i + 100]])
                    for i in range(0, len(docs), 100)]
-        acks = [r async for r in cluster.stub.Ingest(iter(batches), timeout=300)]
+        acks = [r async for r in cluster.stub.Ingest(iter(batches), timeout=900)]
         assert sum(a.acknowledged for a in acks) == len(docs)
     return cluster
 
@@ -129,7 +129,7 @@ def _rrf(dense, lexical, k, rrf_k=60):
 
 async def test_hybrid_fuses_the_global_dense_and_lexical_rankings(clusters):
     three, _, docs = clusters
-    for text in _queries(docs)[::7]:
+    for text in _queries(docs)[::10]:
         dense = [h.document.id for h in (await three.search(text, k=30, mode="dense")).hits]
         lexical = [h.document.id for h in (await three.search(text, k=30, mode="lexical")).hits]
         response = await three.search(text, k=10, mode="hybrid", window=30)

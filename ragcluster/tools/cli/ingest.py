@@ -16,8 +16,9 @@ from ragcluster.tools.cli.common import DEFAULT_ROUTER, CliError, fail
 @dataclass
 class IngestOptions:
     router: str = option(DEFAULT_ROUTER, "router address host:port")
-    format: str = option("auto", "source format (auto: a directory is dir, *.csv/*.tsv is csv, else jsonl)",
-                         choices=["auto", "jsonl", "csv", "dir"])
+    format: str = option("auto", "source format (auto: a directory is dir, *.csv/*.tsv is csv, a file starting "
+                                 "with '.I' is smart (CISI.ALL, cran.all.1400, MED.ALL), else jsonl)",
+                         choices=["auto", "jsonl", "csv", "dir", "smart"])
     id_col: str = option("id", "csv/sql: the id column")
     text_col: str = option("text", "csv/sql: the text column")
     title_col: str = option("title", "csv/sql: the title column (optional); other columns become metadata")
@@ -38,7 +39,8 @@ def _ingest_records(opts: IngestOptions, files: list[str]):
     """(records iterator, expected count or None) for the chosen source."""
     from pathlib import Path
 
-    from ragcluster.tools.sources import read_csv, read_dir, read_jsonl, read_sql
+    from ragcluster.tools.smart import is_smart
+    from ragcluster.tools.sources import read_csv, read_dir, read_jsonl, read_smart_files, read_sql
 
     if opts.sql:
         if not opts.db:
@@ -48,11 +50,13 @@ def _ingest_records(opts: IngestOptions, files: list[str]):
         raise CliError("give FILE... (or --sql with --db)")
     fmt = opts.format
     if fmt == "auto":
-        kinds = {"dir" if Path(f).is_dir() else "csv" if f.lower().endswith((".csv", ".tsv")) else "jsonl"
-                 for f in files}
+        kinds = {"dir" if Path(f).is_dir() else "csv" if f.lower().endswith((".csv", ".tsv"))
+                 else "smart" if Path(f).is_file() and is_smart(f) else "jsonl" for f in files}
         if len(kinds) > 1:
             raise CliError(f"mixed sources {sorted(kinds)}: ingest them separately or set --format")
         fmt = kinds.pop()
+    if fmt == "smart":
+        return read_smart_files(files), None
     total = 0
     for f in files:
         p = Path(f)

@@ -1,0 +1,231 @@
+"""Which lexical engine for the shards? SQLite FTS5 vs tantivy vs bm25s vs ragcluster's own index
+(shard_server/lexical.py), on the same documents and queries, each engine in its own process:
+
+- indexing speed (documents/s, analysis included), and the time to apply 1,000 updates (replace);
+- query latency at N documents (default 100,000): p50 / p99 of top-10 for the CISI queries;
+- memory: resident memory the index added (RSS delta of the process) and bytes per document;
+- what each can do: updates in place, corpus-wide statistics supplied by the caller (what the router's
+  dfs_query_then_fetch needs), stemmer and stop words.
+
+Documents: CISI's vocabulary and term distribution (a unigram model over CISI.ALL's title + abstract
+tokens, document lengths drawn from CISI's), scaled to N; queries: CISI.QRY. The collection is read from
+its path (never copied):
+
+    .venv/bin/python bench/lexical_engines.py /work/shared/data/cisi [--docs 100000] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+ENGINES = ["ragcluster", "fts5", "tantivy", "bm25s"]
+CAPABILITIES = {
+    "ragcluster": dict(updates="yes (in memory, after the store's commit; rebuilt from the store on start)",
+                       global_stats="yes (df, N, total length per query)", analysis="Snowball stemmers, stop words"),
+    "fts5": dict(updates="yes (same SQLite transaction as the store)", global_stats="no (bm25() uses the table's)",
+                 analysis="Porter only, no stop words"),
+    "tantivy": dict(updates="yes (delete + add, visible after commit)", global_stats="no (searcher's own)",
+                    analysis="en_stem (Snowball), stop words via custom analyzer"),
+    "bm25s": dict(updates="no (index rebuilt from scratch)", global_stats="no (idf baked in at index time)",
+                  analysis="PyStemmer, stop words"),
+}
+
+
+def corpus(data: Path, n: int, seed: int = 0) -> tuple[list[tuple[str, str]], list[str]]:
+    from ragcluster.tools.evaluation import load_queries
+    from ragcluster.tools.smart import read_smart_documents
+
+    docs = read_smart_documents(data / "CISI.ALL")
+    tokens = [t for d in docs for t in re.findall(r"\w+", f"{d.title} {d.text}")]
+    lengths = [len(re.findall(r"\w+", d.text)) for d in docs]
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        words = rng.choices(tokens, k=max(5, rng.choice(lengths)))
+        out.append((" ".join(words[:8]), " ".join(words[8:])))
+    return out, list(load_queries(data / "CISI.QRY").values())
+
+
+def run_engine(engine: str, data: Path, n: int) -> dict:
+    docs, queries = corpus(data, n)
+    proc = psutil.Process()
+    rss0 = proc.memory_info().rss
+    workdir = Path(tempfile.mkdtemp(prefix=f"lex-{engine}-"))
+    update_ids = list(range(0, n, max(1, n // 1000)))[:1000]
+    t0 = time.perf_counter()
+    if engine == "ragcluster":
+        from shard_server.lexical import Analyzer, LexicalIndex, LexicalQuery
+
+        idx = LexicalIndex(Analyzer())
+        for start in range(0, n, 1000):
+            batch = docs[start:start + 1000]
+            idx.add(list(range(start, start + len(batch))), idx.analyze(f"{t}\n{b}" for t, b in batch))
+        build = time.perf_counter() - t0
+
+        def search(q: str):
+            terms = idx.query_terms(q)  # the router's phase one (local here), then scoring with the stats
+            return idx.search(LexicalQuery(terms.terms, terms.counts, terms.document_frequencies, idx.stats()), 10)
+
+        def update():
+            idx.remove(update_ids)
+            idx.add(list(range(n, n + len(update_ids))), idx.analyze(f"{docs[i][0]}\n{docs[i][1]}" for i in update_ids))
+        disk = 0
+    elif engine == "fts5":
+        import sqlite3
+
+        db = sqlite3.connect(workdir / "fts.sqlite3", isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE VIRTUAL TABLE docs USING fts5(title, body, tokenize='porter unicode61')")
+        for start in range(0, n, 1000):
+            db.execute("BEGIN")
+            db.executemany("INSERT INTO docs(rowid, title, body) VALUES (?, ?, ?)",
+                           [(start + i, t, b) for i, (t, b) in enumerate(docs[start:start + 1000])])
+            db.execute("COMMIT")
+        build = time.perf_counter() - t0
+
+        def search(q: str):
+            terms = " OR ".join(f'"{w}"' for w in re.findall(r"\w\w+", q.lower()))
+            return db.execute("SELECT rowid, bm25(docs) FROM docs WHERE docs MATCH ? ORDER BY bm25(docs) LIMIT 10",
+                              (terms,)).fetchall()
+
+        def update():
+            db.execute("BEGIN")
+            db.executemany("DELETE FROM docs WHERE rowid = ?", [(i,) for i in update_ids])
+            db.executemany("INSERT INTO docs(rowid, title, body) VALUES (?, ?, ?)",
+                           [(n + i, docs[i][0], docs[i][1]) for i in update_ids])
+            db.execute("COMMIT")
+        disk = sum(p.stat().st_size for p in workdir.iterdir())
+    elif engine == "tantivy":
+        import tantivy
+
+        builder = tantivy.SchemaBuilder()
+        builder.add_integer_field("id", stored=True, indexed=True)
+        builder.add_text_field("title", tokenizer_name="en_stem")
+        builder.add_text_field("body", tokenizer_name="en_stem")
+        schema = builder.build()
+        index = tantivy.Index(schema, path=str(workdir))
+        writer = index.writer(heap_size=256 * 1024 * 1024, num_threads=1)
+        for i, (t, b) in enumerate(docs):
+            writer.add_document(tantivy.Document(id=i, title=t, body=b))
+        writer.commit()
+        writer.wait_merging_threads()
+        index.reload()
+        build = time.perf_counter() - t0
+        searcher = index.searcher()
+
+        def search(q: str):
+            query = index.parse_query(" ".join(re.findall(r"\w\w+", q.lower())), ["title", "body"])
+            return searcher.search(query, 10).hits
+
+        def update():
+            nonlocal searcher
+            w = index.writer(heap_size=64 * 1024 * 1024, num_threads=1)
+            for i in update_ids:
+                w.delete_documents("id", i)
+                w.add_document(tantivy.Document(id=n + i, title=docs[i][0], body=docs[i][1]))
+            w.commit()
+            w.wait_merging_threads()
+            index.reload()
+            searcher = index.searcher()
+        disk = sum(p.stat().st_size for p in workdir.rglob("*") if p.is_file())
+    elif engine == "bm25s":
+        import bm25s
+        import Stemmer
+
+        stemmer = Stemmer.Stemmer("english")
+        retriever = bm25s.BM25()
+        retriever.index(bm25s.tokenize([f"{t}\n{b}" for t, b in docs], stopwords="en", stemmer=stemmer,
+                                       show_progress=False), show_progress=False)
+        build = time.perf_counter() - t0
+
+        def search(q: str):
+            return retriever.retrieve(bm25s.tokenize([q], stopwords="en", stemmer=stemmer, show_progress=False),
+                                      k=10, show_progress=False)
+
+        def update():  # no incremental update: the whole index is rebuilt
+            r = bm25s.BM25()
+            r.index(bm25s.tokenize([f"{t}\n{b}" for t, b in docs], stopwords="en", stemmer=stemmer,
+                                   show_progress=False), show_progress=False)
+        disk = 0
+    else:
+        raise SystemExit(f"unknown engine {engine}")
+    rss = proc.memory_info().rss - rss0
+    for q in queries[:10]:  # warm up
+        search(q)
+    latencies: list[float] = []
+    stop = time.perf_counter() + 60  # a slow engine gets a minute of queries (at least one pass)
+    for _ in range(3):
+        for q in queries:
+            t = time.perf_counter()
+            search(q)
+            latencies.append(time.perf_counter() - t)
+            if t > stop and len(latencies) >= 20:
+                break
+    t = time.perf_counter()
+    update()
+    update_seconds = time.perf_counter() - t
+    lat = np.array(latencies) * 1000
+    return {"engine": engine, "documents": n, "index_docs_per_second": round(n / build, 1),
+            "build_seconds": round(build, 2), "query_p50_ms": round(float(np.percentile(lat, 50)), 3),
+            "query_p99_ms": round(float(np.percentile(lat, 99)), 3), "queries_timed": len(latencies),
+            "rss_bytes": int(rss),
+            "rss_bytes_per_document": round(rss / n, 1), "disk_bytes": int(disk),
+            "update_1000_seconds": round(update_seconds, 3), **CAPABILITIES[engine]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("data", help="the CISI collection folder (CISI.ALL, CISI.QRY)")
+    parser.add_argument("--docs", type=int, default=100_000)
+    parser.add_argument("--engines", default=",".join(ENGINES))
+    parser.add_argument("--one", default="", help=argparse.SUPPRESS)  # internal: run one engine, print JSON
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    data = Path(args.data)
+    if args.one:
+        print(json.dumps(run_engine(args.one, data, args.docs)))
+        return 0
+    results = []
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    for engine in args.engines.split(","):
+        out = subprocess.run([sys.executable, __file__, str(data), "--docs", str(args.docs), "--one", engine],
+                             capture_output=True, text=True, env=env, timeout=1800)
+        if out.returncode != 0:
+            results.append({"engine": engine, "error": out.stderr.strip().splitlines()[-1:]})
+            continue
+        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        if not args.json:
+            print(json.dumps(results[-1]), file=sys.stderr)
+    if args.json:
+        print(json.dumps(results))
+        return 0
+    print(f"\n{args.docs} documents (CISI vocabulary), {len(corpus(data, 1)[1])} CISI queries, top-10")
+    print(f"{'engine':<11} {'index docs/s':>12} {'p50 ms':>8} {'p99 ms':>8} {'RSS B/doc':>10} {'disk MB':>8} "
+          f"{'1k updates s':>12}")
+    for r in results:
+        if "error" in r:
+            print(f"{r['engine']:<11} failed: {r['error']}")
+            continue
+        print(f"{r['engine']:<11} {r['index_docs_per_second']:>12.0f} {r['query_p50_ms']:>8.2f} "
+              f"{r['query_p99_ms']:>8.2f} {r['rss_bytes_per_document']:>10.0f} {r['disk_bytes'] / 1e6:>8.1f} "
+              f"{r['update_1000_seconds']:>12.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
