@@ -13,6 +13,7 @@ import shlex
 import sys
 
 from generator_node.config import GeneratorConfig
+from ragcluster import tracing
 from ragcluster.config import add_config_arguments, config_from_args
 from ragcluster.log import setup_logging
 from ragcluster.serving import GrpcServer, serve_until_signalled, service_spec
@@ -89,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
     config, engine_args = parse_args(argv)
     setup_logging(config.log_level, config.log_json, name="generator")
+    tracing.setup("ragcluster-generator")  # only when the OTEL_* environment asks for it
     return asyncio.run(_serve(config, engine_args))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from generator_node.engine import Engine, Sampling
+from ragcluster import tracing
 from ragcluster.errors import InvalidArgument, Unavailable
 from ragcluster.v1 import generator_pb2, generator_pb2_grpc
 
@@ -45,6 +46,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
             seed=s.seed if s.HasField("seed") else None,
             repetition_penalty=s.repetition_penalty if s.HasField("repetition_penalty") else None,
         )
+        first = True
         async for chunk in engine.generate(prompt_ids, sampling, request.request_id):
             if chunk.finished:
                 yield generator_pb2.GenerateEvent(complete=generator_pb2.GenerateComplete(
@@ -53,6 +55,9 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
                     time_to_first_token_seconds=chunk.ttft_seconds, total_seconds=chunk.total_seconds,
                 ))
             else:
+                if first:
+                    first = False
+                    tracing.add_event("first_token")
                 yield generator_pb2.GenerateEvent(delta=generator_pb2.TextDelta(text=chunk.text))
 
     async def Info(self, request, context):

@@ -128,4 +128,6 @@ class ServerConfig:
     grace_seconds: float = option(10.0, "on SIGTERM/SIGINT: seconds to let in-flight calls finish")
     log_level: str = option("INFO", "log level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     log_json: bool = option(False, "log one JSON object per line (for Kubernetes)")
+    access_log: bool = option(False, "log one line per request (RPC, status, duration, request/trace id; the "
+                                     "router adds coverage and timings), as JSON with --log-json")
     max_message_bytes: int = option(64 * 1024 * 1024, "largest gRPC message sent or received")

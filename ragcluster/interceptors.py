@@ -15,8 +15,9 @@ from collections.abc import Iterable
 import grpc
 from prometheus_client import Counter, Gauge, Histogram
 
+from ragcluster import tracing
 from ragcluster.errors import RagclusterError
-from ragcluster.log import request_id
+from ragcluster.log import log_request, request_fields, request_id
 
 logger = logging.getLogger(__name__)
 
@@ -73,13 +74,23 @@ def _rich_status(exc: RagclusterError):
 
 
 class _Observed:
-    """Times one RPC, counts its status code, sets the correlation id and maps exceptions to statuses."""
+    """Times one RPC, counts its status code, sets the correlation id and maps exceptions to statuses; with
+    tracing on, the RPC's server span (its trace id is the request id); with an access log, one line at the end."""
 
-    def __init__(self, service: str, method: str, rid: str, context: grpc.aio.ServicerContext):
-        self.service, self.method, self.rid, self.context = service, method, rid, context
+    def __init__(self, service: str, method: str, metadata: dict[str, str], context: grpc.aio.ServicerContext,
+                 access_log: bool = False):
+        self.service, self.method, self.metadata, self.context = service, method, metadata, context
+        self.access_log = access_log
+        self.span: tracing.ServerSpan | None = None
 
     async def __aenter__(self):
-        self.token = request_id.set(self.rid)
+        if tracing.enabled():
+            self.span = tracing.ServerSpan(self.service, self.method, self.metadata).__enter__()
+            rid = self.span.trace_id
+        else:
+            rid = (tracing.trace_id_from(self.metadata) or self.metadata.get(REQUEST_ID_KEY) or uuid.uuid4().hex)
+        self.token = request_id.set(rid)
+        self.fields_token = request_fields.set({}) if self.access_log else None
         self.start = time.perf_counter()
         RPC_IN_FLIGHT.labels(self.service, self.method).inc()
         return self
@@ -103,14 +114,23 @@ class _Observed:
                 logger.error("%s failed", self.method, exc_info=(exc_type, exc, tb))
                 await self.context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc_type.__name__}: {exc}")
         finally:
+            seconds = time.perf_counter() - self.start
             RPC_IN_FLIGHT.labels(self.service, self.method).dec()
             RPC_HANDLED.labels(self.service, self.method, code).inc()
-            RPC_SECONDS.labels(self.service, self.method).observe(time.perf_counter() - self.start)
+            RPC_SECONDS.labels(self.service, self.method).observe(seconds)
+            if self.span is not None:
+                self.span.finish(code)
+            if self.fields_token is not None:
+                log_request(self.method, code, seconds, request_fields.get() or {})
+                request_fields.reset(self.fields_token)
             request_id.reset(self.token)
         return False
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, access_log: bool = False):
+        self.access_log = access_log  # one log line per request (logger ragcluster.access)
+
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         if handler is None:
@@ -121,18 +141,18 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         path, _, method = full.rpartition("/")
         service = path.rsplit(".", 1)[-1]  # /ragcluster.v1.RouterService/Search -> RouterService, Search
         metadata = dict(handler_call_details.invocation_metadata or ())
-        rid = metadata.get(REQUEST_ID_KEY) or uuid.uuid4().hex[:16]
+        access_log = self.access_log
 
         def unary(behavior):
             async def wrapper(request, context):
-                async with _Observed(service, method, rid, context):
+                async with _Observed(service, method, metadata, context, access_log):
                     return await behavior(request, context)
 
             return wrapper
 
         def streaming(behavior):
             async def wrapper(request, context):
-                async with _Observed(service, method, rid, context):
+                async with _Observed(service, method, metadata, context, access_log):
                     async for item in behavior(request, context):
                         yield item
 

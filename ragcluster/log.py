@@ -9,6 +9,26 @@ import sys
 import time
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+# fields of the request's access-log line, set by the server interceptor when the access log is on
+request_fields: contextvars.ContextVar[dict[str, object] | None] = contextvars.ContextVar("request_fields",
+                                                                                         default=None)
+access_logger = logging.getLogger("ragcluster.access")
+
+
+def annotate(**fields: object) -> None:
+    """Add fields (coverage, timings, ...) to the current request's access-log line; no-op without one."""
+    current = request_fields.get()
+    if current is not None:
+        current.update(fields)
+
+
+def log_request(method: str, code: str, seconds: float, fields: dict[str, object]) -> None:
+    """The request's one access-log line: JSON fields with --log-json, ``key=value`` pairs otherwise."""
+    if not access_logger.isEnabledFor(logging.INFO):
+        return
+    record = {"rpc": method, "code": code, "duration_ms": round(seconds * 1000, 3), **fields}
+    text = " ".join(f"{k}={v}" for k, v in record.items())
+    access_logger.info("%s", text, extra={"fields": record})
 
 
 class _RequestIdFilter(logging.Filter):
@@ -26,6 +46,9 @@ class _JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
             "request_id": getattr(record, "request_id", "-"),
         }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            payload.update(fields)
         if record.exc_info:
             payload["exc"] = self.formatException(record.exc_info)
         return json.dumps(payload)

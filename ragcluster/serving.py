@@ -11,14 +11,17 @@ import json
 import logging
 import os
 import signal
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from ragcluster import tracing
 from ragcluster.channels import KEEPALIVE_OPTIONS
 from ragcluster.config import ServerConfig
 from ragcluster.fsutil import atomic_write
@@ -77,9 +80,7 @@ class GrpcServer:
     async def start(self) -> None:
         cfg = self.config
         if cfg.metrics_port >= 0:
-            from prometheus_client import start_http_server
-
-            self._metrics_httpd, _ = start_http_server(cfg.metrics_port, addr=cfg.host)
+            self._metrics_httpd = start_metrics_http(cfg.host, cfg.metrics_port)
             self.metrics_port = self._metrics_httpd.server_port
         options = [
             ("grpc.max_send_message_length", cfg.max_message_bytes),
@@ -87,7 +88,7 @@ class GrpcServer:
             ("grpc.so_reuseport", 0),
             *KEEPALIVE_OPTIONS,
         ]
-        self.server = grpc.aio.server(interceptors=[ServerInterceptor()], options=options)
+        self.server = grpc.aio.server(interceptors=[ServerInterceptor(cfg.access_log)], options=options)
         for spec in self.services:
             spec.add_to_server(spec.servicer, self.server)
             preinitialise(spec.full_name.rsplit(".", 1)[-1], spec.method_names)
@@ -148,6 +149,32 @@ class GrpcServer:
         await self._stopped.wait()
 
 
+def start_metrics_http(host: str, port: int) -> ThreadingHTTPServer:
+    """Serve the default registry on ``host:port`` (``/metrics``) in a daemon thread, always in the Prometheus
+    text format: prometheus_client's OpenMetrics output rewrites sample names such as ``vllm:num_requests_waiting``
+    to ``vllm_num_requests_waiting`` (while keeping ``vllm:`` in HELP/TYPE), so a Prometheus that negotiates
+    OpenMetrics would store names that match neither vLLM's documentation nor our rules and dashboard."""
+    from prometheus_client.exposition import MetricsHandler, _get_best_family
+
+    class TextFormatHandler(MetricsHandler):
+        def do_GET(self) -> None:
+            del self.headers["Accept"]  # no content negotiation: text format 0.0.4
+            super().do_GET()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass  # no line per scrape on stderr
+
+    family, address = _get_best_family(host, port)  # IPv4 or IPv6, as prometheus_client's own server does
+
+    class Server(ThreadingHTTPServer):
+        address_family = family
+
+    httpd = Server((address, port), TextFormatHandler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True).start()
+    return httpd
+
+
 def _write_ready_file(path: Path, grpc_address: str, host: str, metrics_port: int) -> None:
     data = {"grpc": grpc_address, "metrics": f"{host}:{metrics_port}" if metrics_port else "", "pid": os.getpid()}
     atomic_write(path, json.dumps(data))
@@ -173,5 +200,6 @@ async def serve_until_signalled(server: GrpcServer, stop_event: asyncio.Event | 
         logger.info("stop requested while loading")
     logger.info("shutting down (grace %.1fs)", server.config.grace_seconds)
     await server.stop()
+    tracing.shutdown()  # flush the last spans
     waiter.cancel()
     failure.cancel()

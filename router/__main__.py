@@ -7,6 +7,7 @@ import asyncio
 import sys
 import time
 
+from ragcluster import tracing
 from ragcluster.config import add_config_arguments, config_from_args
 from ragcluster.log import setup_logging
 from ragcluster.serving import GrpcServer, serve_until_signalled, service_spec
@@ -85,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     add_config_arguments(parser, RouterConfig)
     config = config_from_args(RouterConfig, parser.parse_args(argv))
     setup_logging(config.log_level, config.log_json, name="router")
+    tracing.setup("ragcluster-router")  # only when the OTEL_* environment asks for it
     asyncio.run(_serve(config))
     return 0
 

@@ -16,6 +16,8 @@ class RouterConfig(ServerConfig):
             "resolves to is a replica, e.g. a Kubernetes headless service); repeat per shard (env: ';'-separated)",
         metavar="N=ADDR[,ADDR...]",
     )
+    access_log: bool = option(True, "log one line per request (RPC, status, request/trace id, coverage, timings), "
+                                    "as JSON with --log-json")
     collection: str = option("default", "name of the collection served by the --shard flags")
     collection_shard: list[str] = option(
         [], "another collection's shard: NAME:N=host:port[,host:port...] (e.g. an index re-built with a new "

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from ragcluster import tracing
 from ragcluster.channels import channel_options
 from ragcluster.errors import InvalidArgument, Unavailable
 from ragcluster.v1 import common_pb2, generator_pb2, generator_pb2_grpc
@@ -48,7 +49,8 @@ class GeneratorPool:
 
     def _add(self, addresses: list[str]) -> list[GeneratorNode]:
         known = {n.address for n in self.nodes}
-        added = [GeneratorNode(a, grpc.aio.insecure_channel(a, options=channel_options()))
+        added = [GeneratorNode(a, grpc.aio.insecure_channel(a, options=channel_options(),
+                                                            interceptors=tracing.client_interceptors()))
                  for a in addresses if a not in known]
         self.nodes.extend(added)
         return added
@@ -100,6 +102,7 @@ class GeneratorPool:
             node.info = await node.stub.Info(generator_pb2.GeneratorInfoRequest(), timeout=timeout)
         return node.info
 
+    @tracing.traced("prompt")
     async def build_prompt(self, node: GeneratorNode, question: str, passages: list[Passage], max_tokens: int,
                            template: PromptTemplate, timeout: float) -> Prompt:
         """Fit the best passages into the node's context minus the answer budget.
@@ -156,15 +159,19 @@ class GeneratorPool:
                 request = generator_pb2.GenerateRequest(
                     request_id=request_id, chat=_chat(prompt.messages), sampling=sampling
                 )
-                call = node.stub.Generate(request, timeout=deadline - time.monotonic())
+                span = tracing.start_span("generate", {"ragcluster.generator": node.address})
+                with tracing.activate(span):
+                    call = node.stub.Generate(request, timeout=deadline - time.monotonic())
                 try:
                     async for event in call:
                         if not started:
                             started = True
+                            span.add_event("first_token")
                             yield node, prompt, None
                         yield node, None, event
                 finally:
                     call.cancel()  # no-op when finished; aborts the engine request when we stop early
+                    span.end()
                 return
             except grpc.aio.AioRpcError as exc:
                 if started or exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED):

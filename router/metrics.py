@@ -59,6 +59,8 @@ CATCHUPS = Counter("ragcluster_router_catchups", "Lagging replicas restored from
 CATCHUP_FAILURES = Counter("ragcluster_router_catchup_failures", "Restores of a lagging replica that failed", ["shard"])
 GENERATOR_FAILOVERS = Counter("ragcluster_router_generator_failovers",
                               "Ask generations moved to another node before the first token, by status code", ["code"])
+for _code in ("UNAVAILABLE", "RESOURCE_EXHAUSTED"):  # the codes that fail over
+    GENERATOR_FAILOVERS.labels(_code)
 IN_FLIGHT = Gauge("ragcluster_router_in_flight_requests", "Requests being served by the router")
 MAX_IN_FLIGHT = Gauge("ragcluster_router_max_in_flight_requests", "Admission limit (--max-in-flight)")
 REJECTED = Counter("ragcluster_router_rejected_requests", "Requests refused by admission control")

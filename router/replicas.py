@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
+from ragcluster import tracing
 from ragcluster.channels import channel_options
 from ragcluster.errors import FailedPrecondition, InvalidArgument, Unavailable
 from ragcluster.v1 import common_pb2, shard_pb2, shard_pb2_grpc
@@ -53,7 +54,8 @@ class ReplicaPolicy:
 
 class Replica(Backend):
     def __init__(self, address: str):
-        super().__init__(address, grpc.aio.insecure_channel(address, options=channel_options()))
+        super().__init__(address, grpc.aio.insecure_channel(address, options=channel_options(),
+                                                            interceptors=tracing.client_interceptors()))
         self.stub = shard_pb2_grpc.ShardServiceStub(self.channel)
         self.catching_up = False
         self.needs_sync = True  # check its sequence before it serves reads
@@ -147,12 +149,14 @@ class ShardGroup:
             return 0.02  # until the shard's own latencies are known
         return float(min(max(np.percentile(self._latencies, 95), 0.001), 1.0))
 
-    async def _call(self, replica: Replica, request, deadline: float, method: str = "Search"):
+    async def _call(self, replica: Replica, request, deadline: float, method: str = "Search",
+                    attempt: str = "primary"):
         replica.outstanding += 1
         start = time.perf_counter()
         try:
             call = getattr(replica.stub, method)
-            response = await call(request, timeout=max(deadline - time.monotonic(), 0.001))
+            with tracing.call_attributes(shard=self.shard, replica=replica.address, attempt=attempt):
+                response = await call(request, timeout=max(deadline - time.monotonic(), 0.001))
         except grpc.aio.AioRpcError as exc:
             metrics.SHARD_CALLS.labels(self.shard, exc.code().name).inc()
             if exc.code() in _EJECT_CODES and replica.record(False, self.policy.eject_after,
@@ -194,9 +198,9 @@ class ShardGroup:
         launched = 0
         last_error: BaseException | None = None
 
-        def launch() -> asyncio.Task:
+        def launch(attempt: str = "primary") -> asyncio.Task:
             nonlocal launched
-            task = asyncio.create_task(self._call(candidates[launched], request, deadline, method))
+            task = asyncio.create_task(self._call(candidates[launched], request, deadline, method, attempt))
             pending[task] = candidates[launched]
             launched += 1
             return task
@@ -213,7 +217,7 @@ class ShardGroup:
                 done, _ = await asyncio.wait(pending, timeout=max(wake - now, 0), return_when=asyncio.FIRST_COMPLETED)
                 if not done:
                     if hedge_at is not None and time.monotonic() >= hedge_at and launched < len(candidates):
-                        hedged.add(launch())
+                        hedged.add(launch("hedge"))
                         metrics.HEDGES.labels(self.shard).inc()
                         hedge_at = None
                     continue
@@ -234,7 +238,7 @@ class ShardGroup:
                         metrics.FAILOVERS.labels(self.shard).inc()
                         logger.warning("shard %d: %s failed (%s); failing over", self.shard,
                                        candidates[launched - 1].address, exc.code().name)
-                        launch()
+                        launch("failover")
         finally:
             for task in pending:
                 task.cancel()  # the losing hedge, or calls past the deadline
@@ -401,6 +405,7 @@ def failure_from_exception(shard: int, exc: BaseException) -> common_pb2.ShardFa
     return common_pb2.ShardFailure(shard=shard, reason=reason, message=message or "")
 
 
+@tracing.traced("fan-out")
 async def fan_out(groups: list[ShardGroup], request, timeout: float, method: str = "Search") -> list[ShardAnswer]:
     """Call ``method`` (Search, or TermStats) on every shard concurrently within ``timeout``, with the same
     replica choice, failover and hedging; failures become ShardAnswer.failure."""

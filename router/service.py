@@ -17,11 +17,12 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from ragcluster import tracing
 from ragcluster.convert import document_from_pb, matrix_to_pb
 from ragcluster.documents import validate_batch
 from ragcluster.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
 from ragcluster.hashing import shard_for
-from ragcluster.log import request_id
+from ragcluster.log import annotate, request_id
 from ragcluster.v1 import common_pb2, generator_pb2, router_pb2, router_pb2_grpc, shard_pb2
 from router import metrics
 from router.collections import Collection, write_active
@@ -69,6 +70,12 @@ def higher_is_better(responses: list[shard_pb2.ShardSearchResponse]) -> bool:
         raise FailedPrecondition("shards use different metrics (inner product and L2); their scores cannot be "
                                  "merged: rebuild them with one --metric")
     return metrics_seen != {common_pb2.METRIC_L2}
+
+
+def _timing_fields(timings: router_pb2.Timings) -> dict[str, float]:
+    """A request's timings for its access-log line, in milliseconds (those that were measured)."""
+    return {f"{field.name.removesuffix('_seconds')}_ms": round(value * 1000, 3)
+            for field, value in timings.ListFields()}
 
 
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
@@ -160,6 +167,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             raise Unavailable(f"coverage {coverage.shards_answered}/{coverage.shards_total} shards is below "
                               f"min_coverage {wanted:g} ({reasons})", details=[coverage])
 
+    @tracing.traced("embed")
     async def _embed(self, col: Collection, texts: list[str], kind: str) -> np.ndarray:
         """Queries go through the micro-batcher; document batches are encoded as they come, on the same
         embedding thread (one encode at a time: the model uses all cores itself)."""
@@ -330,6 +338,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             for iid, doc in response.documents.items():
                 documents[(answer.shard, iid)] = doc
         coverage.degraded = coverage.shards_answered < coverage.shards_total
+        annotate(collection=col.name, shards=f"{coverage.shards_answered}/{coverage.shards_total}",
+                 documents_searched=coverage.documents_searched)
         metrics.COVERAGE_RATIO.observe(coverage.shards_answered / max(coverage.shards_total, 1))
         if coverage.shards_answered == 0:
             reasons = "; ".join(f"shard {f.shard}: {f.message}" for f in coverage.failures)
@@ -402,6 +412,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self._check_coverage(coverage, request)
         timings.retrieve_seconds = time.perf_counter() - t
         timings.total_seconds = time.perf_counter() - start
+        annotate(mode=retrieval.mode, hits=len(hits), **_timing_fields(timings))
         return router_pb2.SearchResponse(hits=hits, coverage=coverage, timings=timings, collection=col.name,
                                          embedding_model=col.model_name, mode=_MODE_PB[retrieval.mode])
 
@@ -466,6 +477,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 timings.generate_seconds = time.perf_counter() - t
                 timings.total_seconds = time.perf_counter() - start
                 metrics.observe_completion(done.completion_tokens, timings)
+                annotate(completion_tokens=done.completion_tokens, generator=node.address, **_timing_fields(timings))
                 yield router_pb2.AskEvent(complete=router_pb2.AskComplete(
                     citations=prompt.citations if prompt else [], finish_reason=done.finish_reason,
                     prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens, timings=timings,

@@ -7,6 +7,7 @@ import asyncio
 import sys
 from pathlib import Path
 
+from ragcluster import tracing
 from ragcluster.config import add_config_arguments, config_from_args
 from ragcluster.log import setup_logging
 from ragcluster.serving import GrpcServer, serve_until_signalled, service_spec
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     add_config_arguments(parser, ShardConfig)
     config = config_from_args(ShardConfig, parser.parse_args(argv))
     setup_logging(config.log_level, config.log_json, name=f"shard-{config.shard_id}")
+    tracing.setup("ragcluster-shard")  # only when the OTEL_* environment asks for it
     asyncio.run(_serve(config))
     return 0
 

@@ -56,3 +56,37 @@ def require_tool(name: str, install: str = "make tools (apt-get install -y prome
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(message + " (CI=true: required)")
     pytest.skip(message)
+
+
+GRAFANA_DASHBOARD = "deploy/grafana/ragcluster.json"
+_PROMQL_WORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right", "bool",
+                 "offset", "inf", "nan"}
+
+
+def dashboard_queries(dashboard: dict) -> list[tuple[str, str]]:
+    """(panel title, PromQL) of every target of every panel, Grafana variables replaced by what they expand to
+    ($__rate_interval -> 5m, a multi-value variable -> .*)."""
+    import re
+
+    out = []
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            expr = target["expr"].replace("$__rate_interval", "5m")
+            out.append((panel["title"], re.sub(r"\$\{?\w+\}?", ".*", expr)))
+    return out
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    """Metric names a PromQL expression selects (not functions, keywords, label names or values)."""
+    import re
+
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # strings
+    text = re.sub(r"\{[^}]*\}", "", text)  # label matchers
+    text = re.sub(r"\[[^\]]*\]", "", text)  # ranges
+    text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)  # label lists
+    names = set()
+    for m in re.finditer(r"(?<![\w:.])([a-zA-Z_:][a-zA-Z0-9_:]*)", text):
+        rest = text[m.end():].lstrip()
+        if m[1].lower() not in _PROMQL_WORDS and not rest.startswith("("):
+            names.add(m[1])
+    return names
