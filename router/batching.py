@@ -1,14 +1,19 @@
-"""Query-embedding micro-batching: concurrent texts are coalesced into one encode call.
+"""Embedding micro-batching with a priority lane for queries.
 
-One worker takes the first waiting text, gathers more for at most ``max_wait`` (or until ``max_batch``),
-and encodes them together on a single dedicated thread. While a batch is encoding, new requests queue up
-and form the next batch, so under load batches grow by themselves and throughput scales with
-concurrency; at low load a request waits at most ``max_wait``.
+Queries: one worker takes the first waiting query, gathers more for at most ``max_wait`` (or until
+``max_batch``), and encodes them together on a single dedicated thread. While a batch is encoding, new
+queries queue up and form the next batch, so under load batches grow by themselves and throughput scales
+with concurrency; at low load a query waits at most ``max_wait``.
+
+Bulk (documents being ingested) goes through the same worker in a second, lower-priority lane, cut into
+chunks of ``bulk_chunk`` texts: the worker encodes a bulk chunk only when no query waits, so during a
+bulk ingest a query waits for at most one small chunk, never for a whole ingest batch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import time
 from collections.abc import Callable
@@ -21,61 +26,115 @@ from router import metrics
 
 class MicroBatcher:
     def __init__(self, encode: Callable[[list[str]], np.ndarray], max_batch: int = 32, max_wait_us: int = 500,
-                 executor: ThreadPoolExecutor | None = None):
+                 executor: ThreadPoolExecutor | None = None, bulk_chunk: int = 16):
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
+        if bulk_chunk < 1:
+            raise ValueError("bulk_chunk must be >= 1")
         self._encode = encode
         self.max_batch = max_batch
         self.max_wait = max_wait_us / 1e6
+        self.bulk_chunk = bulk_chunk
         self._owns_executor = executor is None  # a shared executor is shut down by its owner
         self.executor = executor or ThreadPoolExecutor(1, thread_name_prefix="embed")
         self._queue: asyncio.Queue[tuple[str, asyncio.Future, float]] = asyncio.Queue()
+        self._bulk: collections.deque[tuple[list[str], asyncio.Future]] = collections.deque()
+        self._work = asyncio.Event()  # set whenever either lane has something
         self._worker: asyncio.Task | None = None
 
-    async def encode(self, text: str) -> np.ndarray:
-        """The embedding of one text (1-d float32)."""
+    def _ensure_worker(self) -> None:
         if self._worker is None:
             self._worker = asyncio.create_task(self._run())
+
+    async def encode(self, text: str) -> np.ndarray:
+        """The embedding of one query text (1-d float32); served before any bulk work."""
+        self._ensure_worker()
         future = asyncio.get_running_loop().create_future()
         await self._queue.put((text, future, time.perf_counter()))
+        self._work.set()
         return await future
+
+    async def encode_bulk(self, texts: list[str]) -> np.ndarray:
+        """Embeddings of many texts (e.g. an ingest batch), encoded in small chunks whenever no query
+        waits; rows in the order of ``texts``."""
+        self._ensure_worker()
+        loop = asyncio.get_running_loop()
+        futures = []
+        for start in range(0, len(texts), self.bulk_chunk):
+            future = loop.create_future()
+            self._bulk.append((texts[start:start + self.bulk_chunk], future))
+            futures.append(future)
+        self._work.set()
+        try:
+            parts = await asyncio.gather(*futures)
+        finally:
+            for f in futures:
+                f.cancel()  # a cancelled caller's remaining chunks are skipped
+        if not parts:
+            return np.zeros((0, 0), dtype=np.float32)
+        return np.concatenate(parts)
+
+    async def _gather_queries(self, loop: asyncio.AbstractEventLoop) -> list[tuple[str, asyncio.Future, float]]:
+        batch = [self._queue.get_nowait()]
+        deadline = loop.time() + self.max_wait
+        while len(batch) < self.max_batch:
+            try:
+                batch.append(self._queue.get_nowait())
+                continue
+            except asyncio.QueueEmpty:
+                pass
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except TimeoutError:
+                break
+        return batch
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = [await self._queue.get()]
-            deadline = loop.time() + self.max_wait
-            while len(batch) < self.max_batch:
-                try:
-                    batch.append(self._queue.get_nowait())
+            if self._queue.empty() and not self._bulk:
+                self._work.clear()
+                await self._work.wait()
+                continue
+            if not self._queue.empty():
+                await self._run_queries(loop, await self._gather_queries(loop))
+            else:
+                texts, future = self._bulk.popleft()
+                if future.done():  # its caller went away
                     continue
-                except asyncio.QueueEmpty:
-                    pass
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
+                start = time.perf_counter()
                 try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-                except TimeoutError:
-                    break
-            live = [(t, f, q) for t, f, q in batch if not f.done()]  # cancelled callers drop out
-            if not live:
-                continue
-            start = time.perf_counter()
-            for _, _, queued in live:
-                metrics.EMBED_WAIT_SECONDS.observe(start - queued)
-            metrics.EMBED_BATCH_SIZE.observe(len(live))
-            try:
-                vectors = await loop.run_in_executor(self.executor, self._encode, [t for t, _, _ in live])
-            except Exception as exc:  # every waiter learns of the failure
-                for _, f, _ in live:
-                    if not f.done():
-                        f.set_exception(exc)
-                continue
-            metrics.EMBED_SECONDS.labels("query").observe(time.perf_counter() - start)
-            for (_, f, _), v in zip(live, vectors):
+                    vectors = await loop.run_in_executor(self.executor, self._encode, texts)
+                except Exception as exc:
+                    if not future.done():
+                        future.set_exception(exc)
+                    continue
+                metrics.EMBED_SECONDS.labels("document").observe(time.perf_counter() - start)
+                if not future.done():
+                    future.set_result(vectors)
+
+    async def _run_queries(self, loop: asyncio.AbstractEventLoop, batch: list) -> None:
+        live = [(t, f, q) for t, f, q in batch if not f.done()]  # cancelled callers drop out
+        if not live:
+            return
+        start = time.perf_counter()
+        for _, _, queued in live:
+            metrics.EMBED_WAIT_SECONDS.observe(start - queued)
+        metrics.EMBED_BATCH_SIZE.observe(len(live))
+        try:
+            vectors = await loop.run_in_executor(self.executor, self._encode, [t for t, _, _ in live])
+        except Exception as exc:  # every waiter learns of the failure
+            for _, f, _ in live:
                 if not f.done():
-                    f.set_result(v)
+                    f.set_exception(exc)
+            return
+        metrics.EMBED_SECONDS.labels("query").observe(time.perf_counter() - start)
+        for (_, f, _), v in zip(live, vectors):
+            if not f.done():
+                f.set_result(v)
 
     async def close(self) -> None:
         if self._worker is not None:

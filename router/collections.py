@@ -26,9 +26,10 @@ class Collection:
     embedder: object | None = None
     batcher: MicroBatcher | None = field(default=None, repr=False)
 
-    def set_embedder(self, embedder, max_batch: int, max_wait_us: int, executor: ThreadPoolExecutor) -> None:
+    def set_embedder(self, embedder, max_batch: int, max_wait_us: int, executor: ThreadPoolExecutor,
+                     bulk_chunk: int = 16) -> None:
         self.embedder = embedder
-        self.batcher = MicroBatcher(embedder.encode, max_batch, max_wait_us, executor)
+        self.batcher = MicroBatcher(embedder.encode, max_batch, max_wait_us, executor, max(1, bulk_chunk))
 
     @property
     def model_name(self) -> str:

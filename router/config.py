@@ -41,6 +41,11 @@ class RouterConfig(ServerConfig):
     rrf_k: int = option(60, "RRF constant: a candidate scores 1 / (rrf_k + rank) per retriever")
     fusion_alpha: float = option(0.5, "weighted fusion: weight of the dense score (0..1)")
     fusion_window: int = option(100, "hybrid: candidates taken from each retriever before fusing (at least k)")
+    embed_bulk_chunk: int = option(16, "ingest: documents are embedded in chunks of this many texts, each only when "
+                                       "no query waits, so queries keep their latency during a bulk ingest (0 = "
+                                       "whole batches, no priority for queries)")
+    ingest_idle_timeout_seconds: float = option(60.0, "an Ingest stream that sends no message for this long is "
+                                                      "closed (DEADLINE_EXCEEDED), freeing its admission slot")
     default_k: int = option(10, "k when a search request leaves it 0")
     max_k: int = option(100, "largest k a request may ask for")
     ask_k: int = option(5, "passages retrieved for Ask when the request leaves k 0")

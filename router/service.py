@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from ragcluster import tracing
 from ragcluster.convert import document_from_pb, matrix_to_pb
 from ragcluster.documents import validate_batch
-from ragcluster.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
+from ragcluster.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
 from ragcluster.hashing import shard_for
 from ragcluster.log import annotate, request_id
 from ragcluster.v1 import common_pb2, generator_pb2, router_pb2, router_pb2_grpc, shard_pb2
@@ -112,7 +112,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 self.set_collection_embedder(col, embedder)
 
     def set_collection_embedder(self, col: Collection, embedder) -> None:
-        col.set_embedder(embedder, self.config.embed_max_batch, self.config.embed_max_wait_us, self._embed_executor)
+        col.set_embedder(embedder, self.config.embed_max_batch, self.config.embed_max_wait_us, self._embed_executor,
+                         self.config.embed_bulk_chunk)
 
     def _collection(self, name: str = "") -> Collection:
         """The collection a request uses from start to end (resolved once: a switch cannot split it)."""
@@ -169,10 +170,13 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
 
     @tracing.traced("embed")
     async def _embed(self, col: Collection, texts: list[str], kind: str) -> np.ndarray:
-        """Queries go through the micro-batcher; document batches are encoded as they come, on the same
-        embedding thread (one encode at a time: the model uses all cores itself)."""
+        """Queries go through the micro-batcher; document batches through its low-priority bulk lane, in
+        small chunks encoded only when no query waits (one encode at a time on one embedding thread: the
+        model uses all cores itself)."""
         if kind == "query" and len(texts) == 1:
             return (await col.batcher.encode(texts[0])).reshape(1, -1)
+        if kind == "document" and self.config.embed_bulk_chunk > 0:
+            return await col.batcher.encode_bulk(texts)
         start = time.perf_counter()
         loop = asyncio.get_running_loop()
         vectors = await loop.run_in_executor(self._embed_executor, col.embedder.encode, texts)
@@ -495,8 +499,23 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         total = 0
         writing: asyncio.Task | None = None
         col: Collection | None = None
+        messages = aiter(request_iterator)
+        idle = self.config.ingest_idle_timeout_seconds
         try:
-            async for request in request_iterator:
+            while True:
+                try:  # an idle stream must not hold its admission slot forever
+                    request = await asyncio.wait_for(anext(messages), idle if idle > 0 else None)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    if writing is not None:  # what was sent is still written and acknowledged
+                        count = await writing
+                        writing = None
+                        total += count
+                        yield router_pb2.IngestResponse(acknowledged=count, total_acknowledged=total)
+                    raise DeadlineExceeded(f"ingest: no message for {idle:g} s; the stream was closed to free its "
+                                           "admission slot (batches acknowledged so far are durable; reopen the "
+                                           "stream to send more)") from None
                 if col is None:
                     col = self._collection(request.collection)  # for the whole stream
                 elif request.collection and request.collection != col.name:
