@@ -40,7 +40,8 @@ def build_server(config: ShardConfig) -> GrpcServer:
 
     servicer = ShardServicer(after_write=lambda: state["maintenance"].after_write(), restore=restore,
                              search_delay_seconds=config.search_delay_ms / 1000,
-                             max_message_bytes=config.max_message_bytes, maintenance_executor=upkeep)
+                             max_message_bytes=config.max_message_bytes, maintenance_executor=upkeep,
+                             max_snapshots=config.max_concurrent_snapshots)
 
     async def load() -> None:
         if config.restore_from and not (Path(config.data_dir) / STORE_FILE).exists():

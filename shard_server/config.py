@@ -37,3 +37,5 @@ class ShardConfig(ServerConfig):
     bm25_b: float = option(0.75, "BM25 length normalisation b (0..1)")
     maintenance_threads: int = option(2, "threads for background checkpoints and rebuilds (their FAISS work uses one "
                                          "core each); searches and writes never wait for these threads")
+    max_concurrent_snapshots: int = option(2, "Snapshot streams served at once (each holds a read transaction on the "
+                                              "store); beyond it RESOURCE_EXHAUSTED")

@@ -9,7 +9,7 @@ from concurrent.futures import Executor
 import numpy as np
 
 from ragcluster.convert import document_from_pb, document_to_pb, matrix_from_pb, metadata_from_pb
-from ragcluster.errors import InvalidArgument, Unavailable
+from ragcluster.errors import InvalidArgument, ResourceExhausted, Unavailable
 from ragcluster.v1 import common_pb2, shard_pb2, shard_pb2_grpc
 from shard_server.filters import Condition, Filter
 from shard_server.lexical import CorpusStats, LexicalQuery
@@ -52,8 +52,10 @@ def lexical_from_pb(pb: shard_pb2.LexicalQuery) -> LexicalQuery:
 class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
     def __init__(self, shard: Shard | None = None, after_write=lambda: None, restore=None,
                  search_delay_seconds: float = 0.0, max_message_bytes: int = 64 * 1024 * 1024,
-                 maintenance_executor: Executor | None = None):
+                 maintenance_executor: Executor | None = None, max_snapshots: int = 2):
         self._shard = shard
+        self.max_snapshots = max(1, max_snapshots)
+        self._snapshots = asyncio.Semaphore(self.max_snapshots)
         # rebuilds on demand run with the background checkpoints and rebuilds, never in the searches' threads
         self.maintenance_executor = maintenance_executor
         self.max_message_bytes = max_message_bytes  # an answer larger than this could not be sent
@@ -176,13 +178,16 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
     async def Snapshot(self, request, context):
         from shard_server.snapshot import snapshot_chunks
 
-        chunks = snapshot_chunks(self.shard)
-        sentinel = object()
-        try:
-            while (chunk := await asyncio.to_thread(next, chunks, sentinel)) is not sentinel:
-                yield chunk
-        finally:
-            await asyncio.to_thread(chunks.close)  # removes the temporary copy
+        if self._snapshots.locked():  # each stream holds a read transaction (or a copy): bounded
+            raise ResourceExhausted(f"snapshot: {self.max_snapshots} snapshot(s) already streaming; retry later")
+        async with self._snapshots:
+            chunks = snapshot_chunks(self.shard)
+            sentinel = object()
+            try:
+                while (chunk := await asyncio.to_thread(next, chunks, sentinel)) is not sentinel:
+                    yield chunk
+            finally:
+                await asyncio.to_thread(chunks.close)  # ends the read transaction (or removes the copy)
 
     async def Restore(self, request, context):
         if not request.source:

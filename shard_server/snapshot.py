@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import grpc
 
 from ragcluster.channels import channel_options
-from ragcluster.errors import Unavailable
+from ragcluster.errors import ResourceExhausted, Unavailable
 from ragcluster.fsutil import replace_durably
 from ragcluster.v1 import shard_pb2, shard_pb2_grpc
 from shard_server.shard import CHECKPOINT_FILE, STORE_FILE, Shard
@@ -22,25 +23,44 @@ from shard_server.shard import CHECKPOINT_FILE, STORE_FILE, Shard
 logger = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1 << 20
+DISK_MARGIN_BYTES = 16 << 20  # left free beyond a snapshot's size
 
 
 def snapshot_chunks(shard: Shard) -> Iterator[shard_pb2.SnapshotChunk]:
-    """Header, data chunks, trailer. Blocking: run it in a thread."""
+    """Header, data chunks, trailer. Blocking: run it in a thread.
+
+    Streams the store's own file, frozen by a read transaction (no copy, writes go on meanwhile); only
+    when SQLite cannot freeze it right now is a consistent copy made, and refused when the disk is short."""
     info = shard.info()
+    with shard.store.frozen_file() as frozen:
+        if frozen is not None:
+            path, size, sequence = frozen
+            yield from _stream(info, path, size, sequence)
+            return
+    free = shutil.disk_usage(shard.data_dir).free
+    needed = shard.store.size_bytes() + DISK_MARGIN_BYTES
+    if free < needed:
+        raise ResourceExhausted(f"snapshot: a copy of the store needs {needed} bytes, {free} are free on "
+                                f"{shard.data_dir}; free disk space or retry when other snapshots finished")
     with tempfile.TemporaryDirectory(dir=shard.data_dir, prefix=".snapshot-") as tmp:
         path = Path(tmp) / STORE_FILE
         sequence = shard.store.backup_to(path)
-        size = path.stat().st_size
-        yield shard_pb2.SnapshotChunk(header=shard_pb2.SnapshotHeader(
-            shard=info.shard, sequence=sequence, size_bytes=size, dim=info.dim, index_factory=info.index_factory,
-            embedding_model=info.embedding_model, documents=info.stored_documents,
-        ))
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            while chunk := f.read(CHUNK_BYTES):
-                digest.update(chunk)
-                yield shard_pb2.SnapshotChunk(data=chunk)
-        yield shard_pb2.SnapshotChunk(trailer=shard_pb2.SnapshotTrailer(sha256=digest.hexdigest()))
+        yield from _stream(info, path, path.stat().st_size, sequence)
+
+
+def _stream(info, path: Path, size: int, sequence: int) -> Iterator[shard_pb2.SnapshotChunk]:
+    yield shard_pb2.SnapshotChunk(header=shard_pb2.SnapshotHeader(
+        shard=info.shard, sequence=sequence, size_bytes=size, dim=info.dim, index_factory=info.index_factory,
+        embedding_model=info.embedding_model, documents=info.stored_documents,
+    ))
+    digest = hashlib.sha256()
+    left = size
+    with open(path, "rb") as f:
+        while left > 0 and (chunk := f.read(min(CHUNK_BYTES, left))):
+            left -= len(chunk)
+            digest.update(chunk)
+            yield shard_pb2.SnapshotChunk(data=chunk)
+    yield shard_pb2.SnapshotChunk(trailer=shard_pb2.SnapshotTrailer(sha256=digest.hexdigest()))
 
 
 def restore_from(address: str, data_dir: Path, timeout: float = 600.0, replace: bool = False) -> int:
@@ -64,6 +84,11 @@ def restore_from(address: str, data_dir: Path, timeout: float = 600.0, replace: 
                 kind = chunk.WhichOneof("kind")
                 if kind == "header":
                     header = chunk.header
+                    free = shutil.disk_usage(data_dir).free
+                    if free < header.size_bytes + DISK_MARGIN_BYTES:  # refuse before filling the disk
+                        raise ResourceExhausted(
+                            f"restore: the snapshot from {address} is {header.size_bytes} bytes, {free} are free "
+                            f"on {data_dir}; free disk space first (this replica keeps its own data)")
                 elif kind == "data":
                     f.write(chunk.data)
                     digest.update(chunk.data)

@@ -337,6 +337,31 @@ class DocumentStore:
         conn = conn or self._reader()
         return [r[0] for r in conn.execute("SELECT iid FROM removed WHERE seq > ?", (since_sequence,))]
 
+    @contextlib.contextmanager
+    def frozen_file(self) -> Iterator[tuple[Path, int, int] | None]:
+        """The store's own file, unchanged while the context is open: ``(path, size, sequence)``, or None
+        when that cannot be had right now (then copy with ``backup_to``).
+
+        Under the write lock, a passive WAL checkpoint moves every committed page into the main file;
+        then a read transaction starts. SQLite never writes WAL frames newer than an open reader's
+        snapshot back into the main file, so its first ``size`` bytes stay exactly this snapshot until
+        the context closes, while writes go on into the WAL. No copy of the store is made."""
+        conn = self._connect()
+        try:
+            frozen = None
+            with self._write_lock:
+                busy, log, done = self._write.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                if not busy and log == done:  # else another reader holds back part of the WAL
+                    conn.execute("BEGIN")
+                    sequence = self.sequence_in(conn)  # the snapshot starts at this first read
+                    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+                    frozen = self.path, pages * conn.execute("PRAGMA page_size").fetchone()[0], sequence
+            yield frozen
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("COMMIT")
+            conn.close()
+
     def backup_to(self, path: Path) -> int:
         """A consistent copy of the whole store at ``path``; returns its sequence number."""
         dest = sqlite3.connect(path)
