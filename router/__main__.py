@@ -30,7 +30,8 @@ def build_server(config: RouterConfig) -> GrpcServer:
     shards = parse_shards(config.shard)
     if not shards:
         raise SystemExit("router: at least one --shard N=host:port is required")
-    policy = ReplicaPolicy(config.hedge_delay_ms, config.eject_after, config.eject_seconds, config.write_quorum)
+    policy = ReplicaPolicy(config.hedge_delay_ms, config.eject_after, config.eject_seconds, config.write_quorum,
+                           config.anti_entropy_seconds)
     collections = parse_collections(config.collection, shards, config.embedding_model, config.collection_shard,
                                     config.collection_model, policy)
     groups = [g for col in collections.values() for g in col.groups]

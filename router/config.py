@@ -60,6 +60,9 @@ class RouterConfig(ServerConfig):
                                         "health turns SERVING again)")
     write_quorum: str = option("all", "a write is acknowledged when all live replicas (all) or a majority of all "
                                       "replicas (majority) made it durable", choices=["all", "majority"])
+    anti_entropy_seconds: float = option(30.0, "compare shard replicas document by document this often and copy "
+                                               "the newest version of each to replicas that lack it (0 = only "
+                                               "when a replica returns or misses a write)")
     dns_refresh_seconds: float = option(30.0, "re-resolve dns:/// shard addresses this often")
     max_in_flight: int = option(512, "admission control: requests served at once; beyond it RESOURCE_EXHAUSTED")
     deadline_margin_ms: float = option(20.0, "answer this long before the caller's deadline (partial results "

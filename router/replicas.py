@@ -33,6 +33,7 @@ from ragcluster.v1 import common_pb2, shard_pb2, shard_pb2_grpc
 from router import metrics
 from router.discovery import Resolver
 from router.health import Backend, Watchers
+from router.versions import HybridClock
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,18 @@ class ReplicaPolicy:
     eject_after: int = 3  # consecutive failures
     eject_seconds: float = 10.0
     write_quorum: str = "all"  # all (live replicas) | majority (of all replicas)
+    anti_entropy_seconds: float = 30.0  # compare replicas this often (0 = only on events)
+
+
+_CLOCK: HybridClock | None = None
+
+
+def default_clock() -> HybridClock:
+    """The process's write clock (one per router, shared by every shard group)."""
+    global _CLOCK
+    if _CLOCK is None:
+        _CLOCK = HybridClock()
+    return _CLOCK
 
 
 class Replica(Backend):
@@ -72,7 +85,7 @@ class ShardGroup:
     """One shard and its replicas."""
 
     def __init__(self, shard: int, addresses: list[str], policy: ReplicaPolicy | None = None,
-                 resolver: Resolver | None = None):
+                 resolver: Resolver | None = None, clock: HybridClock | None = None):
         self.shard = shard
         self.specs = list(addresses)
         self.resolver = resolver or Resolver()
@@ -84,7 +97,10 @@ class ShardGroup:
         self._rotation = itertools.count()
         self.last_documents = 0
         self._sync_task: asyncio.Task | None = None
+        self._sync_wanted = False
         self._refresh_task: asyncio.Task | None = None
+        self._anti_entropy_task: asyncio.Task | None = None
+        self.clock = clock or default_clock()
         metrics.preinitialise_shard(shard)
         for spec in self.specs:
             if not spec.startswith("dns:"):
@@ -98,9 +114,11 @@ class ShardGroup:
     async def start(self, refresh_seconds: float = 30.0) -> None:
         await self._add(await self.resolver.resolve_all([s for s in self.specs if s.startswith("dns:")]))
         await self._watchers.start(self.replicas, f"shard {self.shard} replica")
-        await self.sync()  # compare sequences before the first read
+        await self.sync()  # compare the replicas before the first read
         if any(s.startswith("dns:") for s in self.specs):
             self._refresh_task = asyncio.create_task(self._refresh_loop(refresh_seconds))
+        if self.policy.anti_entropy_seconds > 0:  # catches what other routers' failed writes left behind
+            self._anti_entropy_task = asyncio.create_task(self._anti_entropy_loop(self.policy.anti_entropy_seconds))
 
     async def _add(self, addresses: list[str]) -> list[Replica]:
         known = {r.address for r in self.replicas}
@@ -281,6 +299,14 @@ class ShardGroup:
         now = time.monotonic()
         return [r for r in self.replicas if r.usable(now) and not r.catching_up]
 
+    def _coverage_complete(self, replicas: list[Replica]) -> bool:
+        """Whether comparing ``replicas`` is enough to know every acknowledged write: all replicas
+        (quorum ``all``: a write may be on any live subset), or a majority (quorum ``majority``: every
+        acknowledged write is on a majority, and two majorities share a replica)."""
+        if self.policy.write_quorum == "all":
+            return len(replicas) == len(self.replicas)
+        return len(replicas) >= len(self.replicas) // 2 + 1
+
     async def _write(self, op: str, call) -> list:
         async with self.write_lock:
             targets = self._write_targets()
@@ -288,7 +314,14 @@ class ShardGroup:
             if not targets or len(targets) < needed:
                 raise Unavailable(f"shard {self.shard}: {len(targets)} live replica(s), {op} needs {max(needed, 1)} "
                                   f"({self.policy.write_quorum})")
-            results = await asyncio.gather(*(call(r) for r in targets), return_exceptions=True)
+            if all(r.needs_sync for r in targets):  # none known to hold every acknowledged write
+                self._request_sync()
+                raise Unavailable(f"shard {self.shard}: no live replica is known to be up to date yet (replicas are "
+                                  "being compared); retry shortly")
+            # The fan-out runs to its end even when the caller goes away (cancel, deadline): a batch is never
+            # left half-sent unnoticed; replicas that failed or missed it are marked and repaired.
+            fan = asyncio.ensure_future(self._fan_out_write(targets, call))
+            results = await asyncio.shield(fan)
         ok, failures = [], []
         for replica, result in zip(targets, results):
             if isinstance(result, grpc.aio.AioRpcError) and result.code() == grpc.StatusCode.INVALID_ARGUMENT:
@@ -297,7 +330,6 @@ class ShardGroup:
                 raise FailedPrecondition(f"shard {self.shard}: {result.details()}")
             if isinstance(result, BaseException):
                 failures.append((replica, result))
-                self._mark_for_sync(replica)  # it may have missed this write: catch up before reading
             else:
                 ok.append(result)
         if len(ok) < needed:
@@ -305,7 +337,18 @@ class ShardGroup:
             raise Unavailable(f"shard {self.shard}: {op} acknowledged by {len(ok)} of {needed} replicas: {detail}")
         return ok
 
+    async def _fan_out_write(self, targets: list[Replica], call) -> list:
+        results = await asyncio.gather(*(call(r) for r in targets), return_exceptions=True)
+        for replica, result in zip(targets, results):
+            if isinstance(result, BaseException):
+                self._mark_for_sync(replica)  # it may have missed this write: repair before it serves reads
+        return results
+
     async def upsert(self, request: shard_pb2.UpsertRequest, timeout: float) -> int:
+        version = self.clock.now()  # one version for the batch (its ids are distinct)
+        for entry in request.documents:
+            entry.version = version
+
         async def one(replica: Replica) -> int:
             async for response in replica.stub.Upsert(iter([request]), timeout=timeout):
                 return response.upserted
@@ -314,54 +357,127 @@ class ShardGroup:
         return max(await self._write("upsert", one))
 
     async def delete(self, ids: list[str], timeout: float) -> int:
-        request = shard_pb2.ShardDeleteRequest(ids=ids)
+        version = self.clock.now()
+        request = shard_pb2.ShardDeleteRequest(ids=ids, versions=[version] * len(ids))
         results = await self._write("delete", lambda r: r.stub.Delete(request, timeout=timeout))
         return max(r.deleted for r in results)
 
-    # --- catch-up -------------------------------------------------------------------------------
+    # --- anti-entropy ---------------------------------------------------------------------------
     def _mark_for_sync(self, replica: Replica) -> None:
         replica.needs_sync = True
+        self._request_sync()
+
+    def _request_sync(self) -> None:
+        self._sync_wanted = True
         if self._sync_task is None or self._sync_task.done():
             self._sync_task = asyncio.get_running_loop().create_task(self.sync())
 
-    async def sync(self, attempts: int = 3) -> None:
-        """Compare sequences; restore lagging replicas from the most advanced live one. Writes to this
-        shard wait meanwhile, so the copy cannot fall behind while it is made."""
+    async def sync(self, attempts: int = 5) -> None:
+        """Compare the live replicas document by document (versions from ``Digest``) and copy each
+        document's newest version, or its versioned delete, to the replicas that lack it. Replicas marked
+        as possibly behind serve reads again only once compared with enough others to have seen every
+        acknowledged write (``_coverage_complete``); until then they take writes but no reads."""
+        self._sync_wanted = True
         for _ in range(attempts):
-            async with self.write_lock:
-                live = [r for r in self.replicas if r.serving]
-                infos = await asyncio.gather(*(r.stub.Info(shard_pb2.ShardInfoRequest(), timeout=10) for r in live),
-                                             return_exceptions=True)
-                seqs = {r: i.sequence for r, i in zip(live, infos) if not isinstance(i, BaseException)}
-                if not seqs:
-                    return
-                source = max(seqs, key=lambda r: (seqs[r], not r.needs_sync))
-                lagging = [r for r in seqs if seqs[r] < seqs[source]]  # equal sequence = same batches applied
-                for r in seqs:
-                    if r not in lagging:
-                        r.needs_sync = False
-                if not lagging:
-                    return
-                for replica in lagging:
-                    replica.catching_up = True
-                    logger.info("shard %d replica %s is behind (sequence %d < %d): restoring from %s", self.shard,
-                                replica.address, seqs[replica], seqs[source], source.address)
-                    try:
-                        done = await replica.stub.Restore(shard_pb2.RestoreRequest(source=source.address), timeout=600)
-                        metrics.CATCHUPS.labels(self.shard).inc()
-                        if done.sequence == seqs[source]:
-                            replica.needs_sync = False
-                    except grpc.aio.AioRpcError as exc:
-                        metrics.CATCHUP_FAILURES.labels(self.shard).inc()
-                        logger.warning("shard %d replica %s restore failed: %s", self.shard, replica.address,
-                                       exc.details())
-                    finally:
-                        replica.catching_up = False
-            if not any(r.needs_sync for r in self.replicas if r.serving):
+            if not self._sync_wanted:
                 return
+            self._sync_wanted = False
+            live = [r for r in self.replicas if r.serving]
+            if not live:
+                return
+            try:
+                repaired = await self.reconcile(live)
+            except (grpc.aio.AioRpcError, Unavailable) as exc:
+                logger.warning("shard %d: comparing replicas failed (%s); will retry", self.shard, _describe(exc))
+                self._sync_wanted = True
+                continue
+            if repaired:
+                metrics.CATCHUPS.labels(self.shard).inc()
+            if self._coverage_complete(live):
+                for r in live:
+                    r.needs_sync = False
+            else:
+                waiting = [r.address for r in live if r.needs_sync]
+                if waiting:
+                    logger.warning("shard %d: %s wait for more replicas before serving reads (%d of %d live, "
+                                   "quorum %s)", self.shard, waiting, len(live), len(self.replicas),
+                                   self.policy.write_quorum)
+
+    async def reconcile(self, replicas: list[Replica], page: int = 5000, timeout: float = 60.0) -> int:
+        """One anti-entropy pass over ``replicas``; returns the number of repairs sent."""
+        if len(replicas) < 2:
+            return 0
+        after, repairs = "", 0
+        for _ in range(1_000_000):  # bounded: one page per round
+            pages = await asyncio.gather(*(r.stub.Digest(shard_pb2.DigestRequest(after_id=after, limit=page),
+                                                         timeout=timeout) for r in replicas))
+            full = [p.ids[-1] for p in pages if len(p.ids) >= page]
+            boundary = min(full) if full else None  # ids up to here are complete on every replica
+            entries = []
+            for p in pages:
+                entries.append({i: (v, h, d) for i, v, h, d in zip(p.ids, p.versions, p.content_hashes, p.deleted)
+                                if boundary is None or i <= boundary})
+            for p in pages:
+                for v in p.versions:
+                    self.clock.observe(v)  # later writes of this router win over what it has seen
+            repairs += await self._repair(replicas, entries, timeout)
+            if boundary is None:
+                return repairs
+            after = boundary
+        return repairs
+
+    async def _repair(self, replicas: list[Replica], entries: list[dict], timeout: float) -> int:
+        winners: dict[str, tuple[int, str, bool, int]] = {}  # id -> (version, hash, deleted, holder index)
+        for index, entry in enumerate(entries):
+            for doc_id, (version, content_hash, deleted) in entry.items():
+                best = winners.get(doc_id)
+                if best is None or (version, content_hash) > (best[0], best[1]):
+                    winners[doc_id] = (version, content_hash, deleted, index)
+        upserts: dict[int, list[str]] = collections.defaultdict(list)  # replica index -> ids to copy to it
+        deletes: dict[int, list[str]] = collections.defaultdict(list)
+        for doc_id, (version, content_hash, deleted, _) in winners.items():
+            for index, entry in enumerate(entries):
+                have = entry.get(doc_id)
+                if have is None or (have[0], have[1]) != (version, content_hash):
+                    (deletes if deleted else upserts)[index].append(doc_id)
+        sent = 0
+        for index, ids in deletes.items():
+            for start in range(0, len(ids), 1000):
+                chunk = ids[start:start + 1000]
+                await replicas[index].stub.Delete(shard_pb2.ShardDeleteRequest(
+                    ids=chunk, versions=[winners[i][0] for i in chunk]), timeout=timeout)
+                sent += len(chunk)
+        by_holder: dict[int, set[str]] = collections.defaultdict(set)
+        for ids in upserts.values():
+            for doc_id in ids:
+                by_holder[winners[doc_id][3]].add(doc_id)
+        records: dict[str, shard_pb2.DocumentVector] = {}
+        for holder, ids in by_holder.items():
+            wanted = sorted(ids)
+            for start in range(0, len(wanted), 256):
+                got = await replicas[holder].stub.Fetch(shard_pb2.FetchRequest(
+                    ids=wanted[start:start + 256], hashes_only=True, include_vectors=True), timeout=timeout)
+                records.update((r.document.id, r) for r in got.records)
+        for index, ids in upserts.items():
+            batch = [records[i] for i in ids if i in records]  # a document deleted meanwhile is left out
+            for start in range(0, len(batch), 256):
+                request = shard_pb2.UpsertRequest(documents=batch[start:start + 256])
+                async for _ in replicas[index].stub.Upsert(iter([request]), timeout=timeout):
+                    break
+            sent += len(batch)
+        if sent:
+            logger.info("shard %d: anti-entropy repaired %d document(s) across %s", self.shard, sent,
+                        [r.address for r in replicas])
+        return sent
+
+    async def _anti_entropy_loop(self, every: float) -> None:
+        while True:
+            await asyncio.sleep(every)  # periodic comparison of replicas (a timer)
+            if sum(1 for r in self.replicas if r.serving) >= 2:
+                self._request_sync()
 
     async def close(self) -> None:
-        for task in (self._sync_task, self._refresh_task):
+        for task in (self._sync_task, self._refresh_task, self._anti_entropy_task):
             if task is not None:
                 task.cancel()
         await self._watchers.stop()

@@ -121,12 +121,15 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
             if len(dims) != 1:
                 raise InvalidArgument(f"documents.vector: vectors of different lengths {sorted(dims)} in one batch")
             vectors = np.array([dv.vector for dv in request.documents], dtype=np.float32)
-            count, sequence = await asyncio.to_thread(self.shard.upsert, docs, vectors, request.embedding_model)
+            versions = [dv.version for dv in request.documents]
+            count, sequence = await asyncio.to_thread(self.shard.upsert, docs, vectors, request.embedding_model,
+                                                      versions if any(versions) else None)
             self.after_write()
             yield shard_pb2.UpsertResponse(upserted=count, sequence=sequence)
 
     async def Delete(self, request, context):
-        deleted, sequence = await asyncio.to_thread(self.shard.delete, list(request.ids))
+        deleted, sequence = await asyncio.to_thread(self.shard.delete, list(request.ids),
+                                                    list(request.versions) if request.versions else None)
         self.after_write()
         return shard_pb2.ShardDeleteResponse(deleted=deleted, sequence=sequence)
 
@@ -149,7 +152,17 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         if not request.hashes_only:
             docs = await asyncio.to_thread(self.shard.fetch, found)
             response.documents.extend(document_to_pb(d) for d in docs)
+        if request.include_vectors:
+            records = await asyncio.to_thread(self.shard.records, found)
+            response.records.extend(
+                shard_pb2.DocumentVector(document=document_to_pb(doc), vector=vector.tolist(), version=version)
+                for doc, vector, version in (records[i] for i in found if i in records))
         return response
+
+    async def Digest(self, request: shard_pb2.DigestRequest, context) -> shard_pb2.DigestResponse:
+        entries = await asyncio.to_thread(self.shard.digest, request.after_id, request.limit or 10_000)
+        return shard_pb2.DigestResponse(ids=[e[0] for e in entries], versions=[e[1] for e in entries],
+                                        content_hashes=[e[2] for e in entries], deleted=[e[3] for e in entries])
 
     async def Info(self, request, context):
         info = await asyncio.to_thread(self.shard.info)

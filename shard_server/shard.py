@@ -367,8 +367,10 @@ class Shard:
             raise InvalidArgument(f"{field}[{bad}]: contains NaN or infinity")
 
     # --- writes -----------------------------------------------------------------------------------
-    def upsert(self, docs: list[Document], vectors: np.ndarray, embedding_model: str = "") -> tuple[int, int]:
-        """Durably store and index ``docs``; returns (count, sequence) once durable."""
+    def upsert(self, docs: list[Document], vectors: np.ndarray, embedding_model: str = "",
+               versions: list[int] | None = None) -> tuple[int, int]:
+        """Durably store and index ``docs``; returns (count, sequence) once durable. With ``versions``,
+        documents older than the stored version (or a versioned delete) are skipped (store.upsert)."""
         validate_batch(docs, self.max_upsert_batch, "documents[{i}].document")
         if vectors.shape[0] != len(docs):
             raise InvalidArgument(f"documents: {len(docs)} documents but {vectors.shape[0]} vectors")
@@ -385,27 +387,33 @@ class Shard:
                         f"embedding_model: this shard holds vectors of {self.embedding_model!r}, "
                         f"not {embedding_model!r}; mixing models is refused"
                     )
+            if versions is not None and len(versions) != len(docs):
+                raise InvalidArgument(f"documents.version: {len(versions)} versions for {len(docs)} documents")
             prepared = self.index.prepare(vectors)
-            iids, replaced, sequence = self.store.upsert(docs, prepared)
+            iids, replaced, sequence = self.store.upsert(docs, prepared, versions)
+            written = iids >= 0  # older versions were skipped
             with self._index_lock.write():
                 self.index.remove(replaced)
-                self.index.add(iids, prepared)
+                self.index.add(iids[written], prepared[written])
                 self.lexical.remove(replaced)
-                self.lexical.add(iids, analyzed, [id_key(d.id) for d in docs])
+                self.lexical.add(iids[written], [a for a, w in zip(analyzed, written) if w],
+                                 [id_key(d.id) for d, w in zip(docs, written) if w])
         self._publish()
         metrics.WRITE_SECONDS.labels(self.shard_id, "upsert").observe(time.perf_counter() - start)
         return len(docs), sequence
 
-    def delete(self, ids: list[str]) -> tuple[int, int]:
+    def delete(self, ids: list[str], versions: list[int] | None = None) -> tuple[int, int]:
         if not ids:
             raise InvalidArgument("ids: empty")
         if len(ids) > self.max_upsert_batch:
             raise InvalidArgument(f"ids: {len(ids)} exceeds the maximum {self.max_upsert_batch}")
         for i, doc_id in enumerate(ids):
             validate_id(doc_id, f"ids[{i}]")
+        if versions is not None and len(versions) != len(ids):
+            raise InvalidArgument(f"versions: {len(versions)} versions for {len(ids)} ids")
         start = time.perf_counter()
         with self._write_lock:
-            removed, sequence = self.store.delete(ids)
+            removed, sequence = self.store.delete(ids, versions)
             with self._index_lock.write():
                 self.index.remove(removed)
                 self.lexical.remove(removed)
@@ -536,6 +544,16 @@ class Shard:
         if len(iids) > self.max_k:
             raise InvalidArgument(f"iids: at most {self.max_k} per call")
         return self.store.get_by_iids(iids)
+
+    def digest(self, after_id: str = "", limit: int = 10_000) -> list[tuple[str, int, str, bool]]:
+        if not 1 <= limit <= 100_000:
+            raise InvalidArgument(f"limit: must be between 1 and 100000, got {limit}")
+        return self.store.digest(after_id, limit)
+
+    def records(self, ids: list[str]) -> dict[str, tuple[Document, np.ndarray, int]]:
+        for i, doc_id in enumerate(ids):
+            validate_id(doc_id, f"ids[{i}]")
+        return self.store.records(ids)
 
     def content_hashes(self, ids: list[str]) -> dict[str, str]:
         for i, doc_id in enumerate(ids):

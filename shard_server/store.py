@@ -27,7 +27,7 @@ import numpy as np
 from ragcluster.documents import Document
 from ragcluster.errors import FailedPrecondition, ResourceExhausted
 
-SCHEMA_VERSION = "3"
+SCHEMA_VERSION = "4"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS docs (
     iid INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -37,8 +37,10 @@ CREATE TABLE IF NOT EXISTS docs (
     metadata TEXT NOT NULL,
     vector BLOB NOT NULL,
     seq INTEGER NOT NULL,
-    hash TEXT NOT NULL DEFAULT ''
+    hash TEXT NOT NULL DEFAULT '',
+    version INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS tombstones (id TEXT PRIMARY KEY, version INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS docs_seq ON docs(seq);
 CREATE TABLE IF NOT EXISTS removed (iid INTEGER PRIMARY KEY, seq INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS removed_seq ON removed(seq);
@@ -89,6 +91,9 @@ class DocumentStore:
         has_docs = self._write.execute("SELECT 1 FROM sqlite_master WHERE name = 'docs'").fetchone()
         if has_docs and str(version) == "2":  # v2 -> v3: content hashes (empty: re-sent once by resumable ingest)
             self._write.execute("ALTER TABLE docs ADD COLUMN hash TEXT NOT NULL DEFAULT ''")
+            version = 3
+        if has_docs and str(version) == "3":  # v3 -> v4: document versions (0 = written before versions)
+            self._write.execute("ALTER TABLE docs ADD COLUMN version INTEGER NOT NULL DEFAULT 0")
         elif has_docs and str(version) != SCHEMA_VERSION:
             raise FailedPrecondition(f"{self.path}: store schema {version}, this version needs {SCHEMA_VERSION}")
         self._write.executescript(SCHEMA)
@@ -142,10 +147,16 @@ class DocumentStore:
         return dict(self._reader().execute("SELECT key, kind FROM fields").fetchall())
 
     # --- writes ---------------------------------------------------------------------------------
-    def upsert(self, docs: Sequence[Document], vectors: np.ndarray) -> tuple[np.ndarray, list[int], int]:
-        """Store ``docs`` with their ``vectors`` durably. Returns (new iids, replaced iids, sequence)."""
+    def upsert(self, docs: Sequence[Document], vectors: np.ndarray,
+               versions: Sequence[int] | None = None) -> tuple[np.ndarray, list[int], int]:
+        """Store ``docs`` with their ``vectors`` durably. Returns (new iids, replaced iids, sequence).
+
+        With ``versions`` (one per document, > 0) a document is written only when its (version, content
+        hash) is above the stored one and above the version of a delete of that id (last writer wins, the
+        same decision on every replica whatever the order the writes arrive in); a document not written
+        gets iid -1. Version 0 writes unconditionally (callers without versions)."""
         vectors = np.ascontiguousarray(vectors, dtype="<f4")
-        new_iids = np.empty(len(docs), dtype=np.int64)
+        new_iids = np.full(len(docs), -1, dtype=np.int64)
         replaced: list[int] = []
         with self._write_lock, _storage_errors("upsert"):
             cur = self._write.cursor()
@@ -154,14 +165,23 @@ class DocumentStore:
                 sequence = self._next_sequence(cur)
                 known = dict(cur.execute("SELECT key, kind FROM fields").fetchall())
                 for i, doc in enumerate(docs):
-                    row = cur.execute("SELECT iid FROM docs WHERE id = ?", (doc.id,)).fetchone()
+                    version, content_hash = (int(versions[i]) if versions is not None else 0), doc.content_hash()
+                    row = cur.execute("SELECT iid, version, hash FROM docs WHERE id = ?", (doc.id,)).fetchone()
+                    if version:
+                        if row and (row[1], row[2]) >= (version, content_hash):
+                            continue  # the stored version is newer (or this very write again)
+                        tomb = cur.execute("SELECT version FROM tombstones WHERE id = ?", (doc.id,)).fetchone()
+                        if tomb and tomb[0] >= version:
+                            continue  # deleted by a later write
+                    cur.execute("DELETE FROM tombstones WHERE id = ?", (doc.id,))
                     if row:
                         replaced.append(row[0])
                         self._remove_row(cur, row[0], sequence)
                     cur.execute(
-                        "INSERT INTO docs(id, title, text, metadata, vector, seq, hash) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        "INSERT INTO docs(id, title, text, metadata, vector, seq, hash, version) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                         (doc.id, doc.title, doc.text, json.dumps(doc.metadata), vectors[i].tobytes(), sequence,
-                         doc.content_hash()),
+                         content_hash, version),
                     )
                     iid = new_iids[i] = cur.lastrowid
                     for key, value in doc.metadata.items():
@@ -178,16 +198,26 @@ class DocumentStore:
                 raise
         return new_iids, replaced, sequence
 
-    def delete(self, ids: Sequence[str]) -> tuple[list[int], int]:
-        """Delete documents by id durably. Returns (removed iids, sequence)."""
+    def delete(self, ids: Sequence[str], versions: Sequence[int] | None = None) -> tuple[list[int], int]:
+        """Delete documents by id durably. Returns (removed iids, sequence).
+
+        With ``versions`` (> 0) the delete is itself versioned: it removes only an older document and
+        leaves a tombstone, so an older upsert arriving later (another router, a repair) cannot bring the
+        document back."""
         removed: list[int] = []
         with self._write_lock, _storage_errors("delete"):
             cur = self._write.cursor()
             cur.execute("BEGIN IMMEDIATE")
             try:
                 sequence = self._next_sequence(cur)
-                for doc_id in ids:
-                    row = cur.execute("SELECT iid FROM docs WHERE id = ?", (doc_id,)).fetchone()
+                for j, doc_id in enumerate(ids):
+                    version = int(versions[j]) if versions is not None else 0
+                    row = cur.execute("SELECT iid, version FROM docs WHERE id = ?", (doc_id,)).fetchone()
+                    if version:
+                        if row and row[1] >= version:
+                            continue  # written after this delete
+                        cur.execute("INSERT INTO tombstones(id, version) VALUES (?, ?) ON CONFLICT(id) DO UPDATE "
+                                    "SET version = max(version, excluded.version)", (doc_id, version))
                     if row:
                         removed.append(row[0])
                         self._remove_row(cur, row[0], sequence)
@@ -252,6 +282,22 @@ class DocumentStore:
             rows = list(self._chunked(sql, keys[start:start + block].tolist()))
             if rows:
                 yield self._rows_to_arrays(rows)
+
+    def digest(self, after_id: str = "", limit: int = 10_000) -> list[tuple[str, int, str, bool]]:
+        """(id, version, content hash, deleted) of documents and tombstones with id > ``after_id``, in id
+        order: what replicas compare to find and repair differences (anti-entropy)."""
+        sql = ("SELECT id, version, hash, 0 FROM docs WHERE id > ? UNION ALL "
+               "SELECT id, version, '', 1 FROM tombstones WHERE id > ? ORDER BY 1 LIMIT ?")
+        rows = self._reader().execute(sql, (after_id, after_id, limit)).fetchall()
+        return [(r[0], int(r[1]), r[2], bool(r[3])) for r in rows]
+
+    def records(self, ids: Sequence[str]) -> dict[str, tuple[Document, np.ndarray, int]]:
+        """id -> (document, stored vector, version), for copying documents between replicas."""
+        sql = "SELECT id, title, text, metadata, vector, version FROM docs WHERE id IN ({marks})"
+        out = {}
+        for row in self._chunked(sql, list(dict.fromkeys(ids))):
+            out[row[0]] = (self._doc(row[:4]), np.frombuffer(row[4], dtype="<f4").astype(np.float32), int(row[5]))
+        return out
 
     def vectors_for(self, iids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         sql = "SELECT iid, vector FROM docs WHERE iid IN ({marks})"

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import threading
 
+import grpc
+
 from ragcluster.tools.cluster import ServerProcess
+from ragcluster.v1 import shard_pb2, shard_pb2_grpc
 from router.__main__ import build_server as build_router
 from router.config import RouterConfig
 
@@ -90,3 +93,18 @@ def promql_metric_names(expr: str) -> set[str]:
         if m[1].lower() not in _PROMQL_WORDS and not rest.startswith("("):
             names.add(m[1])
     return names
+
+
+def replica_digest(address: str) -> dict[str, tuple[int, str, bool]]:
+    """Every (id -> version, content hash, deleted) one shard replica holds, read directly (Digest)."""
+    out: dict[str, tuple[int, str, bool]] = {}
+    after = ""
+    with grpc.insecure_channel(address) as channel:
+        stub = shard_pb2_grpc.ShardServiceStub(channel)
+        for _ in range(10_000):  # bounded: pages of 5000
+            page = stub.Digest(shard_pb2.DigestRequest(after_id=after, limit=5000), timeout=30)
+            out.update(zip(page.ids, zip(page.versions, page.content_hashes, page.deleted)))
+            if len(page.ids) < 5000:
+                return out
+            after = page.ids[-1]
+    raise AssertionError(f"digest of {address} did not end")

@@ -109,12 +109,14 @@ class ShardSearchResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[TopK, _Mapping]]] = ..., documents: _Optional[_Mapping[int, _common_pb2.Document]] = ..., vectors_searched: _Optional[int] = ..., shard: _Optional[int] = ..., unknown_fields: _Optional[_Iterable[str]] = ..., metric: _Optional[_Union[_common_pb2.Metric, str]] = ..., lexical_results: _Optional[_Iterable[_Union[TopK, _Mapping]]] = ..., lexical_documents: _Optional[int] = ...) -> None: ...
 
 class DocumentVector(_message.Message):
-    __slots__ = ("document", "vector")
+    __slots__ = ("document", "vector", "version")
     DOCUMENT_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     document: _common_pb2.Document
     vector: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, document: _Optional[_Union[_common_pb2.Document, _Mapping]] = ..., vector: _Optional[_Iterable[float]] = ...) -> None: ...
+    version: int
+    def __init__(self, document: _Optional[_Union[_common_pb2.Document, _Mapping]] = ..., vector: _Optional[_Iterable[float]] = ..., version: _Optional[int] = ...) -> None: ...
 
 class UpsertRequest(_message.Message):
     __slots__ = ("documents", "embedding_model")
@@ -133,10 +135,12 @@ class UpsertResponse(_message.Message):
     def __init__(self, upserted: _Optional[int] = ..., sequence: _Optional[int] = ...) -> None: ...
 
 class ShardDeleteRequest(_message.Message):
-    __slots__ = ("ids",)
+    __slots__ = ("ids", "versions")
     IDS_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
     ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    versions: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, ids: _Optional[_Iterable[str]] = ..., versions: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ShardDeleteResponse(_message.Message):
     __slots__ = ("deleted", "sequence")
@@ -147,17 +151,19 @@ class ShardDeleteResponse(_message.Message):
     def __init__(self, deleted: _Optional[int] = ..., sequence: _Optional[int] = ...) -> None: ...
 
 class FetchRequest(_message.Message):
-    __slots__ = ("ids", "hashes_only", "iids")
+    __slots__ = ("ids", "hashes_only", "iids", "include_vectors")
     IDS_FIELD_NUMBER: _ClassVar[int]
     HASHES_ONLY_FIELD_NUMBER: _ClassVar[int]
     IIDS_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_VECTORS_FIELD_NUMBER: _ClassVar[int]
     ids: _containers.RepeatedScalarFieldContainer[str]
     hashes_only: bool
     iids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, ids: _Optional[_Iterable[str]] = ..., hashes_only: _Optional[bool] = ..., iids: _Optional[_Iterable[int]] = ...) -> None: ...
+    include_vectors: bool
+    def __init__(self, ids: _Optional[_Iterable[str]] = ..., hashes_only: _Optional[bool] = ..., iids: _Optional[_Iterable[int]] = ..., include_vectors: _Optional[bool] = ...) -> None: ...
 
 class FetchResponse(_message.Message):
-    __slots__ = ("documents", "ids", "content_hashes", "documents_by_iid")
+    __slots__ = ("documents", "ids", "content_hashes", "documents_by_iid", "records")
     class DocumentsByIidEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -169,11 +175,33 @@ class FetchResponse(_message.Message):
     IDS_FIELD_NUMBER: _ClassVar[int]
     CONTENT_HASHES_FIELD_NUMBER: _ClassVar[int]
     DOCUMENTS_BY_IID_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
     documents: _containers.RepeatedCompositeFieldContainer[_common_pb2.Document]
     ids: _containers.RepeatedScalarFieldContainer[str]
     content_hashes: _containers.RepeatedScalarFieldContainer[str]
     documents_by_iid: _containers.MessageMap[int, _common_pb2.Document]
-    def __init__(self, documents: _Optional[_Iterable[_Union[_common_pb2.Document, _Mapping]]] = ..., ids: _Optional[_Iterable[str]] = ..., content_hashes: _Optional[_Iterable[str]] = ..., documents_by_iid: _Optional[_Mapping[int, _common_pb2.Document]] = ...) -> None: ...
+    records: _containers.RepeatedCompositeFieldContainer[DocumentVector]
+    def __init__(self, documents: _Optional[_Iterable[_Union[_common_pb2.Document, _Mapping]]] = ..., ids: _Optional[_Iterable[str]] = ..., content_hashes: _Optional[_Iterable[str]] = ..., documents_by_iid: _Optional[_Mapping[int, _common_pb2.Document]] = ..., records: _Optional[_Iterable[_Union[DocumentVector, _Mapping]]] = ...) -> None: ...
+
+class DigestRequest(_message.Message):
+    __slots__ = ("after_id", "limit")
+    AFTER_ID_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    after_id: str
+    limit: int
+    def __init__(self, after_id: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class DigestResponse(_message.Message):
+    __slots__ = ("ids", "versions", "content_hashes", "deleted")
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_HASHES_FIELD_NUMBER: _ClassVar[int]
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    versions: _containers.RepeatedScalarFieldContainer[int]
+    content_hashes: _containers.RepeatedScalarFieldContainer[str]
+    deleted: _containers.RepeatedScalarFieldContainer[bool]
+    def __init__(self, ids: _Optional[_Iterable[str]] = ..., versions: _Optional[_Iterable[int]] = ..., content_hashes: _Optional[_Iterable[str]] = ..., deleted: _Optional[_Iterable[bool]] = ...) -> None: ...
 
 class ShardInfoRequest(_message.Message):
     __slots__ = ()

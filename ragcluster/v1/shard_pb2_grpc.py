@@ -75,6 +75,11 @@ class ShardServiceStub:
                 request_serializer=ragcluster_dot_v1_dot_shard__pb2.RestoreRequest.SerializeToString,
                 response_deserializer=ragcluster_dot_v1_dot_shard__pb2.RestoreResponse.FromString,
                 _registered_method=True)
+        self.Digest = channel.unary_unary(
+                '/ragcluster.v1.ShardService/Digest',
+                request_serializer=ragcluster_dot_v1_dot_shard__pb2.DigestRequest.SerializeToString,
+                response_deserializer=ragcluster_dot_v1_dot_shard__pb2.DigestResponse.FromString,
+                _registered_method=True)
         self.TermStats = channel.unary_unary(
                 '/ragcluster.v1.ShardService/TermStats',
                 request_serializer=ragcluster_dot_v1_dot_shard__pb2.TermStatsRequest.SerializeToString,
@@ -145,6 +150,14 @@ class ShardServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Digest(self, request, context):
+        """Versions of every document and versioned delete, paged in id order: replicas are compared and
+        repaired document by document (anti-entropy), never by replacing one replica's history.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def TermStats(self, request, context):
         """Corpus statistics for BM25: each text's analysed terms with their document frequencies on this
         shard, and the shard's document count and total length. The router sums them over all shards and
@@ -197,6 +210,11 @@ def add_ShardServiceServicer_to_server(servicer, server):
                     servicer.Restore,
                     request_deserializer=ragcluster_dot_v1_dot_shard__pb2.RestoreRequest.FromString,
                     response_serializer=ragcluster_dot_v1_dot_shard__pb2.RestoreResponse.SerializeToString,
+            ),
+            'Digest': grpc.unary_unary_rpc_method_handler(
+                    servicer.Digest,
+                    request_deserializer=ragcluster_dot_v1_dot_shard__pb2.DigestRequest.FromString,
+                    response_serializer=ragcluster_dot_v1_dot_shard__pb2.DigestResponse.SerializeToString,
             ),
             'TermStats': grpc.unary_unary_rpc_method_handler(
                     servicer.TermStats,
@@ -421,6 +439,33 @@ class ShardService:
             '/ragcluster.v1.ShardService/Restore',
             ragcluster_dot_v1_dot_shard__pb2.RestoreRequest.SerializeToString,
             ragcluster_dot_v1_dot_shard__pb2.RestoreResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Digest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ragcluster.v1.ShardService/Digest',
+            ragcluster_dot_v1_dot_shard__pb2.DigestRequest.SerializeToString,
+            ragcluster_dot_v1_dot_shard__pb2.DigestResponse.FromString,
             options,
             channel_credentials,
             insecure,

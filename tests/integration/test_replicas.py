@@ -16,7 +16,7 @@ from ragcluster.corpus import make_documents, make_queries
 from ragcluster.tools.cluster import ServerProcess
 from ragcluster.v1 import shard_pb2, shard_pb2_grpc
 from router.config import RouterConfig
-from tests.helpers import RouterInThread, shard_process
+from tests.helpers import RouterInThread, replica_digest, shard_process
 
 
 def port_of(process: ServerProcess) -> int:
@@ -29,13 +29,12 @@ def info(address: str) -> shard_pb2.ShardInfoResponse:
 
 
 def caught_up(a: str, b: str) -> bool:
-    """Same sequence and count on both replicas (a replica answers UNAVAILABLE while it restores)."""
+    """The same documents at the same versions, and the same index size, on both replicas."""
     try:
-        x, y = info(a), info(b)
+        return replica_digest(a) == replica_digest(b) and info(a).documents == info(b).documents
     except grpc.RpcError as exc:
         assert exc.code() == grpc.StatusCode.UNAVAILABLE
         return False
-    return (x.sequence, x.documents) == (y.sequence, y.documents)
 
 
 def search_ids(address: str, vectors: np.ndarray) -> list[list[str]]:
