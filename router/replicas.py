@@ -521,20 +521,29 @@ def failure_from_exception(shard: int, exc: BaseException) -> common_pb2.ShardFa
     return common_pb2.ShardFailure(shard=shard, reason=reason, message=message or "")
 
 
+def count_search(shard: int, failure: common_pb2.ShardFailure | None = None) -> None:
+    """One search fanned out to ``shard`` (per-shard coverage = 1 - misses / searches), missed if ``failure``."""
+    metrics.SHARD_SEARCHES.labels(shard).inc()
+    if failure is not None:
+        metrics.SHARD_MISSES.labels(shard, _MISS_REASONS[failure.reason]).inc()
+
+
 @tracing.traced("fan-out")
 async def fan_out(groups: list[ShardGroup], request, timeout: float, method: str = "Search") -> list[ShardAnswer]:
     """Call ``method`` (Search, or TermStats) on every shard concurrently within ``timeout``, with the same
-    replica choice, failover and hedging; failures become ShardAnswer.failure."""
+    replica choice, failover and hedging; failures become ShardAnswer.failure. Search calls are counted per
+    shard (a lexical search's TermStats phase is not a search of its own: a shard failing it is counted as
+    missing the search by the caller)."""
 
     async def one(group: ShardGroup) -> ShardAnswer:
-        metrics.SHARD_SEARCHES.labels(group.shard).inc()
         try:
-            return ShardAnswer(group.shard, await group.search(request, timeout, method))
+            answer = ShardAnswer(group.shard, await group.search(request, timeout, method))
         except InvalidArgument:
             raise
         except (TimeoutError, grpc.aio.AioRpcError, Unavailable) as exc:
-            failure = failure_from_exception(group.shard, exc)
-            metrics.SHARD_MISSES.labels(group.shard, _MISS_REASONS[failure.reason]).inc()
-            return ShardAnswer(group.shard, None, failure)
+            answer = ShardAnswer(group.shard, None, failure_from_exception(group.shard, exc))
+        if method == "Search":
+            count_search(group.shard, answer.failure)
+        return answer
 
     return list(await asyncio.gather(*(one(g) for g in groups)))

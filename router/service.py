@@ -32,7 +32,7 @@ from router.fusion import weighted as weighted_fusion
 from router.generate import GeneratorPool
 from router.merge import ShardTopK, merge_topk
 from router.prompt import Passage, PromptTemplate
-from router.replicas import ShardGroup, fan_out
+from router.replicas import ShardGroup, count_search, fan_out
 
 logger = logging.getLogger(__name__)
 
@@ -253,6 +253,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         for group, answer in zip(col.groups, answers):
             if answer.response is None:
                 failures.append(answer.failure)
+                count_search(group.shard, answer.failure)  # this shard misses the search
                 continue
             r, q = answer.response, answer.response.queries[0]
             parts.append(ShardTermStats(group.shard, q.terms, q.counts, q.document_frequencies, r.documents,
@@ -442,13 +443,20 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             raise InvalidArgument("sampling.max_tokens: must be positive")
         retrieval = self._retrieval(request.mode, request.fusion if request.HasField("fusion") else None, k)
         timings = router_pb2.Timings()
+
+        async def embed() -> np.ndarray:
+            began = time.perf_counter()
+            vector = await self._embed(col, [question], "query")
+            timings.embed_seconds = time.perf_counter() - began
+            return vector
+
+        t = time.perf_counter()
         vector = None
         if retrieval.mode == "dense":
-            vector = await self._embed(col, [question], "query")
+            vector = await embed()
+            t = time.perf_counter()
         elif retrieval.mode == "hybrid":
-            vector = self._embed(col, [question], "query")  # embedded while the term statistics are gathered
-        timings.embed_seconds = time.perf_counter() - start
-        t = time.perf_counter()
+            vector = embed()  # embedded while the term statistics are gathered
         flt = request.filter if request.HasField("filter") else None
         hits, coverage = await self.retrieve(col, vector, k, None, self._budget(context), flt, retrieval, question)
         self._check_coverage(coverage, request)

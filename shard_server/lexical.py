@@ -159,8 +159,8 @@ class LexicalIndex:
         self.analyzer = analyzer
         self.k1, self.b = k1, b
         self._vocab: dict[str, int] = {}  # term -> term id
-        self._post_slots: list[array] = []  # term id -> slots holding the term (ascending)
-        self._post_tfs: list[array] = []  # term id -> the term's frequency in each of those slots
+        self._post_slots: list[array[int]] = []  # term id -> slots holding the term (ascending)
+        self._post_tfs: list[array[int]] = []  # term id -> the term's frequency in each of those slots
         self._iids = np.zeros(1024, np.int64)  # slot -> iid (ascending)
         self._keys = np.zeros(1024, np.uint64)  # slot -> tie-break key (hash of the document id)
         self._lengths = np.zeros(1024, np.float64)
@@ -230,7 +230,7 @@ class LexicalIndex:
             tfs_sorted = np.frombuffer(all_tfs, np.int32)[order]
             starts = np.flatnonzero(np.r_[True, tids_sorted[1:] != tids_sorted[:-1]])
             ends = np.r_[starts[1:], len(tids_sorted)]
-            slot_view, tf_view = memoryview(slots_sorted).cast("B"), memoryview(tfs_sorted).cast("B")
+            slot_view, tf_view = memoryview(slots_sorted.tobytes()), memoryview(tfs_sorted.tobytes())
             post_slots, post_tfs = self._post_slots, self._post_tfs
             for tid, a, b in zip(tids_sorted[starts].tolist(), starts.tolist(), ends.tolist()):
                 post_slots[tid].frombytes(slot_view[4 * a : 4 * b])
@@ -265,7 +265,8 @@ class LexicalIndex:
         return self.analyzer.describe(self.k1, self.b)
 
     def live_iids(self) -> np.ndarray:
-        return self._iids[: self._slots][self._alive[: self._slots]]
+        live: np.ndarray = self._iids[: self._slots][self._alive[: self._slots]]
+        return live
 
     def keys_for(self, iids: np.ndarray) -> np.ndarray:
         """Tie-break keys of present iids."""

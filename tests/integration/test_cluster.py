@@ -159,6 +159,24 @@ def test_ask_cli_json(cluster, ingested):
     assert result["answer"] and result["citations"][0] == result["hits"][0]["id"] == "faiss"
 
 
+def test_ask_and_search_cli_in_lexical_and_hybrid_modes(cluster, ingested):
+    def cli(*args):
+        out = subprocess.run([sys.executable, "-m", "ragcluster.tools.cli", *args, "--router", cluster.router_address,
+                              "--json"], capture_output=True, text=True, timeout=180, check=True).stdout
+        return json.loads(out)
+
+    for mode in ("lexical", "hybrid"):
+        result = cli("ask", "What is FAISS?", "--mode", mode, "--max-tokens", "8")
+        assert result["answer"] and result["citations"]
+        assert "faiss" in [h["id"] for h in result["hits"][:3]], mode
+        assert all(h["lexical_rank"] for h in result["hits"] if mode == "lexical")
+    found = cli("search", "shard servers keep vectors durably", "--mode", "hybrid", "--fusion", "rrf", "-k", "5")
+    assert found["mode"] == "hybrid" and len(found["hits"]) == 5
+    for h in found["hits"]:
+        ranks = [r for r in (h["dense_rank"], h["lexical_rank"]) if r]
+        assert ranks and h["score"] == h["fused_score"] == pytest.approx(sum(1 / (60 + r) for r in ranks), rel=1e-5)
+
+
 @pytest.mark.parametrize("request_kwargs,field", [
     (dict(text="   "), "text"),
     (dict(text="hello", k=101), "k"),

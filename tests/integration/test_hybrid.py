@@ -185,8 +185,19 @@ async def test_dead_shard_is_reported_in_coverage_in_every_mode(tmp_path, embedd
         batch = router_pb2.IngestRequest(documents=[document_to_pb(d) for d in docs])
         acks = [a async for a in cluster.stub.Ingest(iter([batch]), timeout=60)]
         assert acks[0].acknowledged == len(docs)
+        from prometheus_client import REGISTRY
+
+        def counts():
+            return [REGISTRY.get_sample_value(name, labels) or 0.0 for name, labels in (
+                ("ragcluster_router_shard_searches_total", {"shard": "0"}),
+                ("ragcluster_router_shard_searches_total", {"shard": "1"}),
+                ("ragcluster_router_shard_misses_total", {"shard": "1", "reason": "unavailable"}))]
+
         for mode in ("lexical", "hybrid"):
+            before = counts()
             response = await cluster.search("the river feeds the valley", k=5, mode=mode)
+            # one search per shard (the statistics phase is not counted twice); the dead shard missed it
+            assert [a - b for a, b in zip(counts(), before)] == [1, 1, 1], mode
             cov = response.coverage
             assert (cov.shards_total, cov.shards_answered, cov.degraded) == (2, 1, True), mode
             assert [(f.shard, f.reason) for f in cov.failures] == [(1, common_pb2.SHARD_FAILURE_REASON_UNAVAILABLE)]
