@@ -1,0 +1,54 @@
+# ragcluster-shard: the FAISS shard server (`python -m shard_server`): FAISS, SQLite, grpc, numpy; no torch.
+#   docker build -f deploy/docker/shard.Dockerfile -t ragcluster-shard:0.1.0 .
+# BASE_IMAGE must be Debian bookworm with python3 (3.11) and its venv module: python:3.11-slim-bookworm
+# where a registry is reachable, or the local image deploy/docker/make-base.sh makes.
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+
+FROM ${BASE_IMAGE} AS build
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
+# the wheel of ragcluster itself, built in a throw-away venv with a pinned setuptools
+COPY pyproject.toml README.md /src/
+COPY ragcluster /src/ragcluster
+COPY shard_server /src/shard_server
+# pip_ca (optional build secret): a CA bundle for a TLS-intercepting proxy in front of PyPI; it is
+# mounted only while pip runs and never lands in a layer
+RUN --mount=type=secret,id=pip_ca \
+    if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
+ && python3 -m venv /opt/build \
+ && /opt/build/bin/pip install --no-cache-dir setuptools==78.1.1 wheel==0.45.1 \
+ && /opt/build/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation -w /tmp/dist /src
+# the runtime venv: the pinned dependency closure, then ragcluster; pip and setuptools removed after
+COPY deploy/docker/requirements/shard.txt /tmp/requirements.txt
+RUN --mount=type=secret,id=pip_ca \
+    if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
+ && python3 -m venv /opt/ragcluster \
+ && /opt/ragcluster/bin/pip install --no-cache-dir --no-deps -r /tmp/requirements.txt \
+ && /opt/ragcluster/bin/pip install --no-cache-dir --no-deps /tmp/dist/*.whl \
+ && /opt/ragcluster/bin/python -m pip uninstall -y -q pip setuptools \
+ && find /opt/ragcluster -name __pycache__ -prune -exec rm -rf {} + \
+ && /opt/ragcluster/bin/python -c "import faiss, grpc, shard_server.__main__"
+
+FROM ${BASE_IMAGE}
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+LABEL org.opencontainers.image.title="ragcluster-shard" \
+      org.opencontainers.image.description="ragcluster FAISS shard server (python -m shard_server)" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.source="https://github.com/ragcluster/ragcluster" \
+      org.opencontainers.image.vendor="ragcluster"
+RUN groupadd --system --gid 10001 ragcluster \
+ && useradd --system --uid 10001 --gid 10001 --home-dir /data --no-create-home --shell /usr/sbin/nologin ragcluster \
+ && mkdir -p /data && chown 10001:10001 /data
+COPY --from=build /opt/ragcluster /opt/ragcluster
+# every flag is also a RAGCLUSTER_* variable; these are the container defaults
+ENV PATH=/opt/ragcluster/bin:$PATH \
+    PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
+    RAGCLUSTER_HOST=0.0.0.0 RAGCLUSTER_PORT=7000 RAGCLUSTER_METRICS_PORT=9090 \
+    RAGCLUSTER_LOG_JSON=true RAGCLUSTER_DATA_DIR=/data
+WORKDIR /data
+USER 10001:10001
+EXPOSE 7000 9090
+ENTRYPOINT ["python", "-m", "shard_server"]
