@@ -18,7 +18,8 @@ RUN --mount=type=secret,id=pip_ca \
  && python3 -m venv /opt/build \
  && /opt/build/bin/pip install --no-cache-dir setuptools==78.1.1 wheel==0.45.1 \
  && /opt/build/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation -w /tmp/dist /src
-# the runtime venv: the pinned dependency closure, then ragcluster; pip and setuptools removed after
+# the runtime venv: the pinned dependency closure, then ragcluster (pip leaves compiled .pyc files: the
+# root file system is read-only at run time); pip and setuptools removed after
 COPY deploy/docker/requirements/shard.txt /tmp/requirements.txt
 RUN --mount=type=secret,id=pip_ca \
     if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
@@ -26,7 +27,6 @@ RUN --mount=type=secret,id=pip_ca \
  && /opt/ragcluster/bin/pip install --no-cache-dir --no-deps -r /tmp/requirements.txt \
  && /opt/ragcluster/bin/pip install --no-cache-dir --no-deps /tmp/dist/*.whl \
  && /opt/ragcluster/bin/python -m pip uninstall -y -q pip setuptools \
- && find /opt/ragcluster -name __pycache__ -prune -exec rm -rf {} + \
  && /opt/ragcluster/bin/python -c "import faiss, grpc, shard_server.__main__"
 
 FROM ${BASE_IMAGE}
