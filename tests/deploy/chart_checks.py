@@ -173,9 +173,23 @@ def check_security(objs: list[dict]) -> list[str]:
 
 
 def check_pdbs(objs: list[dict]) -> list[str]:
-    return [f"{name(p)}: selector matches no pods" for p in of_kind(objs, "PodDisruptionBudget")
-            if not [o for o, _ in pods_matching(objs, p["spec"]["selector"], p["metadata"]["namespace"])
-                    if o["kind"] in LONG_RUNNING]]
+    """Each PDB selects pods of one workload and allows at least one voluntary disruption (else node
+    drains block forever)."""
+    problems = []
+    hpas = {h["spec"]["scaleTargetRef"]["name"]: h for h in of_kind(objs, "HorizontalPodAutoscaler")}
+    for p in of_kind(objs, "PodDisruptionBudget"):
+        owners = [o for o, _ in pods_matching(objs, p["spec"]["selector"], p["metadata"]["namespace"])
+                  if o["kind"] in LONG_RUNNING]
+        if not owners:
+            problems.append(f"{name(p)}: selector matches no pods")
+            continue
+        hpa = hpas.get(owners[0]["metadata"]["name"])
+        replicas = hpa["spec"]["minReplicas"] if hpa else sum(o["spec"].get("replicas", 1) for o in owners)
+        if "minAvailable" in p["spec"] and replicas - int(p["spec"]["minAvailable"]) < 1:
+            problems.append(f"{name(p)}: minAvailable {p['spec']['minAvailable']} of {replicas} pods blocks drains")
+        if "maxUnavailable" in p["spec"] and int(p["spec"]["maxUnavailable"]) < 1:
+            problems.append(f"{name(p)}: maxUnavailable below 1 blocks drains")
+    return problems
 
 
 def check_network_policies(objs: list[dict]) -> list[str]:

@@ -141,6 +141,25 @@ def test_router_reaches_every_shard_replica_by_pod_dns_name(rendered):
     assert shards == expected
 
 
+def test_router_env_parses_into_its_config():
+    """The chart's RAGCLUSTER_* values go through the router's real env parsing (one shard, 3 replicas:
+    the case where a comma-separated env list would split replicas apart)."""
+    import argparse
+
+    from ragcluster.config import add_config_arguments, config_from_args
+    from router.config import RouterConfig, parse_shards
+
+    objs = render.objects(render.render(sets=["shards.count=1,shards.replicas=3"]))
+    router = next(d for d in cc.of_kind(objs, "Deployment") if d["metadata"]["name"].endswith("-router"))
+    env = _env(router["spec"]["template"]["spec"]["containers"][0])
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, RouterConfig, env=env)
+    config = config_from_args(RouterConfig, parser.parse_args([]))
+    assert list(parse_shards(config.shard)) == [0] and len(parse_shards(config.shard)[0]) == 3
+    assert config.generator == [f"dns:///rag-ragcluster-generator.{NAMESPACE}.svc.cluster.local:7100"]
+    assert config.host == "0.0.0.0" and config.log_json is True
+
+
 def test_router_drains_before_the_kill(rendered):
     objs = rendered["objects"]
     router = next(d for d in cc.of_kind(objs, "Deployment") if d["metadata"]["name"].endswith("-router"))
@@ -242,11 +261,15 @@ def test_checks_catch_broken_manifests(rendered_sets):
     def root_fs(objs):
         _find(objs, "Deployment", "-router")["spec"]["template"]["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"] = False
 
+    def pdb_blocks(objs):
+        pdb = _find(objs, "PodDisruptionBudget", "-router")["spec"]
+        pdb["minAvailable"] = 3
+
     def gpu(objs):
         del _find(objs, "Deployment", "-generator")["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]
 
     cases = {svc_selector: cc.check_services, not_headless: cc.check_statefulsets, probe_port: cc.check_probes,
-             hpa_target: cc.check_hpa, pdb_selector: cc.check_pdbs, np_port: cc.check_network_policies,
+             hpa_target: cc.check_hpa, pdb_selector: cc.check_pdbs, pdb_blocks: cc.check_pdbs, np_port: cc.check_network_policies,
              sm_port: cc.check_service_monitors, root_fs: cc.check_security, gpu: cc.check_gpu_generators}
     for mutate, check in cases.items():
         assert check(base) == [], check.__name__

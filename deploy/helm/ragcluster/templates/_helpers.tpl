@@ -78,7 +78,8 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- $shards = append $shards (printf "%d=%s" $i (join "," $addrs)) -}}
 {{- end -}}
-{{- join ";" $shards -}}
+{{- /* always ";"-terminated: the env list is then split on ";" even for one shard with replicas "0=a,b" */ -}}
+{{- printf "%s;" (join ";" $shards) -}}
 {{- end -}}
 
 {{- define "ragcluster.routerAddress" -}}
