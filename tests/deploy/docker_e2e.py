@@ -76,8 +76,9 @@ def find_links() -> list[Path]:
     return [f for f in folders if f.is_dir()] or [Path("/opt/wheels")]
 
 
-def stage_wheels() -> None:
-    """Hard-link (or copy) the torch wheel of pip's find-links folders into the build context."""
+def stage_wheels() -> bool:
+    """Hard-link (or copy) the torch wheel of pip's find-links folders into the build context; True when
+    the context then holds one (the builds then skip the PyTorch index)."""
     target = DOCKER_DIR / "wheels"
     for folder in find_links():
         for wheel in folder.glob("torch-*.whl"):
@@ -87,6 +88,7 @@ def stage_wheels() -> None:
                     os.link(wheel, dest)
                 except OSError:
                     dest.write_bytes(wheel.read_bytes())
+    return any(target.glob("torch-*.whl"))
 
 
 class Cluster:
@@ -158,12 +160,14 @@ class Cluster:
             docker("volume", "rm", "-f", vol, check=False)
 
 
-def build(image: str, dockerfile: str, tag: str, base: str) -> float:
+def build(image: str, dockerfile: str, tag: str, base: str, local_torch: bool) -> float:
     started = time.monotonic()
+    ca = Path(os.environ.get("PIP_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt"))
+    extra = ["--secret", f"id=pip_ca,src={ca}"] if ca.is_file() else []
+    extra += ["--build-arg", "TORCH_INDEX_URL="] if local_torch else []  # else the Dockerfile's PyTorch index
     proc = subprocess.run(
-        [DOCKER, "build", "--network=host", "--secret", "id=pip_ca,src=/etc/ssl/certs/ca-certificates.crt",
-         "--build-arg", f"BASE_IMAGE={base}", "--build-arg", "TORCH_INDEX_URL=",
-         "--build-arg", f"REVISION={git_revision()}",
+        [DOCKER, "build", "--network=host", *extra,
+         "--build-arg", f"BASE_IMAGE={base}", "--build-arg", f"REVISION={git_revision()}",
          "-f", str(DOCKER_DIR / dockerfile), "-t", f"{image}:{tag}", str(ROOT)],
         capture_output=True, text=True, timeout=BUILD_TIMEOUT, env=dict(os.environ, DOCKER_BUILDKIT="1"))
     if proc.returncode != 0:
@@ -181,11 +185,11 @@ def run(args) -> dict:
     t0 = time.monotonic()
     if args.base_image.startswith("ragcluster-base"):
         subprocess.run([str(DOCKER_DIR / "make-base.sh"), args.base_image], check=True, timeout=900)
-    stage_wheels()
+    local_torch = stage_wheels()
     for image, dockerfile in [("ragcluster-shard", "shard.Dockerfile"), ("ragcluster-router", "router.Dockerfile"),
                               ("ragcluster-generator", "generator-cpu.Dockerfile")]:
         log(f"building {image}:{args.tag}")
-        seconds = build(image, dockerfile, args.tag, args.base_image)
+        seconds = build(image, dockerfile, args.tag, args.base_image, local_torch)
         size = int(docker("image", "inspect", "-f", "{{.Size}}", f"{image}:{args.tag}").stdout)
         report["images"][image] = {"size_mb": round(size / 1e6), "build_seconds": round(seconds, 1)}
         log(f"{image}: {size / 1e6:.0f} MB, built in {seconds:.0f}s")
