@@ -170,6 +170,14 @@ def test_router_drains_before_the_kill(rendered):
     assert pod["terminationGracePeriodSeconds"] > sleep + grace
 
 
+def test_shard_liveness_outlasts_a_snapshot_restore(rendered):
+    """A shard is NOT_SERVING while it restores a peer's snapshot (shard_server restore, 600 s timeout):
+    the liveness probe must not kill it meanwhile."""
+    for sts in cc.of_kind(rendered["objects"], "StatefulSet"):
+        probe = sts["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]
+        assert probe["periodSeconds"] * probe["failureThreshold"] > 600, cc.name(sts)
+
+
 def test_bad_router_grace_is_refused():
     with pytest.raises(Exception, match="terminationGracePeriodSeconds"):
         render.render(sets=["router.terminationGracePeriodSeconds=10,router.graceSeconds=20"])
