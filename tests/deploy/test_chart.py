@@ -178,6 +178,14 @@ def test_shard_liveness_outlasts_a_snapshot_restore(rendered):
         assert probe["periodSeconds"] * probe["failureThreshold"] > 600, cc.name(sts)
 
 
+def test_generator_model_is_a_local_path(rendered):
+    """Offline (HF_HUB_OFFLINE=1) vLLM resolves a non-path model through the hub cache and fails."""
+    for owner, tpl in cc.pod_templates(rendered["objects"]):
+        if tpl["metadata"]["labels"].get("app.kubernetes.io/component") == "generator":
+            env = _env(tpl["spec"]["containers"][0])
+            assert env["HF_HUB_OFFLINE"] == "1" and env["RAGCLUSTER_MODEL"].startswith("/"), env
+
+
 def test_bad_router_grace_is_refused():
     with pytest.raises(Exception, match="terminationGracePeriodSeconds"):
         render.render(sets=["router.terminationGracePeriodSeconds=10,router.graceSeconds=20"])
