@@ -37,8 +37,7 @@ RUN /opt/build/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation -w /t
 # bake the tiny model folder (built offline from the bundled corpus) at /opt/models/tiny: served by path,
 # because vLLM resolves a model that is not a path through the hub cache, which offline mode refuses
 RUN RAGCLUSTER_CACHE_DIR=/opt/models /opt/ragcluster/bin/python -c \
-        "from ragcluster.models import resolve_model; print(resolve_model('tiny'))" > /tmp/tiny-path \
- && ln -s "$(cat /tmp/tiny-path)" /opt/models/tiny \
+        "import os; from ragcluster.models import resolve_model; os.symlink(resolve_model('tiny'), '/opt/models/tiny')" \
  && test -f /opt/models/tiny/config.json
 
 FROM ${BASE_IMAGE}
