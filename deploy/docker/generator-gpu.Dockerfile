@@ -20,15 +20,6 @@ RUN --mount=type=secret,id=pip_ca \
  && /opt/build/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation -w /tmp/dist /src
 
 FROM ${VLLM_IMAGE}
-ARG VERSION=0.1.0
-ARG REVISION=unknown
-LABEL org.opencontainers.image.title="ragcluster-generator" \
-      org.opencontainers.image.description="ragcluster generator node (python -m generator_node) on the official vLLM CUDA image" \
-      org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.revision="${REVISION}" \
-      org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.source="https://github.com/ragcluster/ragcluster" \
-      org.opencontainers.image.vendor="ragcluster"
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 COPY deploy/docker/requirements/generator-gpu.txt /tmp/requirements.txt
 # the wheel is bind-mounted from the build stage: it never lands in a layer of this image
@@ -46,6 +37,16 @@ ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 HOME=/tmp \
     VLLM_NO_USAGE_STATS=1 VLLM_CACHE_ROOT=/tmp/vllm \
     RAGCLUSTER_HOST=0.0.0.0 RAGCLUSTER_PORT=7100 RAGCLUSTER_METRICS_PORT=9090 RAGCLUSTER_LOG_JSON=true
 WORKDIR /tmp
+# labels last: a new revision does not rebuild the layers above
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+LABEL org.opencontainers.image.title="ragcluster-generator" \
+      org.opencontainers.image.description="ragcluster generator node (python -m generator_node) on the official vLLM CUDA image" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.source="https://github.com/ragcluster/ragcluster" \
+      org.opencontainers.image.vendor="ragcluster"
 USER 10001:10001
 EXPOSE 7100 9090
 ENTRYPOINT ["python3", "-m", "generator_node"]

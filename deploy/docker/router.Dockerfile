@@ -35,15 +35,6 @@ RUN /opt/build/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation -w /t
         "from ragcluster.embedding import Embedder; e = Embedder(); assert e.encode(['ok']).shape == (1, 384)"
 
 FROM ${BASE_IMAGE}
-ARG VERSION=0.1.0
-ARG REVISION=unknown
-LABEL org.opencontainers.image.title="ragcluster-router" \
-      org.opencontainers.image.description="ragcluster router (python -m router) and CLI, CPU torch, all-MiniLM-L6-v2 baked in" \
-      org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.revision="${REVISION}" \
-      org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.source="https://github.com/ragcluster/ragcluster" \
-      org.opencontainers.image.vendor="ragcluster"
 RUN groupadd --system --gid 10001 ragcluster \
  && useradd --system --uid 10001 --gid 10001 --home-dir /tmp --no-create-home --shell /usr/sbin/nologin ragcluster
 COPY --from=build /opt/ragcluster /opt/ragcluster
@@ -53,6 +44,16 @@ ENV PATH=/opt/ragcluster/bin:$PATH \
     HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HOME=/tmp/hf \
     RAGCLUSTER_HOST=0.0.0.0 RAGCLUSTER_PORT=50051 RAGCLUSTER_METRICS_PORT=9090 RAGCLUSTER_LOG_JSON=true
 WORKDIR /tmp
+# labels last: a new revision does not rebuild the layers above
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+LABEL org.opencontainers.image.title="ragcluster-router" \
+      org.opencontainers.image.description="ragcluster router (python -m router) and CLI, CPU torch, all-MiniLM-L6-v2 baked in" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.source="https://github.com/ragcluster/ragcluster" \
+      org.opencontainers.image.vendor="ragcluster"
 USER 10001:10001
 EXPOSE 50051 9090
 ENTRYPOINT ["python", "-m", "router"]

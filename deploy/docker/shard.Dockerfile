@@ -31,15 +31,6 @@ RUN /opt/build/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation -w /t
  && /opt/ragcluster/bin/python -c "import faiss, grpc, shard_server.__main__"
 
 FROM ${BASE_IMAGE}
-ARG VERSION=0.1.0
-ARG REVISION=unknown
-LABEL org.opencontainers.image.title="ragcluster-shard" \
-      org.opencontainers.image.description="ragcluster FAISS shard server (python -m shard_server)" \
-      org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.revision="${REVISION}" \
-      org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.source="https://github.com/ragcluster/ragcluster" \
-      org.opencontainers.image.vendor="ragcluster"
 RUN groupadd --system --gid 10001 ragcluster \
  && useradd --system --uid 10001 --gid 10001 --home-dir /data --no-create-home --shell /usr/sbin/nologin ragcluster \
  && mkdir -p /data && chown 10001:10001 /data
@@ -50,6 +41,16 @@ ENV PATH=/opt/ragcluster/bin:$PATH \
     RAGCLUSTER_HOST=0.0.0.0 RAGCLUSTER_PORT=7000 RAGCLUSTER_METRICS_PORT=9090 \
     RAGCLUSTER_LOG_JSON=true RAGCLUSTER_DATA_DIR=/data
 WORKDIR /data
+# labels last: a new revision does not rebuild the layers above
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+LABEL org.opencontainers.image.title="ragcluster-shard" \
+      org.opencontainers.image.description="ragcluster FAISS shard server (python -m shard_server)" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.source="https://github.com/ragcluster/ragcluster" \
+      org.opencontainers.image.vendor="ragcluster"
 USER 10001:10001
 EXPOSE 7000 9090
 ENTRYPOINT ["python", "-m", "shard_server"]
