@@ -299,3 +299,23 @@ def test_kubernetes_validate_catches_unknown_fields(tmp_path):
     proc = subprocess.run([_tool("kubernetes-validate"), "--strict", "-k", K8S_VERSIONS[0], str(bad)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
+
+
+@pytest.mark.parametrize("source, copy_in_chart", [
+    ("deploy/prometheus/rules/ragcluster.rules.yml", "rules/ragcluster.rules.yaml"),
+    ("deploy/prometheus/rules/ragcluster.alerts.yml", "rules/ragcluster.alerts.yaml"),
+    ("deploy/grafana/ragcluster.json", "dashboards/ragcluster.json"),
+])
+def test_chart_ships_the_repository_rules_and_dashboard(source, copy_in_chart):
+    """Helm cannot read outside the chart, so the chart carries copies; they must equal the sources."""
+    assert (CHART / copy_in_chart).read_bytes() == (ROOT / source).read_bytes(), \
+        f"copy {source} to {CHART / copy_in_chart}"
+
+
+def test_prometheus_rule_renders_every_alert(rendered_sets):
+    alerts = {r["alert"] for g in yaml.safe_load((ROOT / "deploy/prometheus/rules/ragcluster.alerts.yml").read_text())
+              ["groups"] for r in g["rules"] if "alert" in r}
+    rendered_rules = [o for s in rendered_sets.values() for o in s["objects"] if o.get("kind") == "PrometheusRule"]
+    assert rendered_rules, "no values set enables the PrometheusRule"
+    for rule in rendered_rules:
+        assert alerts <= {r.get("alert") for g in rule["spec"]["groups"] for r in g["rules"]}
