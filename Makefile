@@ -12,7 +12,7 @@ VLLM_UNWANTED := torchvision torchaudio torchcodec triton
 # checkov pins old packaging/networkx (it would downgrade what vLLM and torch use): its own venv
 CHECKOV       := checkov==3.3.30
 
-.PHONY: install tools demo test protos check-protos clean help chart-check deploy-test
+.PHONY: install tools demo test protos check-protos clean help chart-check deploy-test chaos
 .DEFAULT_GOAL := help
 
 help:
@@ -23,6 +23,7 @@ help:
 	@echo "make protos   regenerate ragcluster/v1 stubs from protos/"
 	@echo "make chart-check  render the Helm chart; kubernetes-validate, checkov, hadolint, structure (part of make test)"
 	@echo "make deploy-test  build the images with Docker, run them as a cluster, ingest/search/ask/restart"
+	@echo "make chaos    10-minute chaos run (kill -9, SIGSTOP, partition) with the lost-write checker"
 
 install: $(STAMP)
 
@@ -67,6 +68,9 @@ chart-check: $(STAMP)
 # a real Docker engine: build the images, run 2 shards + generator + router, ingest, search, ask, restart
 deploy-test: $(STAMP)
 	$(PY) tests/deploy/docker_e2e.py
+
+chaos: $(STAMP)
+	$(PY) -m tests.chaos.run_chaos --seconds $${CHAOS_SECONDS:-600}
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
