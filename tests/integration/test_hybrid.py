@@ -72,11 +72,12 @@ class Cluster:
             await s.stop(grace=1)
 
 
-async def _cluster(tmp, n: int, embedder, docs, dead: int = 0, **router_kw) -> Cluster:
+async def _cluster(tmp, n: int, embedder, docs, dead: int = 0, slow: dict[int, float] | None = None,
+                   **router_kw) -> Cluster:
     shards = []
     for i in range(n):
         s = build_shard(ShardConfig(port=0, metrics_port=-1, shard_id=i, data_dir=str(tmp / f"n{n}-s{i}"),
-                                    checkpoint_interval_seconds=0))
+                                    checkpoint_interval_seconds=0, search_delay_ms=(slow or {}).get(i, 0.0)))
         await s.start()
         shards.append(s)
     specs = [f"{i}={s.address}" for i, s in enumerate(shards)] + [f"{n + j}={_dead_address()}" for j in range(dead)]
@@ -221,5 +222,25 @@ async def test_router_default_mode_applies_to_requests_that_leave_it_unset(tmp_p
         assert top.fused_score == pytest.approx(sum(1 / (10 + r) for r in (top.dense_rank, top.lexical_rank) if r))
         dense = await cluster.search("the river", k=5, mode="dense")
         assert dense.mode == router_pb2.RETRIEVAL_MODE_DENSE and dense.hits[0].fused_score == 0
+    finally:
+        await cluster.close()
+
+
+async def test_a_slow_shard_becomes_a_timeout_in_every_mode_within_the_deadline(tmp_path, embedder):
+    import time
+
+    docs = make_documents(60, seed=8)
+    cluster = await _cluster(tmp_path, 2, embedder, docs, slow={1: 8000.0}, deadline_margin_ms=500.0)
+    try:
+        for mode in ("dense", "lexical", "hybrid"):
+            request = router_pb2.SearchRequest(text="the river", k=5)
+            set_retrieval(request, mode)
+            start = time.monotonic()
+            response = await cluster.stub.Search(request, timeout=3.0)
+            assert time.monotonic() - start < 3.0, mode  # an answer, not DEADLINE_EXCEEDED
+            cov = response.coverage
+            assert (cov.shards_answered, cov.degraded) == (1, True), mode
+            assert [(f.shard, f.reason) for f in cov.failures] == [(1, common_pb2.SHARD_FAILURE_REASON_TIMEOUT)]
+            assert response.hits and all(h.shard == 0 for h in response.hits)
     finally:
         await cluster.close()
