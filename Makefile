@@ -12,12 +12,13 @@ VLLM_UNWANTED := torchvision torchaudio torchcodec triton
 # checkov pins old packaging/networkx (it would downgrade what vLLM and torch use): its own venv
 CHECKOV       := checkov==3.3.30
 
-.PHONY: install tools demo test protos check-protos clean help chart-check deploy-test chaos
+.PHONY: install tools demo test lint protos check-protos clean help chart-check deploy-test chaos
 .DEFAULT_GOAL := help
 
 help:
 	@echo "make demo     set up, start a local cluster (2 shards, router, SmolLM2 generator), ingest, ask"
-	@echo "make test     set up, then run the whole test suite"
+	@echo "make test     set up, lint, then run the whole test suite"
+	@echo "make lint     ruff (style, imports, bugbear...) and mypy (types) over the hand-written code"
 	@echo "make install  create .venv with everything (vLLM for CPU included)"
 	@echo "make tools    install prometheus + promtool (Debian package) for the monitoring tests"
 	@echo "make protos   regenerate ragcluster/v1 stubs from protos/"
@@ -58,7 +59,12 @@ check-protos: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m ragcluster.tools.demo
 
-test: $(STAMP) tools check-protos
+# settings in pyproject.toml ([tool.ruff], [tool.mypy]); the same checks run as pre-commit hooks
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+test: $(STAMP) tools check-protos lint
 	$(PY) -m pytest -q -ra --durations=15
 
 # the Helm chart and Dockerfiles, offline (tests/deploy; `make test` collects them too)
@@ -73,4 +79,4 @@ chaos: $(STAMP)
 	$(PY) -m tests.chaos.run_chaos --seconds $${CHAOS_SECONDS:-600}
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

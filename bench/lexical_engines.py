@@ -171,14 +171,14 @@ def run_engine(engine: str, data: Path, n: int) -> dict:
     stop = time.perf_counter() + 60  # a slow engine gets a minute of queries (at least one pass)
     for _ in range(3):
         for q in queries:
-            t = time.perf_counter()
+            t0 = time.perf_counter()
             search(q)
-            latencies.append(time.perf_counter() - t)
-            if t > stop and len(latencies) >= 20:
+            latencies.append(time.perf_counter() - t0)
+            if t0 > stop and len(latencies) >= 20:
                 break
-    t = time.perf_counter()
+    t0 = time.perf_counter()
     update()
-    update_seconds = time.perf_counter() - t
+    update_seconds = time.perf_counter() - t0
     lat = np.array(latencies) * 1000
     return {"engine": engine, "documents": n, "index_docs_per_second": round(n / build, 1),
             "build_seconds": round(build, 2), "query_p50_ms": round(float(np.percentile(lat, 50)), 3),

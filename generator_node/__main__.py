@@ -11,6 +11,7 @@ import asyncio
 import os
 import shlex
 import sys
+from typing import TYPE_CHECKING
 
 from generator_node.config import GeneratorConfig
 from ragcluster import tracing
@@ -19,8 +20,11 @@ from ragcluster.log import setup_logging
 from ragcluster.serving import GrpcServer, serve_until_signalled, service_spec
 from ragcluster.v1 import generator_pb2, generator_pb2_grpc
 
+if TYPE_CHECKING:
+    from vllm.engine.arg_utils import AsyncEngineArgs
 
-def parse_args(argv: list[str] | None = None):
+
+def parse_args(argv: list[str] | None = None) -> tuple[GeneratorConfig, AsyncEngineArgs]:
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
@@ -34,7 +38,7 @@ def parse_args(argv: list[str] | None = None):
     return config_from_args(GeneratorConfig, ns), AsyncEngineArgs.from_cli_args(ns)
 
 
-def build_server(config: GeneratorConfig, engine_args) -> GrpcServer:
+def build_server(config: GeneratorConfig, engine_args: AsyncEngineArgs) -> GrpcServer:
     from generator_node.engine import Engine
     from generator_node.models import resolve_model
     from generator_node.service import GeneratorServicer
@@ -45,15 +49,15 @@ def build_server(config: GeneratorConfig, engine_args) -> GrpcServer:
     engine = Engine(engine_args, name, config.max_pending)
     servicer = GeneratorServicer(engine, config.default_max_tokens)
 
-    tasks: list[asyncio.Task] = []
+    tasks: list[asyncio.Task[None]] = []
 
     async def watch_engine() -> None:
         """NOT_SERVING and a clean exit as soon as the engine dies (vLLM cannot recover from that)."""
         while True:
-            reason = engine.dead()
-            if not reason:
+            reason, llm = engine.dead(), engine.llm
+            if not reason and llm is not None:  # dead() says why when there is no engine
                 try:
-                    await asyncio.wait_for(engine.llm.check_health(), timeout=config.engine_check_seconds * 5)
+                    await asyncio.wait_for(llm.check_health(), timeout=config.engine_check_seconds * 5)
                 except Exception as exc:  # EngineDeadError, or a hung engine
                     reason = f"engine health check failed: {exc!r}"
             if reason:
@@ -79,7 +83,7 @@ def build_server(config: GeneratorConfig, engine_args) -> GrpcServer:
     return server
 
 
-async def _serve(config, engine_args) -> int:
+async def _serve(config: GeneratorConfig, engine_args: AsyncEngineArgs) -> int:
     # build inside the running loop: grpc.aio channels bind to the loop they are created in
     server = build_server(config, engine_args)
     await serve_until_signalled(server)

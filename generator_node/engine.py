@@ -12,14 +12,23 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from generator_node import metrics
 from ragcluster.errors import InvalidArgument, ResourceExhausted, Unavailable
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+    from vllm import SamplingParams
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.inputs import TokensPrompt
+    from vllm.sampling_params import RequestOutputKind
+    from vllm.v1.engine.async_llm import AsyncLLM
+
 logger = logging.getLogger(__name__)
 
 
-def _import_vllm():
+def _import_vllm() -> tuple[type[AsyncLLM], type[SamplingParams], type[TokensPrompt], type[RequestOutputKind]]:
     try:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
@@ -70,13 +79,13 @@ class Chunk:
 
 
 class Engine:
-    def __init__(self, engine_args, model_name: str, max_pending: int = 64):
+    def __init__(self, engine_args: AsyncEngineArgs, model_name: str, max_pending: int = 64) -> None:
         self.engine_args = engine_args
         self.model_name = model_name
         self.max_pending = max_pending
         metrics.MAX_PENDING.set(max_pending)
-        self.llm = None
-        self.tokenizer = None
+        self.llm: AsyncLLM | None = None
+        self.tokenizer: PreTrainedTokenizerBase | None = None
         self.max_model_len = 0
         self.active = 0
         self._ipc_dir = ""
@@ -120,17 +129,26 @@ class Engine:
             raise InvalidArgument("chat.messages: empty")
         if not self.has_chat_template:
             return "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
-        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        prompt: str = self._loaded_tokenizer().apply_chat_template(messages, add_generation_prompt=True,
+                                                                   tokenize=False)
+        return prompt
+
+    def _loaded_tokenizer(self) -> PreTrainedTokenizerBase:
+        if self.tokenizer is None:
+            raise Unavailable("generator engine is not running")
+        return self.tokenizer
 
     def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False)
+        ids: list[int] = self._loaded_tokenizer().encode(text, add_special_tokens=False)
+        return ids
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         return [len(self.encode(t)) for t in texts]
 
-    def _sampling_params(self, s: Sampling):
+    def _sampling_params(self, s: Sampling) -> SamplingParams:
         _, SamplingParams, _, RequestOutputKind = _import_vllm()
-        kwargs = dict(max_tokens=s.max_tokens, output_kind=RequestOutputKind.DELTA, stop=list(s.stop) or None)
+        kwargs: dict[str, object] = dict(max_tokens=s.max_tokens, output_kind=RequestOutputKind.DELTA,
+                                         stop=list(s.stop) or None)
         for name in ("temperature", "top_p", "top_k", "seed", "repetition_penalty"):
             value = getattr(s, name)
             if value is not None:

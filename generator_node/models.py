@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def resolve_model(spec: str) -> Path:
     return path
 
 
-def _atomic_build(target: Path, build) -> Path:
+def _atomic_build(target: Path, build: Callable[[Path], None]) -> Path:
     if (target / ".complete").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

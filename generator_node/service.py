@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+
+from grpc.aio import ServicerContext
 
 from generator_node.engine import Engine, Sampling
 from ragcluster import tracing
@@ -15,7 +18,7 @@ def _messages(chat: generator_pb2.ChatMessages) -> list[dict[str, str]]:
 
 
 class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
-    def __init__(self, engine: Engine, default_max_tokens: int = 256):
+    def __init__(self, engine: Engine, default_max_tokens: int = 256) -> None:
         self.engine = engine
         self.default_max_tokens = default_max_tokens
 
@@ -24,7 +27,8 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
             raise Unavailable("generator engine is not running")
         return self.engine
 
-    async def Generate(self, request: generator_pb2.GenerateRequest, context):
+    async def Generate(self, request: generator_pb2.GenerateRequest,
+                       context: ServicerContext) -> AsyncIterator[generator_pb2.GenerateEvent]:
         engine = self._ready()
         kind = request.WhichOneof("input")
         if kind == "prompt":
@@ -60,14 +64,16 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
                     tracing.add_event("first_token")
                 yield generator_pb2.GenerateEvent(delta=generator_pb2.TextDelta(text=chunk.text))
 
-    async def Info(self, request, context):
+    async def Info(self, request: generator_pb2.GeneratorInfoRequest,
+                   context: ServicerContext) -> generator_pb2.GeneratorInfoResponse:
         engine = self._ready()
         return generator_pb2.GeneratorInfoResponse(
             model=engine.model_name, max_context_length=engine.max_model_len,
             has_chat_template=engine.has_chat_template, max_tokens_default=self.default_max_tokens,
         )
 
-    async def CountTokens(self, request, context):
+    async def CountTokens(self, request: generator_pb2.CountTokensRequest,
+                          context: ServicerContext) -> generator_pb2.CountTokensResponse:
         engine = self._ready()
         if len(request.texts) > 4096:
             raise InvalidArgument("texts: at most 4096 per call")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
 from ragcluster.channels import channel_options
 from ragcluster.convert import coverage_to_json, document_to_pb, filter_to_pb, hit_to_json, set_retrieval
 from ragcluster.documents import Document
+from ragcluster.types import Condition
 from ragcluster.v1 import common_pb2, router_pb2, router_pb2_grpc
 
 
@@ -33,11 +35,11 @@ class RouterClient:
     def __enter__(self) -> RouterClient:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def search(self, text: str | None = None, k: int = 10, vector: list[float] | None = None,
-               timeout: float | None = None, where: list[dict] | None = None,
+               timeout: float | None = None, where: list[Condition] | None = None,
                min_coverage: float | None = None, collection: str = "", mode: str = "", fusion: str = "",
                rrf_k: int | None = None, alpha: float | None = None, window: int | None = None) -> dict:
         """``where``: filter conditions, e.g. ``[{"field": "topic", "equals": "science"}, {"field": "n", "gte": 3}]``.
@@ -68,7 +70,7 @@ class RouterClient:
 
     def ask_events(self, question: str, k: int = 0, max_tokens: int | None = None, temperature: float | None = None,
                    seed: int | None = None, repetition_penalty: float | None = None,
-                   timeout: float | None = None, where: list[dict] | None = None, mode: str = "",
+                   timeout: float | None = None, where: list[Condition] | None = None, mode: str = "",
                    fusion: str = "", rrf_k: int | None = None, alpha: float | None = None,
                    window: int | None = None) -> Iterator[router_pb2.AskEvent]:
         sampling = common_pb2.SamplingParams()
@@ -86,8 +88,8 @@ class RouterClient:
             request.filter.CopyFrom(filter_to_pb(where))
         yield from self.stub.Ask(request, timeout=timeout or self.timeout)
 
-    def ask(self, question: str, on_delta: Callable[[str], None] | None = None, **kwargs) -> dict:
-        result = {"answer": "", "citations": [], "hits": [], "coverage": {}, "timings": {}}
+    def ask(self, question: str, on_delta: Callable[[str], object] | None = None, **kwargs: Any) -> dict[str, Any]:
+        result: dict[str, Any] = {"answer": "", "citations": [], "hits": [], "coverage": {}, "timings": {}}
         for event in self.ask_events(question, **kwargs):
             kind = event.WhichOneof("event")
             if kind == "hits":
@@ -112,8 +114,8 @@ class RouterClient:
         return dict(zip(response.ids, response.content_hashes))
 
     def ingest(self, documents: Iterable[Document], batch_size: int = 64,
-               on_ack: Callable[[int], None] | None = None, timeout: float | None = None,
-               resume: bool = False, on_skip: Callable[[int], None] | None = None,
+               on_ack: Callable[[int], object] | None = None, timeout: float | None = None,
+               resume: bool = False, on_skip: Callable[[int], object] | None = None,
                collection: str = "") -> IngestResult:
         """Stream documents in batches; returns once every sent batch was acknowledged (durable).
 
@@ -131,7 +133,8 @@ class RouterClient:
                 on_skip(skipped)
             return fresh
 
-        def requests():  # consumed by grpc's sender thread while responses stream back: pipelined
+        # consumed by grpc's sender thread while responses stream back: pipelined
+        def requests() -> Iterator[router_pb2.IngestRequest]:
             batch: list[Document] = []
             for doc in documents:
                 batch.append(doc)
@@ -187,6 +190,8 @@ def coverage_from_error(error: grpc.RpcError) -> dict | None:
     """The Coverage a router put in an error's details (min_coverage not met), as JSON; else None."""
     from grpc_status import rpc_status
 
+    if not isinstance(error, grpc.Call):
+        return None
     status = rpc_status.from_call(error)
     for detail in status.details if status is not None else []:
         coverage = common_pb2.Coverage()

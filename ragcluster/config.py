@@ -13,9 +13,12 @@ import dataclasses
 import os
 import typing
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 ENV_PREFIX = "RAGCLUSTER_"
 
 
@@ -37,11 +40,12 @@ def _split_list(text: str) -> list[str]:
     return [item.strip() for item in text.split(sep) if item.strip()]
 
 
-def _field_type(cls: type, field: dataclasses.Field) -> Any:
+def _field_type(cls: type, field: dataclasses.Field[object]) -> Any:  # a type form: a class, list[int], X | None
     return typing.get_type_hints(cls)[field.name]
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, cls: type, env: Mapping[str, str] | None = None) -> None:
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type[DataclassInstance],
+                         env: Mapping[str, str] | None = None) -> None:
     """Add one flag per field of dataclass ``cls``; defaults come from the environment when set there."""
     env = os.environ if env is None else env
     for field in dataclasses.fields(cls):
@@ -59,8 +63,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, env: Mappin
         var = env_name(field.name)
         if field.default is not dataclasses.MISSING:
             default = field.default
-        elif field.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            default = field.default_factory()  # type: ignore[misc]
+        elif field.default_factory is not dataclasses.MISSING:
+            default = field.default_factory()
         else:
             default = None
         help_text = field.metadata.get("help", "")
@@ -94,15 +98,15 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, env: Mappin
 
 def config_from_args(cls: type[T], ns: argparse.Namespace) -> T:
     """Build ``cls`` from parsed arguments (as added by add_config_arguments)."""
-    values = {}
+    values: dict[str, object] = {}
     for field in dataclasses.fields(cls):
         if not hasattr(ns, field.name):
             continue
         value = getattr(ns, field.name)
         if value is None and hasattr(ns, f"_{field.name}_list_default"):
             value = getattr(ns, f"_{field.name}_list_default")
-        if value is None and field.default is dataclasses.MISSING and field.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            value = field.default_factory()  # type: ignore[misc]
+        if value is None and field.default is dataclasses.MISSING and field.default_factory is not dataclasses.MISSING:
+            value = field.default_factory()
         if value is None and field.default is not dataclasses.MISSING:
             value = field.default
         values[field.name] = value
@@ -113,7 +117,8 @@ def option(default: Any = dataclasses.MISSING, help: str = "", **meta: Any) -> A
     """A documented dataclass field."""
     meta["help"] = help
     if isinstance(default, list):
-        return dataclasses.field(default_factory=lambda d=default: list(d), metadata=meta)
+        items: list[object] = default
+        return dataclasses.field(default_factory=lambda: list(items), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
 
 

@@ -6,7 +6,8 @@ import numpy as np
 
 from ragcluster.documents import Document, MetadataValue
 from ragcluster.errors import InvalidArgument
-from ragcluster.v1 import common_pb2
+from ragcluster.types import Condition
+from ragcluster.v1 import common_pb2, router_pb2
 
 
 def metadata_to_pb(value: MetadataValue) -> common_pb2.MetadataValue:
@@ -81,17 +82,17 @@ MODES = {"dense": 1, "lexical": 2, "hybrid": 3}  # router_pb2.RetrievalMode valu
 FUSIONS = {"rrf": 1, "weighted": 2}  # router_pb2.FusionMethod values
 
 
-def set_retrieval(request, mode: str = "", fusion: str = "", rrf_k: int | None = None, alpha: float | None = None,
-                  window: int | None = None) -> None:
+def set_retrieval(request: router_pb2.SearchRequest | router_pb2.AskRequest, mode: str = "", fusion: str = "",
+                  rrf_k: int | None = None, alpha: float | None = None, window: int | None = None) -> None:
     """Fill ``mode`` and ``fusion`` of a router SearchRequest/AskRequest ('' / None = the router's default)."""
     if mode:
         if mode not in MODES:
             raise InvalidArgument(f"mode: {mode!r} is not one of {', '.join(MODES)}")
-        request.mode = MODES[mode]
+        request.mode = router_pb2.RetrievalMode.ValueType(MODES[mode])
     if fusion:
         if fusion not in FUSIONS:
             raise InvalidArgument(f"fusion: {fusion!r} is not one of {', '.join(FUSIONS)}")
-        request.fusion.method = FUSIONS[fusion]
+        request.fusion.method = router_pb2.FusionMethod.ValueType(FUSIONS[fusion])
     if rrf_k is not None:
         request.fusion.rrf_k = rrf_k
     if alpha is not None:
@@ -100,7 +101,7 @@ def set_retrieval(request, mode: str = "", fusion: str = "", rrf_k: int | None =
         request.fusion.window = window
 
 
-def filter_to_pb(conditions: list[dict]) -> common_pb2.Filter:
+def filter_to_pb(conditions: list[Condition]) -> common_pb2.Filter:
     """From JSON-like conditions: ``{"field": f, "equals": v}`` | ``{"field", "any_of": [...]}`` |
     ``{"field", "gte"/"gt"/"lte"/"lt": number}``."""
     pb = common_pb2.Filter()

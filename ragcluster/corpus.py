@@ -27,7 +27,7 @@ _EXTRAS = ["during the monsoon", "every spring", "after the storm", "since the n
            "under strict rules", "with little help", "at high altitude", "despite the drought", "by moonlight"]
 
 
-def make_documents(n: int, seed: int = 0, prefix: str = "syn"):
+def make_documents(n: int, seed: int = 0, prefix: str = "syn") -> list[Document]:
     """Deterministic synthetic documents with varied wording and metadata."""
     rng = random.Random(seed)
     docs = []

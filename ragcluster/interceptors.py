@@ -10,7 +10,9 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from types import TracebackType
+from typing import Generic, TypeVar, cast
 
 import grpc
 from prometheus_client import Counter, Gauge, Histogram
@@ -20,6 +22,11 @@ from ragcluster.errors import RagclusterError
 from ragcluster.log import log_request, request_fields, request_id
 
 logger = logging.getLogger(__name__)
+_Req = TypeVar("_Req")
+_Resp = TypeVar("_Resp")
+# what grpc.aio calls a handler's behaviour with: the request (or the request stream) and the context
+_Unary = Callable[[_Req, grpc.aio.ServicerContext[_Req, _Resp]], Awaitable[_Resp]]
+_Streaming = Callable[[_Req, grpc.aio.ServicerContext[_Req, _Resp]], AsyncIterator[_Resp]]
 
 REQUEST_ID_KEY = "x-request-id"
 
@@ -59,7 +66,7 @@ def _code_name(context: grpc.aio.ServicerContext) -> str:
         return str(code)
 
 
-def _rich_status(exc: RagclusterError):
+def _rich_status(exc: RagclusterError) -> grpc.Status:
     from google.protobuf import any_pb2
     from google.rpc import status_pb2
     from grpc_status import rpc_status
@@ -73,17 +80,17 @@ def _rich_status(exc: RagclusterError):
     return rpc_status.to_status(status_pb2.Status(code=code.value[0], message=str(exc), details=details))
 
 
-class _Observed:
+class _Observed(Generic[_Req, _Resp]):
     """Times one RPC, counts its status code, sets the correlation id and maps exceptions to statuses; with
     tracing on, the RPC's server span (its trace id is the request id); with an access log, one line at the end."""
 
-    def __init__(self, service: str, method: str, metadata: dict[str, str], context: grpc.aio.ServicerContext,
-                 access_log: bool = False):
+    def __init__(self, service: str, method: str, metadata: dict[str, str],
+                 context: grpc.aio.ServicerContext[_Req, _Resp], access_log: bool = False) -> None:
         self.service, self.method, self.metadata, self.context = service, method, metadata, context
         self.access_log = access_log
         self.span: tracing.ServerSpan | None = None
 
-    async def __aenter__(self):
+    async def __aenter__(self) -> _Observed[_Req, _Resp]:
         if tracing.enabled():
             self.span = tracing.ServerSpan(self.service, self.method, self.metadata).__enter__()
             rid = self.span.trace_id
@@ -95,7 +102,8 @@ class _Observed:
         RPC_IN_FLIGHT.labels(self.service, self.method).inc()
         return self
 
-    async def __aexit__(self, exc_type, exc, tb):
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
         code = "OK"
         try:
             if exc is None:
@@ -111,8 +119,8 @@ class _Observed:
                 code = "CANCELLED"
             else:  # the one place an unexpected error is logged
                 code = "INTERNAL"
-                logger.error("%s failed", self.method, exc_info=(exc_type, exc, tb))
-                await self.context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc_type.__name__}: {exc}")
+                logger.error("%s failed", self.method, exc_info=(type(exc), exc, tb))
+                await self.context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
         finally:
             seconds = time.perf_counter() - self.start
             RPC_IN_FLIGHT.labels(self.service, self.method).dec()
@@ -124,14 +132,17 @@ class _Observed:
                 log_request(self.method, code, seconds, request_fields.get() or {})
                 request_fields.reset(self.fields_token)
             request_id.reset(self.token)
-        return False
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, access_log: bool = False):
+    def __init__(self, access_log: bool = False) -> None:
         self.access_log = access_log  # one log line per request (logger ragcluster.access)
 
-    async def intercept_service(self, continuation, handler_call_details):
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[_Req, _Resp] | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[_Req, _Resp] | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
@@ -140,31 +151,36 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             return handler  # probes and reflection stay out of the metrics and the error boundary
         path, _, method = full.rpartition("/")
         service = path.rsplit(".", 1)[-1]  # /ragcluster.v1.RouterService/Search -> RouterService, Search
-        metadata = dict(handler_call_details.invocation_metadata or ())
+        # text keys only ("-bin" keys carry bytes): traceparent, x-request-id
+        metadata = {k: v for k, v in handler_call_details.invocation_metadata or () if isinstance(v, str)}
         access_log = self.access_log
 
-        def unary(behavior):
-            async def wrapper(request, context):
+        # grpc's stubs type a handler's behaviours as synchronous callables; under grpc.aio they are
+        # coroutine functions (unary response) or async generator functions (streaming response): cast to that
+        def unary(behavior: object) -> _Unary[_Req, _Resp]:
+            call = cast("_Unary[_Req, _Resp]", behavior)
+
+            async def wrapper(request: _Req, context: grpc.aio.ServicerContext[_Req, _Resp]) -> _Resp:
                 async with _Observed(service, method, metadata, context, access_log):
-                    return await behavior(request, context)
+                    return await call(request, context)
 
             return wrapper
 
-        def streaming(behavior):
-            async def wrapper(request, context):
+        def streaming(behavior: object) -> _Streaming[_Req, _Resp]:
+            call = cast("_Streaming[_Req, _Resp]", behavior)
+
+            async def wrapper(request: _Req, context: grpc.aio.ServicerContext[_Req, _Resp]) -> AsyncIterator[_Resp]:
                 async with _Observed(service, method, metadata, context, access_log):
-                    async for item in behavior(request, context):
+                    async for item in call(request, context):
                         yield item
 
             return wrapper
 
-        kwargs = dict(
-            request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
-        )
+        decode, encode = handler.request_deserializer, handler.response_serializer
         if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), **kwargs)
+            return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), decode, encode)
         if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary), **kwargs)
+            return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary), decode, encode)
         if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(streaming(handler.unary_stream), **kwargs)
-        return grpc.stream_stream_rpc_method_handler(streaming(handler.stream_stream), **kwargs)
+            return grpc.unary_stream_rpc_method_handler(streaming(handler.unary_stream), decode, encode)
+        return grpc.stream_stream_rpc_method_handler(streaming(handler.stream_stream), decode, encode)

@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from http.server import ThreadingHTTPServer
 from pathlib import Path
+from types import ModuleType
+from typing import TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -28,6 +30,7 @@ from ragcluster.fsutil import atomic_write
 from ragcluster.interceptors import ServerInterceptor, preinitialise
 
 logger = logging.getLogger(__name__)
+S = TypeVar("S")
 
 @dataclass
 class ServiceSpec:
@@ -39,7 +42,7 @@ class ServiceSpec:
     method_names: Sequence[str] = field(default_factory=tuple)
 
 
-def service_spec(servicer: object, pb2_module, service_name: str, grpc_module) -> ServiceSpec:
+def service_spec(servicer: object, pb2_module: ModuleType, service_name: str, grpc_module: ModuleType) -> ServiceSpec:
     descriptor = pb2_module.DESCRIPTOR.services_by_name[service_name]
     add = getattr(grpc_module, f"add_{service_name}Servicer_to_server")
     return ServiceSpec(add, servicer, descriptor.full_name, tuple(m.name for m in descriptor.methods))
@@ -53,8 +56,8 @@ class GrpcServer:
         config: ServerConfig,
         services: Sequence[ServiceSpec],
         *,
-        load: Callable[[], Awaitable[None]] | None = None,
-        close: Callable[[], Awaitable[None]] | None = None,
+        load: Callable[[], Awaitable[object]] | None = None,
+        close: Callable[[], Awaitable[object]] | None = None,
     ):
         self.config = config
         self.services = list(services)
@@ -64,24 +67,32 @@ class GrpcServer:
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self.metrics_port = 0
-        self._metrics_httpd = None
+        self._metrics_httpd: ThreadingHTTPServer | None = None
         self._stopped = asyncio.Event()
         self.failed = ""  # set by fail(): the process should exit non-zero
         self._failure = asyncio.Event()
+
+    def servicer(self, kind: type[S]) -> S:
+        """The registered servicer of type ``kind`` (for tests and tools that reach into a server)."""
+        for spec in self.services:
+            if isinstance(spec.servicer, kind):
+                return spec.servicer
+        raise LookupError(f"no {kind.__name__} registered on this server")
 
     @property
     def address(self) -> str:
         return f"{self.config.host}:{self.port}"
 
-    async def _set_all(self, status) -> None:
+    async def _set_all(self, status: int) -> None:
         for name in ["", *(s.full_name for s in self.services)]:
             await self.health.set(name, status)
 
     async def start(self) -> None:
         cfg = self.config
         if cfg.metrics_port >= 0:
-            self._metrics_httpd = start_metrics_http(cfg.host, cfg.metrics_port)
-            self.metrics_port = self._metrics_httpd.server_port
+            httpd = start_metrics_http(cfg.host, cfg.metrics_port)
+            self._metrics_httpd = httpd
+            self.metrics_port = httpd.server_port
         options = [
             ("grpc.max_send_message_length", cfg.max_message_bytes),
             ("grpc.max_receive_message_length", cfg.max_message_bytes),

@@ -20,7 +20,7 @@ import contextvars
 import functools
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import grpc
@@ -151,10 +151,10 @@ def activate(current: Span | _NoSpan) -> Iterator[None]:
         yield
 
 
-def traced(name: str) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
+def traced(name: str) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Coroutine[Any, Any, R]]]:
     """Decorate a coroutine function so each call is a span ``name`` (a plain await when tracing is off)."""
 
-    def decorate(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    def decorate(fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
         @functools.wraps(fn)
         async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
             if _tracer is None:
@@ -254,7 +254,8 @@ class _ClientTracing:
     """A client span per call (health checks excepted) whose context is injected as ``traceparent``."""
 
     def _start(self, details: grpc.aio.ClientCallDetails) -> tuple[Span | None, grpc.aio.ClientCallDetails]:
-        method = details.method.decode() if isinstance(details.method, bytes) else details.method
+        raw: str | bytes = details.method  # the stubs say str; grpc passes bytes
+        method = raw.decode() if isinstance(raw, bytes) else raw
         if _tracer is None or method.startswith("/grpc.health."):
             return None, details  # health watch streams live for ever: not a request
         from opentelemetry.propagate import inject
@@ -315,12 +316,12 @@ class _UnaryStreamTracing(_ClientTracing, grpc.aio.UnaryStreamClientInterceptor)
 class _StreamUnaryTracing(_ClientTracing, grpc.aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(self, continuation: Callable[..., Any],
                                      client_call_details: grpc.aio.ClientCallDetails,
-                                     request_iterator: AsyncIterator[Any]) -> Any:
+                                     request_iterator: AsyncIterable[Any] | Iterable[Any]) -> Any:
         return await self._intercept(continuation, client_call_details, request_iterator)
 
 
 class _StreamStreamTracing(_ClientTracing, grpc.aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(self, continuation: Callable[..., Any],
                                       client_call_details: grpc.aio.ClientCallDetails,
-                                      request_iterator: AsyncIterator[Any]) -> Any:
+                                      request_iterator: AsyncIterable[Any] | Iterable[Any]) -> Any:
         return await self._intercept(continuation, client_call_details, request_iterator)

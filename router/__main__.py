@@ -59,7 +59,7 @@ def build_server(config: RouterConfig) -> GrpcServer:
 
         await asyncio.gather(pool.start(refresh_seconds=config.dns_refresh_seconds),
                              *(g.start(config.dns_refresh_seconds) for g in groups))
-        loaded: dict[str, object] = {}  # one embedder per distinct model
+        loaded: dict[str, Embedder] = {}  # one embedder per distinct model
         for col in collections.values():
             if col.embedder is None:
                 if col.model_spec not in loaded:
@@ -77,7 +77,7 @@ def build_server(config: RouterConfig) -> GrpcServer:
     return GrpcServer(config, [spec], load=load, close=close)
 
 
-async def _serve(config) -> None:
+async def _serve(config: RouterConfig) -> None:
     # build inside the running loop: grpc.aio channels bind to the loop they are created in
     await serve_until_signalled(build_server(config))
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from ragcluster.errors import InvalidArgument
 from ragcluster.fsutil import atomic_write
 from router.batching import MicroBatcher
+from router.embedding import Embedder
 from router.replicas import ReplicaPolicy, ShardGroup
 
 
@@ -23,10 +24,10 @@ class Collection:
     name: str
     groups: list[ShardGroup]
     model_spec: str  # what the embedder is loaded from (name or folder)
-    embedder: object | None = None
+    embedder: Embedder | None = None
     batcher: MicroBatcher | None = field(default=None, repr=False)
 
-    def set_embedder(self, embedder, max_batch: int, max_wait_us: int, executor: ThreadPoolExecutor,
+    def set_embedder(self, embedder: Embedder, max_batch: int, max_wait_us: int, executor: ThreadPoolExecutor,
                      bulk_chunk: int = 16) -> None:
         self.embedder = embedder
         self.batcher = MicroBatcher(embedder.encode, max_batch, max_wait_us, executor, max(1, bulk_chunk))

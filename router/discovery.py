@@ -45,7 +45,7 @@ class Resolver:
             infos = await asyncio.wait_for(asyncio.to_thread(self._lookup, host, int(port)), self.timeout)
         except (OSError, ValueError, TimeoutError) as exc:
             kept = self.last_good.get(spec, [])
-            logger.warning("cannot resolve %s (%s); keeping the last good addresses %s", spec, exc or
+            logger.warning("cannot resolve %s (%s); keeping the last good addresses %s", spec, str(exc) or
                            type(exc).__name__, kept)
             return list(kept)
         out = sorted({f"[{info[4][0]}]:{port}" if info[0] == socket.AF_INET6 else f"{info[4][0]}:{port}"

@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 
 class GeneratorNode(Backend):
-    def __init__(self, address: str, channel: grpc.aio.Channel):
+    def __init__(self, address: str, channel: grpc.aio.Channel) -> None:
         super().__init__(address, channel)
         self.stub = generator_pb2_grpc.GeneratorServiceStub(channel)
         self.info: generator_pb2.GeneratorInfoResponse | None = None
@@ -38,12 +38,12 @@ class GeneratorPool:
     """Generator endpoints with health tracking (router/health.py): a node that is not SERVING — still
     loading, draining, or dead — gets no traffic, and comes back by itself once it reports SERVING."""
 
-    def __init__(self, addresses: list[str], eject_seconds: float = 5.0):
+    def __init__(self, addresses: list[str], eject_seconds: float = 5.0) -> None:
         self.eject_seconds = eject_seconds
         self.specs = list(addresses)  # host:port, or dns:///name:port (every address it resolves to)
         self.nodes: list[GeneratorNode] = []
         self._watchers = Watchers()
-        self._refresh_task: asyncio.Task | None = None
+        self._refresh_task: asyncio.Task[None] | None = None
         self.resolver = Resolver()
         self._add([a for a in self.specs if not a.startswith("dns:")])
 
@@ -144,7 +144,7 @@ class GeneratorPool:
         if not self.nodes:
             raise Unavailable("no generator nodes configured")
         deadline = time.monotonic() + timeout
-        errors = []
+        errors: list[str] = []
         candidates = self.ordered()
         if not candidates:
             raise Unavailable(f"no generator node is SERVING ({len(self.nodes)} configured)")
@@ -176,7 +176,7 @@ class GeneratorPool:
             except grpc.aio.AioRpcError as exc:
                 if started or exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED):
                     if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                        raise InvalidArgument(exc.details()) from exc
+                        raise InvalidArgument(exc.details() or "") from exc
                     raise
                 logger.warning("generator %s: %s before the first token; ejected for %.0fs, trying another",
                                node.address, exc.code().name, self.eject_seconds)

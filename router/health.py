@@ -8,10 +8,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
+
+from ragcluster.channels import health_stub
 
 logger = logging.getLogger(__name__)
 
@@ -19,7 +21,7 @@ logger = logging.getLogger(__name__)
 class Backend:
     """A backend's health state; subclasses add their stubs and counters."""
 
-    def __init__(self, address: str, channel: grpc.aio.Channel):
+    def __init__(self, address: str, channel: grpc.aio.Channel) -> None:
         self.address = address
         self.channel = channel
         self.serving = False  # from the Watch stream
@@ -51,7 +53,7 @@ class Backend:
 async def watch(backend: Backend, kind: str) -> None:
     """Keep ``backend.serving`` current until cancelled."""
     backoff = 0.1
-    stub = health_pb2_grpc.HealthStub(backend.channel)
+    stub = health_stub(backend.channel)
     while True:
         try:
             async for response in stub.Watch(health_pb2.HealthCheckRequest()):
@@ -77,10 +79,10 @@ async def watch(backend: Backend, kind: str) -> None:
 class Watchers:
     """The watch tasks of a set of backends."""
 
-    def __init__(self):
-        self._tasks: dict[int, asyncio.Task] = {}  # id(backend) -> its watch task
+    def __init__(self) -> None:
+        self._tasks: dict[int, asyncio.Task[None]] = {}  # id(backend) -> its watch task
 
-    async def start(self, backends: list[Backend], kind: str, wait_seconds: float = 5.0) -> None:
+    async def start(self, backends: Sequence[Backend], kind: str, wait_seconds: float = 5.0) -> None:
         for b in backends:
             self._tasks[id(b)] = asyncio.create_task(watch(b, kind))
         if backends:
@@ -89,7 +91,7 @@ class Watchers:
             for w in waits:
                 w.cancel()
 
-    async def remove(self, backends: list[Backend]) -> None:
+    async def remove(self, backends: Sequence[Backend]) -> None:
         """Stop watching ``backends`` (e.g. gone from DNS); their channels can then be closed."""
         for b in backends:
             task = self._tasks.pop(id(b), None)

@@ -38,8 +38,9 @@ def merge_topk(parts: list[ShardTopK], k: int, higher_is_better: bool = True) ->
     ids = np.concatenate([p.ids.astype(np.int64) for p in parts])
     shards = np.concatenate([np.full(len(p.ids), p.shard, dtype=np.int64) for p in parts])
     primary = -scores if higher_is_better else scores
-    if all(p.keys is not None and len(p.keys) == len(p.ids) for p in parts):
-        ties = np.concatenate([p.keys.astype(np.uint64) for p in parts])
+    keys = [p.keys for p in parts if p.keys is not None and len(p.keys) == len(p.ids)]
+    if len(keys) == len(parts):
+        ties = np.concatenate([key.astype(np.uint64) for key in keys])
         order = np.lexsort((ids, shards, ties, primary))[:k]  # last key is primary
     else:
         order = np.lexsort((ids, shards, primary))[:k]

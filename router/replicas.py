@@ -21,7 +21,9 @@ import collections
 import itertools
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar, overload
 
 import grpc
 import numpy as np
@@ -36,6 +38,10 @@ from router.health import Backend, Watchers
 from router.versions import HybridClock
 
 logger = logging.getLogger(__name__)
+_Ack = TypeVar("_Ack")
+# the reads that fan out: a vector/lexical Search, or TermStats (corpus statistics for lexical scoring)
+ReadRequest = shard_pb2.ShardSearchRequest | shard_pb2.TermStatsRequest
+ReadResponse = shard_pb2.ShardSearchResponse | shard_pb2.TermStatsResponse
 
 _FAILOVER_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL,
                    grpc.StatusCode.RESOURCE_EXHAUSTED}
@@ -165,16 +171,16 @@ class ShardGroup:
             return self.policy.hedge_delay_ms / 1000
         if len(self._latencies) < 20:
             return 0.02  # until the shard's own latencies are known
-        return float(min(max(np.percentile(self._latencies, 95), 0.001), 1.0))
+        return min(max(float(np.percentile(self._latencies, 95)), 0.001), 1.0)
 
-    async def _call(self, replica: Replica, request, deadline: float, method: str = "Search",
-                    attempt: str = "primary"):
+    async def _call(self, replica: Replica, request: ReadRequest, deadline: float, method: str = "Search",
+                    attempt: str = "primary") -> ReadResponse:
         replica.outstanding += 1
         start = time.perf_counter()
         try:
-            call = getattr(replica.stub, method)
+            call = getattr(replica.stub, method)  # Search or TermStats: request and response types match it
             with tracing.call_attributes(shard=self.shard, replica=replica.address, attempt=attempt):
-                response = await call(request, timeout=max(deadline - time.monotonic(), 0.001))
+                response: ReadResponse = await call(request, timeout=max(deadline - time.monotonic(), 0.001))
         except grpc.aio.AioRpcError as exc:
             metrics.SHARD_CALLS.labels(self.shard, exc.code().name).inc()
             if exc.code() in _EJECT_CODES and replica.record(False, self.policy.eject_after,
@@ -192,11 +198,17 @@ class ShardGroup:
         metrics.SHARD_CALL_SECONDS.labels(self.shard).observe(elapsed)
         return response
 
-    def _note(self, response) -> None:
+    def _note(self, response: ReadResponse) -> None:
         if isinstance(response, shard_pb2.ShardSearchResponse):
             self.last_documents = response.vectors_searched
 
-    async def search(self, request, timeout: float, method: str = "Search"):
+    @overload
+    async def search(self, request: shard_pb2.ShardSearchRequest, timeout: float,
+                     method: str = "Search") -> shard_pb2.ShardSearchResponse: ...
+    @overload
+    async def search(self, request: shard_pb2.TermStatsRequest, timeout: float,
+                     method: str = "TermStats") -> shard_pb2.TermStatsResponse: ...
+    async def search(self, request: ReadRequest, timeout: float, method: str = "Search") -> ReadResponse:
         """A read call (``Search``, or ``TermStats``) with failover and hedging across the replicas."""
         deadline = time.monotonic() + timeout
         candidates = self.readable()
@@ -207,16 +219,16 @@ class ShardGroup:
                 response = await self._call(candidates[0], request, deadline, method)
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                    raise InvalidArgument(exc.details()) from exc
+                    raise InvalidArgument(exc.details() or "") from exc
                 raise
             self._note(response)
             return response
-        pending: dict[asyncio.Task, Replica] = {}
-        hedged: set[asyncio.Task] = set()
+        pending: dict[asyncio.Task[ReadResponse], Replica] = {}
+        hedged: set[asyncio.Task[ReadResponse]] = set()
         launched = 0
         last_error: BaseException | None = None
 
-        def launch(attempt: str = "primary") -> asyncio.Task:
+        def launch(attempt: str = "primary") -> asyncio.Task[ReadResponse]:
             nonlocal launched
             task = asyncio.create_task(self._call(candidates[launched], request, deadline, method, attempt))
             pending[task] = candidates[launched]
@@ -241,21 +253,21 @@ class ShardGroup:
                     continue
                 for task in done:
                     pending.pop(task)
-                    exc = task.exception()
-                    if exc is None:
+                    error = task.exception()
+                    if error is None:
                         if task in hedged:
                             metrics.HEDGES_WON.labels(self.shard).inc()
                         response = task.result()
                         self._note(response)
                         return response
-                    last_error = exc
-                    if isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                        raise InvalidArgument(exc.details()) from exc
-                    retriable = isinstance(exc, grpc.aio.AioRpcError) and exc.code() in _FAILOVER_CODES
-                    if retriable and launched < len(candidates) and not pending:
+                    last_error = error
+                    if isinstance(error, grpc.aio.AioRpcError) and error.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                        raise InvalidArgument(error.details() or "") from error
+                    code = error.code() if isinstance(error, grpc.aio.AioRpcError) else None
+                    if code is not None and code in _FAILOVER_CODES and launched < len(candidates) and not pending:
                         metrics.FAILOVERS.labels(self.shard).inc()
                         logger.warning("shard %d: %s failed (%s); failing over", self.shard,
-                                       candidates[launched - 1].address, exc.code().name)
+                                       candidates[launched - 1].address, code.name)
                         launch("failover")
         finally:
             for task in pending:
@@ -274,7 +286,7 @@ class ShardGroup:
                 return dict(zip(response.ids, response.content_hashes))
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                    raise InvalidArgument(exc.details()) from exc
+                    raise InvalidArgument(exc.details() or "") from exc
                 last = exc
         raise Unavailable(f"shard {self.shard}: no replica answered a lookup"
                           + (f": {last.details()}" if isinstance(last, grpc.aio.AioRpcError) else ""))
@@ -289,7 +301,7 @@ class ShardGroup:
                 return dict(response.documents_by_iid)
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                    raise InvalidArgument(exc.details()) from exc
+                    raise InvalidArgument(exc.details() or "") from exc
                 last = exc
         raise Unavailable(f"shard {self.shard}: no replica answered a fetch"
                           + (f": {last.details()}" if isinstance(last, grpc.aio.AioRpcError) else ""))
@@ -307,7 +319,7 @@ class ShardGroup:
             return len(replicas) == len(self.replicas)
         return len(replicas) >= len(self.replicas) // 2 + 1
 
-    async def _write(self, op: str, call) -> list:
+    async def _write(self, op: str, call: Callable[[Replica], Awaitable[_Ack]]) -> list[_Ack]:
         async with self.write_lock:
             targets = self._write_targets()
             needed = len(targets) if self.policy.write_quorum == "all" else len(self.replicas) // 2 + 1
@@ -325,7 +337,7 @@ class ShardGroup:
         ok, failures = [], []
         for replica, result in zip(targets, results):
             if isinstance(result, grpc.aio.AioRpcError) and result.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                raise InvalidArgument(result.details())
+                raise InvalidArgument(result.details() or "")
             if isinstance(result, grpc.aio.AioRpcError) and result.code() == grpc.StatusCode.FAILED_PRECONDITION:
                 raise FailedPrecondition(f"shard {self.shard}: {result.details()}")
             if isinstance(result, BaseException):
@@ -337,7 +349,8 @@ class ShardGroup:
             raise Unavailable(f"shard {self.shard}: {op} acknowledged by {len(ok)} of {needed} replicas: {detail}")
         return ok
 
-    async def _fan_out_write(self, targets: list[Replica], call) -> list:
+    async def _fan_out_write(self, targets: list[Replica],
+                             call: Callable[[Replica], Awaitable[_Ack]]) -> list[_Ack | BaseException]:
         results = await asyncio.gather(*(call(r) for r in targets), return_exceptions=True)
         for replica, result in zip(targets, results):
             if isinstance(result, BaseException):
@@ -452,11 +465,11 @@ class ShardGroup:
             for doc_id in ids:
                 by_holder[winners[doc_id][3]].add(doc_id)
         records: dict[str, shard_pb2.DocumentVector] = {}
-        for holder, ids in by_holder.items():
-            wanted = sorted(ids)
-            for start in range(0, len(wanted), 256):
+        for holder, held in by_holder.items():
+            wanted_ids = sorted(held)
+            for start in range(0, len(wanted_ids), 256):
                 got = await replicas[holder].stub.Fetch(shard_pb2.FetchRequest(
-                    ids=wanted[start:start + 256], hashes_only=True, include_vectors=True), timeout=timeout)
+                    ids=wanted_ids[start:start + 256], hashes_only=True, include_vectors=True), timeout=timeout)
                 records.update((r.document.id, r) for r in got.records)
         for index, ids in upserts.items():
             batch = [records[i] for i in ids if i in records]  # a document deleted meanwhile is left out
@@ -529,7 +542,8 @@ def count_search(shard: int, failure: common_pb2.ShardFailure | None = None) -> 
 
 
 @tracing.traced("fan-out")
-async def fan_out(groups: list[ShardGroup], request, timeout: float, method: str = "Search") -> list[ShardAnswer]:
+async def fan_out(groups: list[ShardGroup], request: ReadRequest, timeout: float,
+                  method: str = "Search") -> list[ShardAnswer]:
     """Call ``method`` (Search, or TermStats) on every shard concurrently within ``timeout``, with the same
     replica choice, failover and hedging; failures become ShardAnswer.failure. Search calls are counted per
     shard (a lexical search's TermStats phase is not a search of its own: a shard failing it is counted as

@@ -9,17 +9,20 @@ import inspect
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar, cast
 
 import grpc
 import numpy as np
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc.aio import ServicerContext
+from grpc_health.v1 import health_pb2
 
 from ragcluster import tracing
+from ragcluster.channels import health_stub
 from ragcluster.convert import document_from_pb, matrix_to_pb
-from ragcluster.documents import validate_batch
+from ragcluster.documents import Document, validate_batch
 from ragcluster.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
 from ragcluster.hashing import shard_for
 from ragcluster.log import annotate, request_id
@@ -27,14 +30,16 @@ from ragcluster.v1 import common_pb2, generator_pb2, router_pb2, router_pb2_grpc
 from router import metrics
 from router.collections import Collection, write_active
 from router.config import RouterConfig
+from router.embedding import Embedder
 from router.fusion import FUSIONS, MODES, FusedHit, GlobalTerms, ShardTermStats, combine_term_stats, rrf, single
 from router.fusion import weighted as weighted_fusion
-from router.generate import GeneratorPool
+from router.generate import GeneratorNode, GeneratorPool
 from router.merge import ShardTopK, merge_topk
-from router.prompt import Passage, PromptTemplate
-from router.replicas import ShardGroup, count_search, fan_out
+from router.prompt import Passage, Prompt, PromptTemplate
+from router.replicas import Replica, ShardGroup, count_search, fan_out
 
 logger = logging.getLogger(__name__)
+_Info = TypeVar("_Info")
 
 MAX_QUERY_CHARS = 10_000
 MAX_WINDOW = 1000  # hybrid candidates per retriever (a shard's default --max-k)
@@ -56,10 +61,12 @@ class Retrieval:
     window: int = 10
 
 
-_MODE_NAMES = {router_pb2.RETRIEVAL_MODE_DENSE: "dense", router_pb2.RETRIEVAL_MODE_LEXICAL: "lexical",
-               router_pb2.RETRIEVAL_MODE_HYBRID: "hybrid"}
+_MODE_NAMES: dict[router_pb2.RetrievalMode.ValueType, str] = {
+    router_pb2.RETRIEVAL_MODE_DENSE: "dense", router_pb2.RETRIEVAL_MODE_LEXICAL: "lexical",
+    router_pb2.RETRIEVAL_MODE_HYBRID: "hybrid"}
 _MODE_PB = {name: value for value, name in _MODE_NAMES.items()}
-_FUSION_NAMES = {router_pb2.FUSION_METHOD_RRF: "rrf", router_pb2.FUSION_METHOD_WEIGHTED: "weighted"}
+_FUSION_NAMES: dict[router_pb2.FusionMethod.ValueType, str] = {
+    router_pb2.FUSION_METHOD_RRF: "rrf", router_pb2.FUSION_METHOD_WEIGHTED: "weighted"}
 
 
 def higher_is_better(responses: list[shard_pb2.ShardSearchResponse]) -> bool:
@@ -79,9 +86,9 @@ def _timing_fields(timings: router_pb2.Timings) -> dict[str, float]:
 
 
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
-    def __init__(self, config: RouterConfig, groups: list[ShardGroup], pool: GeneratorPool, embedder=None,
-                 template: PromptTemplate | None = None, collections: dict[str, Collection] | None = None,
-                 active: str | None = None):
+    def __init__(self, config: RouterConfig, groups: list[ShardGroup], pool: GeneratorPool,
+                 embedder: Embedder | None = None, template: PromptTemplate | None = None,
+                 collections: dict[str, Collection] | None = None, active: str | None = None) -> None:
         self.config = config
         self.collections = collections or {config.collection: Collection(config.collection, groups,
                                                                          config.embedding_model)}
@@ -101,17 +108,17 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         return self.collections[self.active].groups
 
     @property
-    def embedder(self):
+    def embedder(self) -> Embedder | None:
         return self.collections[self.active].embedder
 
     @embedder.setter
-    def embedder(self, embedder) -> None:
+    def embedder(self, embedder: Embedder) -> None:
         """Use ``embedder`` for every collection whose model it is (all of them when none is set yet)."""
         for col in self.collections.values():
             if col.embedder is None and col.model_spec in (embedder.name, self.config.embedding_model):
                 self.set_collection_embedder(col, embedder)
 
-    def set_collection_embedder(self, col: Collection, embedder) -> None:
+    def set_collection_embedder(self, col: Collection, embedder: Embedder) -> None:
         col.set_embedder(embedder, self.config.embed_max_batch, self.config.embed_max_wait_us, self._embed_executor,
                          self.config.embed_bulk_chunk)
 
@@ -132,7 +139,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self._embed_executor.shutdown(wait=False)
 
     # --- helpers --------------------------------------------------------------------------------
-    def _budget(self, context) -> float:
+    def _budget(self, context: ServicerContext | None) -> float:
         """Time for the shard calls: the caller's remaining deadline minus a margin to answer in time."""
         remaining = context.time_remaining() if context is not None else None
         if remaining is None:
@@ -140,7 +147,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         return max(min(remaining - self.config.deadline_margin_ms / 1000, self.config.timeout_seconds), 0.001)
 
     @contextlib.contextmanager
-    def _admit(self):
+    def _admit(self) -> Iterator[None]:
         """Admission control: RESOURCE_EXHAUSTED at once beyond max_in_flight, never a growing queue."""
         if self.in_flight >= self.config.max_in_flight:
             metrics.REJECTED.inc()
@@ -155,7 +162,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             metrics.IN_FLIGHT.set(self.in_flight)
 
     @staticmethod
-    def _check_coverage(coverage: common_pb2.Coverage, request) -> None:
+    def _check_coverage(coverage: common_pb2.Coverage,
+                        request: router_pb2.SearchRequest | router_pb2.AskRequest) -> None:
         if not request.HasField("min_coverage"):
             return
         wanted = request.min_coverage
@@ -173,13 +181,16 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         """Queries go through the micro-batcher; document batches through its low-priority bulk lane, in
         small chunks encoded only when no query waits (one encode at a time on one embedding thread: the
         model uses all cores itself)."""
+        embedder, batcher = col.embedder, col.batcher
+        if embedder is None or batcher is None:  # _collection() already refused a collection still loading
+            raise Unavailable("router is still loading its embedding model")
         if kind == "query" and len(texts) == 1:
-            return (await col.batcher.encode(texts[0])).reshape(1, -1)
+            return (await batcher.encode(texts[0])).reshape(1, -1)
         if kind == "document" and self.config.embed_bulk_chunk > 0:
-            return await col.batcher.encode_bulk(texts)
+            return await batcher.encode_bulk(texts)
         start = time.perf_counter()
         loop = asyncio.get_running_loop()
-        vectors = await loop.run_in_executor(self._embed_executor, col.embedder.encode, texts)
+        vectors = await loop.run_in_executor(self._embed_executor, embedder.encode, texts)
         metrics.EMBED_SECONDS.labels(kind).observe(time.perf_counter() - start)
         return vectors
 
@@ -204,7 +215,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             return vector
         if kind == "vector":
             values = np.asarray(request.vector.values, dtype=np.float32)
-            dim = col.embedder.dim
+            dim = col.embedder.dim if col.embedder is not None else None
             if values.size == 0:
                 raise InvalidArgument("vector.values: empty")
             if dim is not None and values.size != dim:
@@ -214,7 +225,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             return values.reshape(1, -1)
         raise InvalidArgument("query: set text or vector")
 
-    def _retrieval(self, mode: int, fusion: router_pb2.Fusion | None, k: int) -> Retrieval:
+    def _retrieval(self, mode: router_pb2.RetrievalMode.ValueType, fusion: router_pb2.Fusion | None,
+                   k: int) -> Retrieval:
         """The request's mode and fusion, defaults from the config; bad values are INVALID_ARGUMENT."""
         cfg = self.config
         if mode == router_pb2.RETRIEVAL_MODE_UNSPECIFIED:
@@ -249,13 +261,17 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         """Phase one of a lexical search: the query's terms with corpus-wide statistics, summed over every
         shard that answered (those are the shards phase two asks), and the failures of the others."""
         answers = await fan_out(col.groups, shard_pb2.TermStatsRequest(texts=[text]), budget, "TermStats")
-        parts, answered, failures = [], [], []
+        parts: list[ShardTermStats] = []
+        answered: list[ShardGroup] = []
+        failures: list[common_pb2.ShardFailure] = []
         for group, answer in zip(col.groups, answers):
             if answer.response is None:
-                failures.append(answer.failure)
+                if answer.failure is not None:  # always set when there is no response
+                    failures.append(answer.failure)
                 count_search(group.shard, answer.failure)  # this shard misses the search
                 continue
-            r, q = answer.response, answer.response.queries[0]
+            r = cast(shard_pb2.TermStatsResponse, answer.response)  # the answer to a TermStats fan-out
+            q = r.queries[0]
             parts.append(ShardTermStats(group.shard, q.terms, q.counts, q.document_frequencies, r.documents,
                                         r.total_length, r.lexical_config))
             answered.append(group)
@@ -298,7 +314,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         width = k if mode != "hybrid" else retrieval.window
         request = shard_pb2.ShardSearchRequest(k=width, include_documents=True, unknown_fields_match_nothing=True,
                                                documents_per_list=k if width > k else 0)
-        groups, failures = col.groups, []
+        groups: list[ShardGroup] = col.groups
+        failures: list[common_pb2.ShardFailure] = []
         if mode != "dense":
             phase_one = self._term_stats(col, text, budget)
             if inspect.isawaitable(vector):
@@ -311,6 +328,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         if inspect.isawaitable(vector):
             vector = await vector
         if mode != "lexical":
+            if vector is None:
+                raise InvalidArgument("query: a dense or hybrid search needs a query vector")
             request.queries.CopyFrom(matrix_to_pb(vector))
         if params is not None:
             request.params.CopyFrom(params)
@@ -318,16 +337,22 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             request.filter.CopyFrom(flt)
         answers = await fan_out(groups, request, max(deadline - time.perf_counter(), 0.001))
         coverage = common_pb2.Coverage(shards_total=len(col.groups))
-        dense_parts, lexical_parts, documents = [], [], {}
+        dense_parts: list[ShardTopK] = []
+        lexical_parts: list[ShardTopK] = []
+        documents: dict[tuple[int, int], common_pb2.Document] = {}
         by_shard = {a.shard: a for a in answers}
+        answered: list[shard_pb2.ShardSearchResponse] = []
         for group in col.groups:
             answer = by_shard.get(group.shard)
             if answer is None or answer.response is None:
-                coverage.failures.append(answer.failure if answer is not None else
-                                         next(f for f in failures if f.shard == group.shard))
+                failure = answer.failure if answer is not None else \
+                    next((f for f in failures if f.shard == group.shard), None)
+                if failure is not None:  # a shard without an answer has a failure (here or from phase one)
+                    coverage.failures.append(failure)
                 coverage.documents_total += group.last_documents
                 continue
-            response = answer.response
+            response = cast(shard_pb2.ShardSearchResponse, answer.response)  # the answer to a Search fan-out
+            answered.append(response)
             searched = response.lexical_documents if mode == "lexical" else response.vectors_searched
             coverage.shards_answered += 1
             coverage.documents_searched += searched
@@ -349,7 +374,6 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         if coverage.shards_answered == 0:
             reasons = "; ".join(f"shard {f.shard}: {f.message}" for f in coverage.failures)
             raise Unavailable(f"no shard answered: {reasons}")
-        answered = [a.response for a in answers if a.response is not None]
         unknown_everywhere = set.intersection(*(set(r.unknown_fields) for r in answered))
         if unknown_everywhere:
             raise InvalidArgument(f"filter: unknown metadata field(s) {', '.join(sorted(unknown_everywhere))}")
@@ -397,11 +421,11 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         return self._query_vector(col, request, timings), text
 
     # --- RPCs -----------------------------------------------------------------------------------
-    async def Search(self, request: router_pb2.SearchRequest, context) -> router_pb2.SearchResponse:
+    async def Search(self, request: router_pb2.SearchRequest, context: ServicerContext) -> router_pb2.SearchResponse:
         with self._admit():
             return await self._search(request, context)
 
-    async def _search(self, request: router_pb2.SearchRequest, context) -> router_pb2.SearchResponse:
+    async def _search(self, request: router_pb2.SearchRequest, context: ServicerContext) -> router_pb2.SearchResponse:
         start = time.perf_counter()
         budget = self._budget(context)
         col = self._collection(request.collection)
@@ -421,12 +445,13 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         return router_pb2.SearchResponse(hits=hits, coverage=coverage, timings=timings, collection=col.name,
                                          embedding_model=col.model_name, mode=_MODE_PB[retrieval.mode])
 
-    async def Ask(self, request: router_pb2.AskRequest, context):
+    async def Ask(self, request: router_pb2.AskRequest, context: ServicerContext) -> AsyncIterator[router_pb2.AskEvent]:
         with self._admit():
             async for event in self._ask(request, context):
                 yield event
 
-    async def _ask(self, request: router_pb2.AskRequest, context):
+    async def _ask(self, request: router_pb2.AskRequest,
+                   context: ServicerContext) -> AsyncIterator[router_pb2.AskEvent]:
         start = time.perf_counter()
         question = request.question.strip()
         if not question:
@@ -451,7 +476,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             return vector
 
         t = time.perf_counter()
-        vector = None
+        vector: np.ndarray | Awaitable[np.ndarray] | None = None
         if retrieval.mode == "dense":
             vector = await embed()
             t = time.perf_counter()
@@ -470,13 +495,15 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         gen_timeout = min(gen_budget, self.config.generate_timeout_seconds) if gen_budget else \
             self.config.generate_timeout_seconds
         t = time.perf_counter()
-        prompt = node = None
+        prompt: Prompt | None = None
         async for node, new_prompt, event in self.pool.generate(
             question, passages, sampling, self.template, gen_timeout, request_id.get()
         ):
             if new_prompt is not None:
                 prompt = new_prompt
                 timings.prompt_seconds = time.perf_counter() - t
+                continue
+            if event is None:  # the pool yields either a prompt or an event
                 continue
             kind = event.WhichOneof("event")
             if kind == "delta":
@@ -496,12 +523,14 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                     generator=node.address, model=node.info.model if node.info else "",
                 ))
 
-    async def Ingest(self, request_iterator, context):
+    async def Ingest(self, request_iterator: AsyncIterator[router_pb2.IngestRequest],
+                     context: ServicerContext) -> AsyncIterator[router_pb2.IngestResponse]:
         with self._admit():
             async for response in self._ingest(request_iterator, context):
                 yield response
 
-    async def _ingest(self, request_iterator, context):
+    async def _ingest(self, request_iterator: AsyncIterator[router_pb2.IngestRequest],
+                      context: ServicerContext) -> AsyncIterator[router_pb2.IngestResponse]:
         """Embed batch i+1 while batch i is being written to the shards (so embedding, the slow part,
         runs back to back); acknowledgements still go out in order, each once its batch is durable."""
         total = 0
@@ -545,8 +574,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             if writing is not None and not writing.done():
                 writing.cancel()
 
-    async def _write_batch(self, col: Collection, request: router_pb2.IngestRequest, docs, vectors,
-                           budget: float) -> int:
+    async def _write_batch(self, col: Collection, request: router_pb2.IngestRequest, docs: list[Document],
+                           vectors: np.ndarray, budget: float) -> int:
         by_shard: dict[int, shard_pb2.UpsertRequest] = defaultdict(
             lambda: shard_pb2.UpsertRequest(embedding_model=col.model_name)
         )
@@ -560,7 +589,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         return count
 
     @staticmethod
-    def _ids_by_shard(col: Collection, ids) -> dict[int, list[str]]:
+    def _ids_by_shard(col: Collection, ids: Sequence[str]) -> dict[int, list[str]]:
         """Ids grouped by the shard that owns them; an empty id is INVALID_ARGUMENT."""
         by_shard: dict[int, list[str]] = defaultdict(list)
         for i, doc_id in enumerate(ids):
@@ -569,7 +598,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             by_shard[shard_for(doc_id, len(col.groups))].append(doc_id)
         return by_shard
 
-    async def Delete(self, request: router_pb2.DeleteRequest, context) -> router_pb2.DeleteResponse:
+    async def Delete(self, request: router_pb2.DeleteRequest, context: ServicerContext) -> router_pb2.DeleteResponse:
         if not request.ids:
             raise InvalidArgument("ids: empty")
         col = self._collection(request.collection)
@@ -578,7 +607,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         deleted = await asyncio.gather(*(col.groups[s].delete(ids, budget) for s, ids in by_shard.items()))
         return router_pb2.DeleteResponse(deleted=int(sum(deleted)))
 
-    async def Lookup(self, request: router_pb2.LookupRequest, context) -> router_pb2.LookupResponse:
+    async def Lookup(self, request: router_pb2.LookupRequest, context: ServicerContext) -> router_pb2.LookupResponse:
         if len(request.ids) > 10_000:
             raise InvalidArgument("ids: at most 10000 per call")
         col = self._collection(request.collection)
@@ -589,7 +618,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         ids = [i for i in request.ids if i in hashes]
         return router_pb2.LookupResponse(ids=ids, content_hashes=[hashes[i] for i in ids])
 
-    async def ClusterStatus(self, request, context) -> router_pb2.ClusterStatusResponse:
+    async def ClusterStatus(self, request: router_pb2.ClusterStatusRequest,
+                            context: ServicerContext) -> router_pb2.ClusterStatusResponse:
         timeout = min(self._budget(context), 2.0)
         name = request.collection or self.active
         if name not in self.collections:
@@ -600,29 +630,29 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             max_k=self.config.max_k, collection=name, collections=sorted(self.collections),
         )
 
-        async def probe(channel, info_call, status):
+        async def probe(channel: grpc.aio.Channel, info_call: Callable[[float], Awaitable[_Info]],
+                        status: router_pb2.ReplicaStatus | router_pb2.GeneratorStatus) -> _Info | None:
             """Fill ``status`` from a health check and an Info call; unreachable leaves UNREACHABLE."""
             try:
-                health = health_pb2_grpc.HealthStub(channel)
-                check = await health.Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+                check = await health_stub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
                 status.health = health_pb2.HealthCheckResponse.ServingStatus.Name(check.status)
-                return await info_call(timeout=timeout)
+                return await info_call(timeout)
             except grpc.aio.AioRpcError:
                 return None
 
-        async def replica_status(replica) -> router_pb2.ReplicaStatus:
+        async def replica_status(replica: Replica) -> router_pb2.ReplicaStatus:
             status = router_pb2.ReplicaStatus(address=replica.address, health="UNREACHABLE")
-            info = await probe(replica.channel, lambda **kw: replica.stub.Info(shard_pb2.ShardInfoRequest(), **kw),
+            info = await probe(replica.channel, lambda t: replica.stub.Info(shard_pb2.ShardInfoRequest(), timeout=t),
                                status)
             if info is not None:
                 status.documents, status.sequence = info.documents, info.sequence
                 status.index_factory = info.index_factory
             return status
 
-        async def generator_status(node) -> router_pb2.GeneratorStatus:
+        async def generator_status(node: GeneratorNode) -> router_pb2.GeneratorStatus:
             status = router_pb2.GeneratorStatus(address=node.address, health="UNREACHABLE")
-            info = await probe(node.channel, lambda **kw: node.stub.Info(generator_pb2.GeneratorInfoRequest(), **kw),
-                               status)
+            info = await probe(node.channel,
+                               lambda t: node.stub.Info(generator_pb2.GeneratorInfoRequest(), timeout=t), status)
             if info is not None:
                 status.model, status.max_context_length = info.model, info.max_context_length
             return status
@@ -636,7 +666,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         response.generators.extend(await asyncio.gather(*(generator_status(n) for n in self.pool.nodes)))
         return response
 
-    async def SwitchCollection(self, request: router_pb2.SwitchCollectionRequest, context
+    async def SwitchCollection(self, request: router_pb2.SwitchCollectionRequest, context: ServicerContext
                                ) -> router_pb2.SwitchCollectionResponse:
         col = self._collection(request.name or "")
         if not request.name:

@@ -12,13 +12,14 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Callable
 
 COUNTER_BITS = 12
 NODE_BITS = 8
 
 
 class HybridClock:
-    def __init__(self, node: int | None = None, wall=time.time):
+    def __init__(self, node: int | None = None, wall: Callable[[], float] = time.time) -> None:
         self.node = (random.getrandbits(NODE_BITS) if node is None else node) & ((1 << NODE_BITS) - 1)
         self._wall = wall
         self._last_ms = 0

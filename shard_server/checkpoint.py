@@ -29,7 +29,7 @@ def write_checkpoint(path: Path, header: dict, index_bytes: np.ndarray, tombston
     path = Path(path)
     head = json.dumps(header).encode()
     tomb = np.ascontiguousarray(tombstones, dtype="<i8")
-    index_view = memoryview(np.ascontiguousarray(index_bytes, dtype=np.uint8))
+    index_view = np.ascontiguousarray(index_bytes, dtype=np.uint8).data  # a memoryview, not a copy
     crc = 0
     with atomic_file(path) as f:
         for part in (MAGIC, struct.pack("<I", len(head)), head, struct.pack("<Q", len(index_view)), index_view,

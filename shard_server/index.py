@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterable
+from typing import cast
 
 import faiss
 import numpy as np
@@ -62,7 +64,7 @@ class VectorIndex:
         else:  # exact until enough vectors exist to train
             self.index = faiss.IndexIDMap2(faiss.IndexFlat(dim, self.metric_type))
 
-    def _wrap(self, base):
+    def _wrap(self, base: faiss.Index) -> faiss.Index:
         return base if self._native_ids else faiss.IndexIDMap2(base)
 
     @property
@@ -121,18 +123,18 @@ class VectorIndex:
         self._tombstones.clear()
         self.trained = True
 
-    def remove(self, iids) -> None:
+    def remove(self, iids: Iterable[int]) -> None:
         """Remove ids; ids above ``max_iid`` were never added and are ignored."""
-        iids = [int(i) for i in iids if int(i) <= self.max_iid]
-        if not iids:
+        known = [int(i) for i in iids if int(i) <= self.max_iid]
+        if not known:
             return
         if self._removable:
             try:
-                self.index.remove_ids(faiss.IDSelectorBatch(np.array(iids, dtype=np.int64)))
+                self.index.remove_ids(faiss.IDSelectorBatch(np.array(known, dtype=np.int64)))
                 return
             except RuntimeError:
                 self._removable = False  # e.g. HNSW: fall back to tombstones from now on
-        self._tombstones.update(iids)
+        self._tombstones.update(known)
 
     def train_now(self) -> None:
         """Train an index that needs training on the vectors it holds, whatever their number."""
@@ -145,21 +147,25 @@ class VectorIndex:
                 f"train: FAISS cannot train {self.factory!r} on {self.ntotal} vectors: {exc}") from exc
 
     def _live_vectors(self) -> tuple[np.ndarray, np.ndarray]:
-        idmap = self.index  # the exact IndexIDMap2(IndexFlat) used until training
+        idmap = cast(faiss.IndexIDMap2, self.index)  # the exact IndexIDMap2(IndexFlat) used until training
         ids = faiss.vector_to_array(idmap.id_map).astype(np.int64)
         x = idmap.index.reconstruct_n(0, int(idmap.ntotal))
         keep = np.array([i not in self._tombstones for i in ids], dtype=bool)
         return ids[keep], np.ascontiguousarray(x[keep])
 
-    def _search_params(self, nprobe: int | None, ef_search: int | None, selector):
+    def _search_params(self, nprobe: int | None, ef_search: int | None,
+                       selector: faiss.IDSelector | None) -> faiss.SearchParameters:
         inner = self.index.index if isinstance(self.index, faiss.IndexIDMap) else self.index
         inner = faiss.downcast_index(inner)
+        params: faiss.SearchParameters
         if faiss.try_extract_index_ivf(inner) is not None:
-            params = faiss.SearchParametersIVF()
-            params.nprobe = nprobe or self.default_nprobe
+            ivf = faiss.SearchParametersIVF()
+            ivf.nprobe = nprobe or self.default_nprobe
+            params = ivf
         elif isinstance(inner, faiss.IndexHNSW):
-            params = faiss.SearchParametersHNSW()
-            params.efSearch = ef_search or self.default_ef_search
+            hnsw = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # missing from faiss's bundled .pyi
+            hnsw.efSearch = ef_search or self.default_ef_search
+            params = hnsw
         else:
             params = faiss.SearchParameters()
         if selector is not None:
@@ -171,7 +177,8 @@ class VectorIndex:
         """Top-k of prepared queries: (scores, ids) of shape (nq, k), padded with -1 ids.
 
         ``allowed``: search only these ids (a metadata filter's matches, all live documents)."""
-        keep = selector = None
+        keep: faiss.IDSelector | None = None
+        selector: faiss.IDSelector | None = None
         if allowed is not None:
             keep = selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
         elif self._tombstones:

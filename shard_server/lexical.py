@@ -190,7 +190,8 @@ class LexicalIndex:
                     ids[i] = tid
         return ids  # type: ignore[return-value]
 
-    def add(self, iids: Sequence[int], analyzed: Sequence[Counter[str]], keys: Sequence[int] | None = None) -> None:
+    def add(self, iids: Sequence[int] | np.ndarray, analyzed: Sequence[Counter[str]],
+            keys: Sequence[int] | np.ndarray | None = None) -> None:
         """Add documents (iids larger than any present, as the store assigns them). ``keys``: tie-break key
         of each document (``ragcluster.hashing.id_key`` of its id: equal scores rank in key order on every
         shard and in the router, so a cluster orders ties as one index would); default: the iids.

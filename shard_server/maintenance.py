@@ -10,11 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar, TypeVarTuple
 
 from shard_server.shard import Shard
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
+Args = TypeVarTuple("Args")
 
 
 def _limit_openmp(threads: int) -> None:
@@ -36,14 +40,14 @@ class Maintenance:
         self._owns_executor = executor is None
         self.executor = executor or maintenance_executor()
         self._stop = asyncio.Event()
-        self._loop_task: asyncio.Task | None = None
-        self._rebuild_task: asyncio.Task | None = None
+        self._loop_task: asyncio.Task[None] | None = None
+        self._rebuild_task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         if self.interval > 0:
             self._loop_task = asyncio.create_task(self._checkpoints())
 
-    async def run(self, fn, *args):
+    async def run(self, fn: Callable[[*Args], T], *args: *Args) -> T:
         """Run ``fn(*args)`` on the maintenance pool."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 

@@ -4,9 +4,11 @@ release the GIL), so the event loop keeps serving."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor
 
 import numpy as np
+from grpc.aio import ServicerContext
 
 from ragcluster.convert import document_from_pb, document_to_pb, matrix_from_pb, metadata_from_pb
 from ragcluster.errors import InvalidArgument, ResourceExhausted, Unavailable
@@ -18,7 +20,7 @@ from shard_server.shard import Shard
 
 def filter_from_pb(pb: common_pb2.Filter) -> Filter:
     """A metadata filter for the shard core."""
-    conditions = []
+    conditions: list[Condition] = []
     for c in pb.must:
         cond = Condition(c.field)
         test = c.WhichOneof("test")
@@ -37,7 +39,7 @@ def filter_from_pb(pb: common_pb2.Filter) -> Filter:
     return Filter(conditions)
 
 
-def metric_to_pb(metric: str) -> int:
+def metric_to_pb(metric: str) -> common_pb2.Metric.ValueType:
     return common_pb2.METRIC_INNER_PRODUCT if metric == "ip" else common_pb2.METRIC_L2
 
 
@@ -50,9 +52,10 @@ def lexical_from_pb(pb: shard_pb2.LexicalQuery) -> LexicalQuery:
 
 
 class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
-    def __init__(self, shard: Shard | None = None, after_write=lambda: None, restore=None,
-                 search_delay_seconds: float = 0.0, max_message_bytes: int = 64 * 1024 * 1024,
-                 maintenance_executor: Executor | None = None, max_snapshots: int = 2):
+    def __init__(self, shard: Shard | None = None, after_write: Callable[[], None] = lambda: None,
+                 restore: Callable[[str], Awaitable[None]] | None = None, search_delay_seconds: float = 0.0,
+                 max_message_bytes: int = 64 * 1024 * 1024, maintenance_executor: Executor | None = None,
+                 max_snapshots: int = 2) -> None:
         self._shard = shard
         self.max_snapshots = max(1, max_snapshots)
         self._snapshots = asyncio.Semaphore(self.max_snapshots)
@@ -70,10 +73,11 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         return self._shard
 
     @shard.setter
-    def shard(self, shard: Shard) -> None:
+    def shard(self, shard: Shard | None) -> None:
         self._shard = shard
 
-    async def Search(self, request: shard_pb2.ShardSearchRequest, context) -> shard_pb2.ShardSearchResponse:
+    async def Search(self, request: shard_pb2.ShardSearchRequest,
+                     context: ServicerContext) -> shard_pb2.ShardSearchResponse:
         if self.search_delay_seconds:
             await asyncio.sleep(self.search_delay_seconds)
         # parsing, the search and building the answer all run in a worker thread: the event loop only
@@ -112,7 +116,8 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
                                   f"{self.max_message_bytes}; ask for fewer hits (k x queries) or without documents")
         return response
 
-    async def Upsert(self, request_iterator, context):
+    async def Upsert(self, request_iterator: AsyncIterator[shard_pb2.UpsertRequest],
+                     context: ServicerContext) -> AsyncIterator[shard_pb2.UpsertResponse]:
         async for request in request_iterator:
             if not request.documents:
                 raise InvalidArgument("documents: empty batch")
@@ -127,13 +132,14 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
             self.after_write()
             yield shard_pb2.UpsertResponse(upserted=count, sequence=sequence)
 
-    async def Delete(self, request, context):
+    async def Delete(self, request: shard_pb2.ShardDeleteRequest,
+                     context: ServicerContext) -> shard_pb2.ShardDeleteResponse:
         deleted, sequence = await asyncio.to_thread(self.shard.delete, list(request.ids),
                                                     list(request.versions) if request.versions else None)
         self.after_write()
         return shard_pb2.ShardDeleteResponse(deleted=deleted, sequence=sequence)
 
-    async def Fetch(self, request, context):
+    async def Fetch(self, request: shard_pb2.FetchRequest, context: ServicerContext) -> shard_pb2.FetchResponse:
         if len(request.ids) > 10_000:
             raise InvalidArgument("ids: at most 10000 per call")
         if request.iids:
@@ -159,12 +165,12 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
                 for doc, vector, version in (records[i] for i in found if i in records))
         return response
 
-    async def Digest(self, request: shard_pb2.DigestRequest, context) -> shard_pb2.DigestResponse:
+    async def Digest(self, request: shard_pb2.DigestRequest, context: ServicerContext) -> shard_pb2.DigestResponse:
         entries = await asyncio.to_thread(self.shard.digest, request.after_id, request.limit or 10_000)
         return shard_pb2.DigestResponse(ids=[e[0] for e in entries], versions=[e[1] for e in entries],
                                         content_hashes=[e[2] for e in entries], deleted=[e[3] for e in entries])
 
-    async def Info(self, request, context):
+    async def Info(self, request: shard_pb2.ShardInfoRequest, context: ServicerContext) -> shard_pb2.ShardInfoResponse:
         info = await asyncio.to_thread(self.shard.info)
         metric = metric_to_pb(info.metric)
         return shard_pb2.ShardInfoResponse(
@@ -177,7 +183,8 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
             lexical_config=info.lexical_config,
         )
 
-    async def TermStats(self, request: shard_pb2.TermStatsRequest, context) -> shard_pb2.TermStatsResponse:
+    async def TermStats(self, request: shard_pb2.TermStatsRequest,
+                        context: ServicerContext) -> shard_pb2.TermStatsResponse:
         if not request.texts:
             raise InvalidArgument("texts: empty")
         result = await asyncio.to_thread(self.shard.term_stats, list(request.texts))
@@ -188,21 +195,21 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
             response.queries.add(terms=q.terms, counts=q.counts, document_frequencies=q.document_frequencies)
         return response
 
-    async def Snapshot(self, request, context):
+    async def Snapshot(self, request: shard_pb2.SnapshotRequest,
+                       context: ServicerContext) -> AsyncIterator[shard_pb2.SnapshotChunk]:
         from shard_server.snapshot import snapshot_chunks
 
         if self._snapshots.locked():  # each stream holds a read transaction (or a copy): bounded
             raise ResourceExhausted(f"snapshot: {self.max_snapshots} snapshot(s) already streaming; retry later")
         async with self._snapshots:
             chunks = snapshot_chunks(self.shard)
-            sentinel = object()
             try:
-                while (chunk := await asyncio.to_thread(next, chunks, sentinel)) is not sentinel:
+                while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
                     yield chunk
             finally:
                 await asyncio.to_thread(chunks.close)  # ends the read transaction (or removes the copy)
 
-    async def Restore(self, request, context):
+    async def Restore(self, request: shard_pb2.RestoreRequest, context: ServicerContext) -> shard_pb2.RestoreResponse:
         if not request.source:
             raise InvalidArgument("source: required (host:port of the replica to copy)")
         if self.restore is None:
@@ -213,7 +220,7 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         return shard_pb2.RestoreResponse(sequence=info.sequence, documents=info.documents,
                                          seconds=asyncio.get_running_loop().time() - start)
 
-    async def Rebuild(self, request, context):
+    async def Rebuild(self, request: shard_pb2.RebuildRequest, context: ServicerContext) -> shard_pb2.RebuildResponse:
         shard = self.shard
         seconds = await asyncio.get_running_loop().run_in_executor(self.maintenance_executor, shard.rebuild, True)
         info = await asyncio.to_thread(self.shard.info)

@@ -18,9 +18,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
+import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -54,50 +57,50 @@ CHECKPOINT_FILE = "index.ckpt"
 class RWLock:
     """Many readers or one writer; a waiting writer blocks new readers (no writer starvation)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._cond = threading.Condition()
         self._readers = 0
         self._writer = False
         self._waiting_writers = 0
 
-    def read(self):
+    def read(self) -> _Guard:
         return _Guard(self._acquire_read, self._release_read)
 
-    def write(self):
+    def write(self) -> _Guard:
         return _Guard(self._acquire_write, self._release_write)
 
-    def _acquire_read(self):
+    def _acquire_read(self) -> None:
         with self._cond:
             self._cond.wait_for(lambda: not self._writer and not self._waiting_writers)
             self._readers += 1
 
-    def _release_read(self):
+    def _release_read(self) -> None:
         with self._cond:
             self._readers -= 1
             if not self._readers:
                 self._cond.notify_all()
 
-    def _acquire_write(self):
+    def _acquire_write(self) -> None:
         with self._cond:
             self._waiting_writers += 1
             self._cond.wait_for(lambda: not self._writer and not self._readers)
             self._waiting_writers -= 1
             self._writer = True
 
-    def _release_write(self):
+    def _release_write(self) -> None:
         with self._cond:
             self._writer = False
             self._cond.notify_all()
 
 
 class _Guard:
-    def __init__(self, acquire, release):
+    def __init__(self, acquire: Callable[[], None], release: Callable[[], None]) -> None:
         self._acquire, self._release = acquire, release
 
-    def __enter__(self):
+    def __enter__(self) -> None:
         self._acquire()
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self._release()
 
 
@@ -130,10 +133,10 @@ class SearchResult:
     scores: list[np.ndarray]
     documents: dict[int, Document]
     vectors_searched: int
-    unknown_fields: list[str] = None  # filter fields this shard has never seen
-    lexical_ids: list[np.ndarray] = None  # per lexical query, best first
-    lexical_scores: list[np.ndarray] = None
-    lexical_keys: list[np.ndarray] = None  # tie-break keys (id_key of the document id)
+    unknown_fields: list[str] = field(default_factory=list)  # filter fields this shard has never seen
+    lexical_ids: list[np.ndarray] = field(default_factory=list)  # per lexical query, best first
+    lexical_scores: list[np.ndarray] = field(default_factory=list)
+    lexical_keys: list[np.ndarray] = field(default_factory=list)  # tie-break keys (id_key of the document id)
     lexical_documents: int = 0  # documents in the lexical index when it answered
 
 
@@ -246,7 +249,7 @@ class Shard:
     def _new_lexical(self) -> LexicalIndex:
         return LexicalIndex(self.analyzer, self.bm25_k1, self.bm25_b)
 
-    def _build_lexical(self, conn=None) -> LexicalIndex:
+    def _build_lexical(self, conn: sqlite3.Connection | None = None) -> LexicalIndex:
         """The lexical index of every live document in the store (or in ``conn``'s snapshot)."""
         start = time.perf_counter()
         lexical = self._new_lexical()
@@ -421,7 +424,7 @@ class Shard:
         metrics.WRITE_SECONDS.labels(self.shard_id, "delete").observe(time.perf_counter() - start)
         return len(removed), sequence
 
-    def analyze_documents(self, docs: list[Document]):
+    def analyze_documents(self, docs: list[Document]) -> list[Counter[str]]:
         return self.lexical.analyze(document_text(d.title, d.text) for d in docs)
 
     # --- reads ------------------------------------------------------------------------------------
@@ -509,7 +512,8 @@ class Shard:
         return SearchResult(out_ids, out_scores, documents, ntotal, unknown, lex_ids, lex_scores, lex_keys,
                             lexical_documents)
 
-    def _exact_fallback(self, queries, want: int, allowed, out_ids, out_scores) -> None:
+    def _exact_fallback(self, queries: np.ndarray, want: int, allowed: np.ndarray, out_ids: list[np.ndarray],
+                        out_scores: list[np.ndarray]) -> None:
         """An approximate index may miss matches of a selective filter (e.g. IVF lists not probed): score
         those queries exactly over the matching vectors, so k hits come back when k documents match.
         The matching vectors are read and scored in blocks, keeping a running top-k: memory is bounded by

@@ -9,7 +9,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import grpc
@@ -18,7 +18,7 @@ from ragcluster.channels import channel_options
 from ragcluster.errors import ResourceExhausted, Unavailable
 from ragcluster.fsutil import replace_durably
 from ragcluster.v1 import shard_pb2, shard_pb2_grpc
-from shard_server.shard import CHECKPOINT_FILE, STORE_FILE, Shard
+from shard_server.shard import CHECKPOINT_FILE, STORE_FILE, Shard, ShardInfo
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ CHUNK_BYTES = 1 << 20
 DISK_MARGIN_BYTES = 16 << 20  # left free beyond a snapshot's size
 
 
-def snapshot_chunks(shard: Shard) -> Iterator[shard_pb2.SnapshotChunk]:
+def snapshot_chunks(shard: Shard) -> Generator[shard_pb2.SnapshotChunk, None, None]:
     """Header, data chunks, trailer. Blocking: run it in a thread.
 
     Streams the store's own file, frozen by a read transaction (no copy, writes go on meanwhile); only
@@ -48,7 +48,7 @@ def snapshot_chunks(shard: Shard) -> Iterator[shard_pb2.SnapshotChunk]:
         yield from _stream(info, path, path.stat().st_size, sequence)
 
 
-def _stream(info, path: Path, size: int, sequence: int) -> Iterator[shard_pb2.SnapshotChunk]:
+def _stream(info: ShardInfo, path: Path, size: int, sequence: int) -> Iterator[shard_pb2.SnapshotChunk]:
     yield shard_pb2.SnapshotChunk(header=shard_pb2.SnapshotHeader(
         shard=info.shard, sequence=sequence, size_bytes=size, dim=info.dim, index_factory=info.index_factory,
         embedding_model=info.embedding_model, documents=info.stored_documents,

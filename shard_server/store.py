@@ -19,12 +19,13 @@ import contextlib
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
-from ragcluster.documents import Document
+from ragcluster.documents import Document, MetadataValue
 from ragcluster.errors import FailedPrecondition, ResourceExhausted
 
 SCHEMA_VERSION = "4"
@@ -53,7 +54,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
-def _kind(value) -> str:
+def _kind(value: MetadataValue) -> str:
     if isinstance(value, bool):
         return "bool"
     if isinstance(value, (int, float)):
@@ -61,7 +62,7 @@ def _kind(value) -> str:
     return "string"
 
 
-def _kv(value) -> tuple[str | None, float | None]:
+def _kv(value: MetadataValue) -> tuple[str | None, float | None]:
     if isinstance(value, bool):
         return None, float(value)
     if isinstance(value, (int, float)):
@@ -70,7 +71,7 @@ def _kv(value) -> tuple[str | None, float | None]:
 
 
 @contextlib.contextmanager
-def _storage_errors(op: str):
+def _storage_errors(op: str) -> Iterator[None]:
     """SQLite's "full" errors become RESOURCE_EXHAUSTED (nothing was acknowledged)."""
     try:
         yield
@@ -183,7 +184,7 @@ class DocumentStore:
                         (doc.id, doc.title, doc.text, json.dumps(doc.metadata), vectors[i].tobytes(), sequence,
                          content_hash, version),
                     )
-                    iid = new_iids[i] = cur.lastrowid
+                    iid = new_iids[i] = cast(int, cur.lastrowid)  # set by every INSERT
                     for key, value in doc.metadata.items():
                         cur.execute("INSERT INTO meta_kv(iid, key, s, n) VALUES (?, ?, ?, ?)", (iid, key, *_kv(value)))
                         kind = _kind(value)
@@ -251,7 +252,7 @@ class DocumentStore:
         return self._reader().execute("SELECT COUNT(*) FROM docs").fetchone()[0]
 
     @staticmethod
-    def _doc(row) -> Document:
+    def _doc(row: Sequence[str]) -> Document:  # id, title, text, metadata (JSON)
         return Document(row[0], row[2], row[1], json.loads(row[3]))
 
     def _chunked(self, sql: str, keys: Sequence) -> Iterator[tuple]:
@@ -273,7 +274,8 @@ class DocumentStore:
         sql = "SELECT id, hash FROM docs WHERE id IN ({marks})"
         return {row[0]: row[1] for row in self._chunked(sql, list(dict.fromkeys(ids)))}
 
-    def iter_vectors_for(self, iids: Sequence[int], block: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def iter_vectors_for(self, iids: Sequence[int] | np.ndarray,
+                         block: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(iids, vectors) of ``iids`` in blocks of at most ``block`` rows: memory stays bounded whatever
         the number of ids."""
         sql = "SELECT iid, vector FROM docs WHERE iid IN ({marks})"
@@ -299,12 +301,12 @@ class DocumentStore:
             out[row[0]] = (self._doc(row[:4]), np.frombuffer(row[4], dtype="<f4").astype(np.float32), int(row[5]))
         return out
 
-    def vectors_for(self, iids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    def vectors_for(self, iids: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
         sql = "SELECT iid, vector FROM docs WHERE iid IN ({marks})"
         rows = list(self._chunked(sql, [int(i) for i in iids]))
         return self._rows_to_arrays(rows)
 
-    def _rows_to_arrays(self, rows) -> tuple[np.ndarray, np.ndarray]:
+    def _rows_to_arrays(self, rows: Sequence[tuple[int, bytes]]) -> tuple[np.ndarray, np.ndarray]:
         iids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
         if not rows:
             return iids, np.zeros((0, self.dim), dtype=np.float32)
@@ -319,7 +321,7 @@ class DocumentStore:
         return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
 
     @contextlib.contextmanager
-    def consistent_read(self):
+    def consistent_read(self) -> Iterator[sqlite3.Connection]:
         """A connection holding one read transaction: every query sees the same snapshot."""
         conn = self._connect()
         try:

@@ -11,6 +11,7 @@ from ragcluster.tools.cluster import ServerProcess
 from ragcluster.v1 import shard_pb2, shard_pb2_grpc
 from router.__main__ import build_server as build_router
 from router.config import RouterConfig
+from router.service import RouterServicer
 
 
 def shard_process(run, shard: int, replica: int, *args, port: int = 0, data_tag: str = "") -> ServerProcess:
@@ -30,13 +31,13 @@ class RouterInThread:
 
         async def start():
             server = build_router(config)
-            server.services[0].servicer.embedder = embedder
+            server.servicer(RouterServicer).embedder = embedder
             await server.start()
             return server
 
         self.server = asyncio.run_coroutine_threadsafe(start(), self.loop).result(60)
         self.address = self.server.address
-        self.servicer = self.server.services[0].servicer
+        self.servicer = self.server.servicer(RouterServicer)
 
     def stop(self):
         asyncio.run_coroutine_threadsafe(self.server.stop(grace=1), self.loop).result(60)

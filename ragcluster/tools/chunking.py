@@ -8,23 +8,33 @@ Chunk ids are ``{document id}#{n}`` (n from 0); each chunk's metadata is the doc
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
+from typing import Protocol
 
 from ragcluster.documents import Document
 from ragcluster.errors import InvalidArgument
 
 
-def load_embedding_tokenizer(spec: str = "all-MiniLM-L6-v2"):
+class Tokenizer(Protocol):
+    """The part of a Hugging Face fast tokenizer that chunking uses: character offsets of the tokens."""
+
+    def __call__(self, text: str, *, add_special_tokens: bool,
+                 return_offsets_mapping: bool) -> Mapping[str, list[tuple[int, int]]]: ...
+
+
+def load_embedding_tokenizer(spec: str = "all-MiniLM-L6-v2") -> Tokenizer:
     from transformers import AutoTokenizer
 
     from ragcluster.embedding_models import resolve_embedding_model
 
     _, path = resolve_embedding_model(spec)
-    return AutoTokenizer.from_pretrained(path)
+    tokenizer: Tokenizer = AutoTokenizer.from_pretrained(path)
+    return tokenizer
 
 
 class Chunker:
-    def __init__(self, tokenizer, chunk_tokens: int, overlap: int = 0, max_tokens: int = 256):
+    def __init__(self, tokenizer: Tokenizer, chunk_tokens: int, overlap: int = 0, max_tokens: int = 256) -> None:
         if not 8 <= chunk_tokens <= max_tokens - 2:
             raise InvalidArgument(f"chunk_tokens: must be between 8 and {max_tokens - 2} (the embedding model reads "
                                   f"at most {max_tokens} tokens), got {chunk_tokens}")

@@ -16,12 +16,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
+from ragcluster.channels import health_stub
 from ragcluster.fsutil import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -126,7 +128,8 @@ class ServerProcess:
         self.proc.wait(timeout=30)
 
 
-def wait_all_ready(processes: list[ServerProcess], timeout: float, progress=None) -> None:
+def wait_all_ready(processes: list[ServerProcess], timeout: float,
+                   progress: Callable[[ServerProcess], None] | None = None) -> None:
     deadline = time.monotonic() + timeout
     pending = list(processes)
     while pending:
@@ -177,7 +180,8 @@ class LocalCluster:
         self._procs.append(process)
         return process
 
-    def _wait_ready(self, processes: list[ServerProcess], timeout: float, progress=None) -> None:
+    def _wait_ready(self, processes: list[ServerProcess], timeout: float,
+                    progress: Callable[[Member], None] | None = None) -> None:
         by_process = {id(p): m for m, p in zip(self.members, self._procs)}
 
         def ready(p: ServerProcess) -> None:
@@ -188,7 +192,7 @@ class LocalCluster:
 
         wait_all_ready(processes, timeout, ready)
 
-    def start(self, timeout: float = 600.0, progress=None) -> LocalCluster:
+    def start(self, timeout: float = 600.0, progress: Callable[[Member], None] | None = None) -> LocalCluster:
         spec = self.spec
         self._check_layout()
         try:
@@ -250,14 +254,14 @@ class LocalCluster:
     def __enter__(self) -> LocalCluster:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
 
 def wait_for_serving(address: str, timeout: float = 30.0, service: str = "") -> None:
     """Block until ``address`` reports SERVING on grpc.health.v1 (Watch: no polling), or raise."""
     with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
+        stub = health_stub(channel)
         try:
             for response in stub.Watch(health_pb2.HealthCheckRequest(service=service), timeout=timeout):
                 if response.status == health_pb2.HealthCheckResponse.SERVING:

@@ -97,19 +97,19 @@ def _percentiles(values: list[float]) -> dict[str, float]:
     return out
 
 
-async def _one(stub, mode: str, text: str, k: int, max_tokens: int, timeout: float, scheduled: float,
-               t0: float, retrieval: str = "") -> Sample:
+async def _one(stub: router_pb2_grpc.RouterServiceAsyncStub, mode: str, text: str, k: int, max_tokens: int,
+               timeout: float, scheduled: float, t0: float, retrieval: str = "") -> Sample:
     ttft = None
     try:
         if mode == "search":
-            request = router_pb2.SearchRequest(text=text, k=k)
-            set_retrieval(request, retrieval)
-            await stub.Search(request, timeout=timeout)
+            search = router_pb2.SearchRequest(text=text, k=k)
+            set_retrieval(search, retrieval)
+            await stub.Search(search, timeout=timeout)
         else:
-            request = router_pb2.AskRequest(question=text, k=k, sampling=common_pb2.SamplingParams(
+            ask = router_pb2.AskRequest(question=text, k=k, sampling=common_pb2.SamplingParams(
                 max_tokens=max_tokens, temperature=0.0))
-            set_retrieval(request, retrieval)
-            async for event in stub.Ask(request, timeout=timeout):
+            set_retrieval(ask, retrieval)
+            async for event in stub.Ask(ask, timeout=timeout):
                 if ttft is None and event.WhichOneof("event") == "delta":
                     ttft = time.perf_counter() - scheduled
         code = "OK"
@@ -147,7 +147,12 @@ async def run_load(address: str, mode: str, queries: list[str], duration: float,
             await asyncio.gather(*(client(n) for n in range(concurrency)))
         else:
             rng = random.Random(seed)
-            tasks: set[asyncio.Task] = set()
+            tasks: set[asyncio.Task[Sample]] = set()
+
+            def done(task: asyncio.Task[Sample]) -> None:
+                tasks.discard(task)
+                report.samples.append(task.result())
+
             scheduled, i = t0, 0
             while True:
                 scheduled += rng.expovariate(rate)
@@ -161,7 +166,7 @@ async def run_load(address: str, mode: str, queries: list[str], duration: float,
                     continue
                 task = asyncio.create_task(_one(stub, mode, queries[i % len(queries)], k, max_tokens, timeout,
                                                 scheduled, t0, retrieval))
-                task.add_done_callback(lambda t: (tasks.discard(t), report.samples.append(t.result())))
+                task.add_done_callback(done)
                 tasks.add(task)
                 i += 1
             if tasks:

@@ -16,7 +16,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 PROTO_DIR = ROOT / "protos"
 OUT_DIR = ROOT / "ragcluster" / "v1"
-GENERATED_SUFFIXES = ("_pb2.py", "_pb2_grpc.py", "_pb2.pyi")
+GENERATED_SUFFIXES = ("_pb2.py", "_pb2_grpc.py", "_pb2.pyi", "_pb2_grpc.pyi")
+
+
+def _plugin(name: str) -> str:
+    """A protoc plugin installed with mypy-protobuf: next to this interpreter (the venv), else on PATH."""
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if not found:
+        raise SystemExit(f"{name} not found: install the dev extra (pip install -e '.[dev]') for mypy-protobuf")
+    return found
 
 
 def _generate(dest_root: Path) -> Path:
@@ -30,7 +39,11 @@ def _generate(dest_root: Path) -> Path:
         f"-I{include}",
         f"--python_out={dest_root}",
         f"--grpc_python_out={dest_root}",
-        f"--pyi_out={dest_root}",
+        # typed stubs (.pyi) for the messages and the grpc stubs/servicers, from mypy-protobuf
+        f"--plugin=protoc-gen-mypy={_plugin('protoc-gen-mypy')}",
+        f"--plugin=protoc-gen-mypy_grpc={_plugin('protoc-gen-mypy_grpc')}",
+        f"--mypy_out=quiet:{dest_root}",
+        f"--mypy_grpc_out=quiet:{dest_root}",
         *protos,
     ]
     if protoc.main(args) != 0:

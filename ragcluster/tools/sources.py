@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ragcluster.documents import Document
+from ragcluster.documents import Document, MetadataValue
 from ragcluster.errors import InvalidArgument
 
 
@@ -74,21 +74,21 @@ def read_smart_files(paths: list[str]) -> Iterator[Record]:
             yield Record(str(path), n, doc)
 
 
-def _metadata_value(text: str):
+def _metadata_value(text: object) -> MetadataValue:
     """CSV/SQL cell -> metadata value: numbers become numbers, the rest stays a string."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         return text
     value = str(text).strip()
     for cast in (int, float):
         try:
-            number = cast(value)
+            number: float = cast(value)
         except ValueError:
             continue
         return number if math.isfinite(number) else value  # "nan", "inf" stay strings
     return value
 
 
-def _row_document(row: dict, id_col: str, text_col: str, title_col: str, where: str) -> Document:
+def _row_document(row: dict[str, object], id_col: str, text_col: str, title_col: str, where: str) -> Document:
     doc_id, text = row.get(id_col), row.get(text_col)
     if doc_id is None or str(doc_id).strip() == "":
         raise InvalidArgument(f"{where}: empty {id_col!r}")
@@ -180,24 +180,25 @@ def html_to_text(markup: str) -> tuple[str, str]:
     from html.parser import HTMLParser
 
     class _Text(HTMLParser):
-        def __init__(self):
+        def __init__(self) -> None:
             super().__init__(convert_charrefs=True)
-            self.parts, self.title, self.h1 = [], "", ""
+            self.parts: list[str] = []
+            self.title, self.h1 = "", ""
             self._skip, self._in = 0, ""
 
-        def handle_starttag(self, tag, attrs):
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
             if tag in ("script", "style", "noscript"):
                 self._skip += 1
             self._in = tag
             if tag in ("p", "div", "br", "li", "h1", "h2", "h3", "h4", "tr", "section", "article"):
                 self.parts.append("\n")
 
-        def handle_endtag(self, tag):
+        def handle_endtag(self, tag: str) -> None:
             if tag in ("script", "style", "noscript") and self._skip:
                 self._skip -= 1
             self._in = ""
 
-        def handle_data(self, data):
+        def handle_data(self, data: str) -> None:
             if self._skip:
                 return
             if self._in == "title":
@@ -225,17 +226,17 @@ def read_sql(database: str, query: str, id_col: str = "id", text_col: str = "tex
         if not Path(database).is_file():
             yield Record(where, 0, error="no such SQLite file")
             return
-        conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+        lite = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
         try:
             try:
-                cursor = conn.execute(query)
+                cursor = lite.execute(query)
             except sqlite3.Error as exc:
                 yield Record(where, 0, error=f"query failed: {exc}")
                 return
             columns = [c[0] for c in cursor.description or []]
             yield from _sql_rows(where, columns, cursor, id_col, text_col, title_col)
         finally:
-            conn.close()
+            lite.close()
         return
     try:
         import sqlalchemy
@@ -251,7 +252,8 @@ def read_sql(database: str, query: str, id_col: str = "id", text_col: str = "tex
         yield Record(where, 0, error=f"query failed: {exc.__class__.__name__}: {exc}")
 
 
-def _sql_rows(where, columns, rows, id_col, text_col, title_col) -> Iterator[Record]:
+def _sql_rows(where: str, columns: Sequence[str], rows: Iterable[Sequence[object]], id_col: str, text_col: str,
+              title_col: str) -> Iterator[Record]:
     missing = [c for c in (id_col, text_col) if c not in columns]
     if missing:
         yield Record(where, 0, error=f"query returns no column(s) {missing} (has {columns})")

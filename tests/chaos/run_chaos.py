@@ -251,7 +251,7 @@ class Chaos:
             present = entry is not None and not entry[2]
             allowed = {h for op, h in candidates if op.kind == "upsert"}
             absent_ok = not acked or any(op.kind == "delete" for op, _ in candidates)
-            if (present and entry[1] not in allowed) or (not present and not absent_ok):
+            if (entry is not None and present and entry[1] not in allowed) or (not present and not absent_ok):
                 lost.append(doc_id)
         ghosts = 0
         for search in (op for op in self.history if op.kind == "search" and op.ok):

@@ -9,7 +9,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "deploy" / "helm"))
-import render  # noqa: E402  (deploy/helm/render.py)
+import render  # type: ignore[import-not-found]  # noqa: E402  (deploy/helm/render.py, on sys.path above)
 
 CHART = ROOT / "deploy" / "helm" / "ragcluster"
 VALUE_SETS = {

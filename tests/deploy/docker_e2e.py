@@ -29,10 +29,13 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
+
+from ragcluster.channels import health_stub
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER_DIR = ROOT / "deploy" / "docker"
@@ -107,7 +110,7 @@ class Cluster:
         return vol
 
     def start(
-        self, role: str, name: str, image: str, env: dict[str, str], extra: list[str] = (), args: list[str] = ()
+        self, role: str, name: str, image: str, env: dict[str, str], extra: Sequence[str] = (), args: Sequence[str] = ()
     ) -> tuple[str, float]:
         cname = f"ragcluster-e2e-{self.run_id}-{name}"
         env_args = [a for k, v in env.items() for a in ("-e", f"{k}={v}")]
@@ -133,7 +136,7 @@ class Cluster:
         """Seconds from `docker run` to SERVING; fails early when the container exits."""
         deadline = started + timeout
         with grpc.insecure_channel(address) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
+            stub = health_stub(channel)
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -163,7 +166,7 @@ class Cluster:
         self.containers.remove(cname)
         return code
 
-    def cli(self, *args: str, mounts: list[str] = (), timeout: float = 300) -> str:
+    def cli(self, *args: str, mounts: Sequence[str] = (), timeout: float = 300) -> str:
         """The `ragcluster` CLI from the router image."""
         proc = docker(
             "run",

@@ -94,7 +94,8 @@ def test_checkov_skips_carry_reasons(rendered):
 def test_helm_lint():
     import helm_python as helm
 
-    for values in ({}, yaml.safe_load((CHART / "values-production.yaml").read_text())):
+    candidates: list[dict[str, object]] = [{}, yaml.safe_load((CHART / "values-production.yaml").read_text())]
+    for values in candidates:
         result = helm.lint(str(CHART), values, strict=True, namespace=NAMESPACE)
         assert not result["errors"], result
         assert all(m["severity"] <= 1 for m in result["messages"]), result["messages"]  # info only

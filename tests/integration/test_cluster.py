@@ -13,14 +13,15 @@ import faiss
 import grpc
 import numpy as np
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from prometheus_client.parser import text_string_to_metric_families
 
+from ragcluster.channels import health_stub
 from ragcluster.client import RouterClient
 from ragcluster.corpus import make_queries
 from ragcluster.documents import Document
-from ragcluster.v1 import router_pb2, router_pb2_grpc
+from ragcluster.v1 import common_pb2, router_pb2, router_pb2_grpc
 from router.service import embedding_text
 
 pytestmark = pytest.mark.vllm
@@ -44,7 +45,7 @@ def test_every_server_answers_health_and_reflection(cluster):
     roles = set()
     for member in cluster.members:
         with grpc.insecure_channel(member.grpc) as channel:
-            status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status
+            status = health_stub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status
             assert status == health_pb2.HealthCheckResponse.SERVING, member
             services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
             wanted = {expected[member.role], "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
@@ -190,7 +191,7 @@ def test_router_rejects_bad_search_input(cluster, request_kwargs, field):
         with pytest.raises(grpc.RpcError) as err:
             stub.Search(router_pb2.SearchRequest(**request_kwargs), timeout=30)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert field in err.value.details()
+        assert field in (err.value.details() or "")
         # and it keeps serving
         assert stub.Search(router_pb2.SearchRequest(text="coffee", k=1), timeout=30).hits
 
@@ -200,22 +201,23 @@ def test_router_rejects_bad_ask_and_ingest(cluster):
         stub = router_pb2_grpc.RouterServiceStub(channel)
         with pytest.raises(grpc.RpcError) as err:
             list(stub.Ask(router_pb2.AskRequest(question=""), timeout=30))
-        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "question" in err.value.details()
-        bad = router_pb2.IngestRequest(documents=[{"id": "", "text": "x"}])
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "question" in (err.value.details() or "")
+        bad = router_pb2.IngestRequest(documents=[common_pb2.Document(id="", text="x")])
         with pytest.raises(grpc.RpcError) as err:
             list(stub.Ingest(iter([bad]), timeout=30))
-        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "documents[0].id" in err.value.details()
-        dup = router_pb2.IngestRequest(documents=[{"id": "a", "text": "x"}, {"id": "a", "text": "y"}])
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "documents[0].id" in (err.value.details() or "")
+        dup = router_pb2.IngestRequest(documents=[common_pb2.Document(id="a", text="x"),
+                                                  common_pb2.Document(id="a", text="y")])
         with pytest.raises(grpc.RpcError) as err:
             list(stub.Ingest(iter([dup]), timeout=30))
-        assert "duplicate" in err.value.details()
+        assert "duplicate" in (err.value.details() or "")
 
 
 def test_every_process_exports_metrics(cluster, ingested):
     with RouterClient(cluster.router_address) as client:
         client.search("tea leaves", k=3)
         client.ask("What is tea?", max_tokens=4)
-    by_role = {}
+    by_role: dict[str, list[dict[str, list]]] = {}
     for m in cluster.members:
         by_role.setdefault(m.role, []).append(_metrics(m.metrics))
     router = by_role["router"][0]

@@ -110,7 +110,7 @@ async def test_dns_outage_keeps_replicas_and_leavers_are_closed(two_replicas):
             closed.append(grace)
             await real_close(grace)
 
-        leaver.channel.close = spy_close
+        leaver.channel.close = spy_close  # type: ignore[method-assign]  # spy on the channel's close
         group.specs = group.specs[:1]
         await group.refresh()
         assert [r.address for r in group.replicas] == [servers[0].address]

@@ -47,7 +47,8 @@ def test_disk_full_replica_fails_writes_clearly_and_recovers(tmp_path, small_dis
                     break
             assert failure is not None, "the small filesystem never filled"
             assert failure.code() == grpc.StatusCode.UNAVAILABLE
-            assert "RESOURCE_EXHAUSTED" in failure.details() and "storage full" in failure.details()
+            details = failure.details() or ""
+            assert "RESOURCE_EXHAUSTED" in details and "storage full" in details
             assert acked, "nothing was written before the disk filled"
             for address in (healthy.grpc, full.grpc):  # every acknowledged write is on both replicas
                 present = {i for i, (_, _, deleted) in replica_digest(address).items() if not deleted}

@@ -18,6 +18,7 @@ pytestmark = pytest.mark.vllm
 async def node(tmp_path_factory):
     os.environ.setdefault("VLLM_CACHE_ROOT", str(tmp_path_factory.mktemp("vllm-cache")))
     from generator_node.__main__ import build_server, parse_args
+    from generator_node.service import GeneratorServicer
 
     config, engine_args = parse_args([
         "--model", "tiny", "--enforce-eager", "--kv-cache-memory-bytes", str(64 << 20), "--max-model-len", "1024",
@@ -27,7 +28,7 @@ async def node(tmp_path_factory):
     await server.start()
     channel = grpc.aio.insecure_channel(server.address)
     stub = generator_pb2_grpc.GeneratorServiceStub(channel)
-    engine = server.services[0].servicer.engine
+    engine = server.servicer(GeneratorServicer).engine
     ipc_dir = engine._ipc_dir
     assert ipc_dir and os.path.isdir(ipc_dir)  # vLLM's IPC sockets live in the node's private dir
     yield stub, engine
@@ -170,4 +171,4 @@ async def test_bad_requests_are_invalid_argument(node, request_, field):
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await _collect(stub, request_)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert field in err.value.details()
+    assert field in (err.value.details() or "")

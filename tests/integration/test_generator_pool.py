@@ -18,9 +18,10 @@ from ragcluster.convert import document_to_pb
 from ragcluster.corpus import make_documents
 from ragcluster.serving import GrpcServer, service_spec
 from ragcluster.tools.cluster import ServerProcess, generator_env, wait_all_ready
-from ragcluster.v1 import generator_pb2, generator_pb2_grpc, router_pb2, router_pb2_grpc
+from ragcluster.v1 import common_pb2, generator_pb2, generator_pb2_grpc, router_pb2, router_pb2_grpc
 from router.__main__ import build_server as build_router
 from router.config import RouterConfig
+from router.service import RouterServicer
 from shard_server.__main__ import build_server as build_shard
 from shard_server.config import ShardConfig
 
@@ -84,7 +85,7 @@ async def pool_cluster(tmp_path_factory, embedder):
     router = build_router(RouterConfig(port=0, metrics_port=-1, shard=[f"0={shard.address}"],
                                        generator=[f"127.0.0.1:{loading.port}", nodes[0].grpc, nodes[1].grpc],
                                        generator_eject_seconds=2.0, default_max_tokens=8))
-    router.services[0].servicer.embedder = embedder
+    router.servicer(RouterServicer).embedder = embedder
     await router.start()
     channel = grpc.aio.insecure_channel(router.address)
     stub = router_pb2_grpc.RouterServiceStub(channel)
@@ -121,8 +122,9 @@ async def test_unready_node_gets_no_traffic_and_load_spreads(pool_cluster):
 
 async def test_prompt_is_trimmed_to_fit_the_context(pool_cluster):
     stub, _, _, _ = pool_cluster
-    events = [e async for e in stub.Ask(router_pb2.AskRequest(
-        question="what does the river feed?", k=5, sampling={"max_tokens": 850, "temperature": 0.0}), timeout=60)]
+    sampling = common_pb2.SamplingParams(max_tokens=850, temperature=0.0)
+    request = router_pb2.AskRequest(question="what does the river feed?", k=5, sampling=sampling)
+    events = [e async for e in stub.Ask(request, timeout=60)]
     hits = [h.document.id for h in events[0].hits.hits]
     done = events[-1].complete
     assert len(hits) == 5

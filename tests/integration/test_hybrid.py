@@ -17,6 +17,7 @@ from ragcluster.documents import Document
 from ragcluster.v1 import common_pb2, router_pb2, router_pb2_grpc
 from router.__main__ import build_server as build_router
 from router.config import RouterConfig
+from router.service import RouterServicer
 from shard_server.__main__ import build_server as build_shard
 from shard_server.config import ShardConfig
 
@@ -82,7 +83,7 @@ async def _cluster(tmp, n: int, embedder, docs, dead: int = 0, slow: dict[int, f
         shards.append(s)
     specs = [f"{i}={s.address}" for i, s in enumerate(shards)] + [f"{n + j}={_dead_address()}" for j in range(dead)]
     router = build_router(RouterConfig(port=0, metrics_port=-1, shard=specs, timeout_seconds=10.0, **router_kw))
-    router.services[0].servicer.embedder = embedder
+    router.servicer(RouterServicer).embedder = embedder
     await router.start()
     cluster = Cluster(shards, router)
     if docs:
@@ -121,7 +122,7 @@ async def test_three_shards_rank_exactly_like_one_index(clusters):
 
 
 def _rrf(dense, lexical, k, rrf_k=60):
-    scores = {}
+    scores: dict[str, float] = {}
     for ranking in (dense, lexical):
         for rank, doc_id in enumerate(ranking, 1):
             scores[doc_id] = scores.get(doc_id, 0.0) + 1.0 / (rrf_k + rank)
@@ -162,16 +163,16 @@ async def test_filters_and_bad_input_in_every_mode(clusters):
                                      for h in response.hits), mode
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await three.search("x", k=5, mode=mode, where=[{"field": "no_such_field", "equals": 1}])
-        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "no_such_field" in err.value.details()
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "no_such_field" in (err.value.details() or "")
     request = router_pb2.SearchRequest(vector=router_pb2.Vector(values=[0.1] * 384), k=3,
                                        mode=router_pb2.RETRIEVAL_MODE_LEXICAL)
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await three.stub.Search(request, timeout=10)
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and err.value.details().startswith("text:")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and (err.value.details() or "").startswith("text:")
     for kw, field in ((dict(alpha=1.5), "fusion.alpha"), (dict(window=5000), "fusion.window")):
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await three.search("router", mode="hybrid", **kw)
-        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and err.value.details().startswith(field)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and (err.value.details() or "").startswith(field)
     # a query whose words are all stop words or unknown finds nothing lexically, and that is not an error
     assert not (await three.search("the of and", mode="lexical")).hits
 

@@ -12,7 +12,7 @@ from ragcluster.corpus import make_documents, make_queries
 from ragcluster.v1 import router_pb2, router_pb2_grpc
 from router.__main__ import build_server as build_router
 from router.config import RouterConfig
-from router.service import embedding_text
+from router.service import RouterServicer, embedding_text
 from shard_server.__main__ import build_server as build_shard
 from shard_server.config import ShardConfig
 
@@ -25,7 +25,7 @@ async def l2_cluster(tmp_path_factory, embedder):
         await shard.start()
     router = build_router(RouterConfig(port=0, metrics_port=-1, timeout_seconds=10.0,
                                        shard=[f"{i}={s.address}" for i, s in enumerate(shards)]))
-    router.services[0].servicer.embedder = embedder
+    router.servicer(RouterServicer).embedder = embedder
     await router.start()
     channel = grpc.aio.insecure_channel(router.address)
     yield router_pb2_grpc.RouterServiceStub(channel)

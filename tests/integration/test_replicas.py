@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import grpc
 import numpy as np
@@ -79,7 +80,9 @@ def load(address: str, stop: threading.Event, results: list, errors: list, min_c
 
 def test_killing_a_replica_under_load_fails_no_request(replicated):
     _run, procs, router, _ = replicated
-    stop, results, errors = threading.Event(), [], []
+    stop = threading.Event()
+    results: list[dict[str, Any]] = []
+    errors: list[grpc.RpcError] = []
     threads = [threading.Thread(target=load, args=(router.address, stop, results, errors)) for _ in range(4)]
     for t in threads:
         t.start()
@@ -144,8 +147,9 @@ def test_a_dead_shard_is_flagged_in_coverage_or_refused(replicated):
         assert result["hits"] and all(h["shard"] == 0 for h in result["hits"])
         with pytest.raises(grpc.RpcError) as err:
             client.search("the night train", k=5, timeout=3, min_coverage=1.0)
-        assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "min_coverage" in err.value.details()
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "min_coverage" in (err.value.details() or "")
         details = coverage_from_error(err.value)
+        assert details is not None
         assert details["shards_answered"] == 1 and details["shards_total"] == 2
         assert client.search("the night train", k=5, timeout=3, min_coverage=0.5)["hits"]
     for r in range(2):  # back for later tests

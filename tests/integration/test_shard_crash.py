@@ -49,7 +49,7 @@ def batch(ids, x):
         for i, v in zip(ids, x)])
 
 
-def check_consistent(stub, acked: dict[str, np.ndarray], unsure: set[str] = frozenset()):
+def check_consistent(stub, acked: dict[str, np.ndarray], unsure: frozenset[str] | set[str] = frozenset()):
     """Every acknowledged document is stored, indexed under the same id, and found by its vector.
 
     ``unsure``: ids re-sent in batches never acknowledged: their newer version may have been committed."""
@@ -170,9 +170,9 @@ def test_restart_with_100k_vectors_takes_seconds(tmp_path, record_property):
     data = tmp_path / "big"
     shard = Shard(data, dim=384)
     rng = np.random.default_rng(0)
-    for start in range(0, 100_000, 4000):
+    for first in range(0, 100_000, 4000):
         x = rng.standard_normal((4000, 384)).astype(np.float32)
-        shard.upsert([Document(f"v{start + i}", "") for i in range(4000)], x)
+        shard.upsert([Document(f"v{first + i}", "") for i in range(4000)], x)
     shard.close()  # final checkpoint, as a graceful shutdown does
     for label, args in (("checkpoint", ()), ("rebuild", ())):
         if label == "rebuild":

@@ -90,7 +90,7 @@ async def test_bad_search_input_is_invalid_argument(tmp_path, make_request, fiel
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.Search(make_request(x))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert field in err.value.details()
+    assert field in (err.value.details() or "")
     assert rejected() == before + 1  # counted under its status code
     assert (await stub.Info(shard_pb2.ShardInfoRequest())).dim == DIM  # still serving
     await channel.close()
@@ -112,7 +112,7 @@ async def test_bad_upserts_are_invalid_argument_and_write_nothing(tmp_path):
             async for _ in stub.Upsert(iter([request])):
                 pass
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, field
-        assert field in err.value.details()
+        assert field in (err.value.details() or "")
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.Delete(shard_pb2.ShardDeleteRequest(ids=[]))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -132,7 +132,7 @@ async def test_model_mixing_is_refused(tmp_path):
     other.embedding_model = "another-model"
     with pytest.raises(grpc.aio.AioRpcError) as err:
         [r async for r in stub.Upsert(iter([other]))]
-    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "mixing models" in err.value.details()
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "mixing models" in (err.value.details() or "")
     await channel.close()
     await server.stop(grace=1)
 

@@ -33,7 +33,9 @@ class Received:
         out: dict[str, object] = {}
         for kv in self.span.attributes:
             value = kv.value
-            out[kv.key] = getattr(value, value.WhichOneof("value"))
+            kind = value.WhichOneof("value")
+            assert kind is not None
+            out[kv.key] = getattr(value, kind)
         return out
 
 
@@ -158,10 +160,10 @@ def test_one_ask_is_one_trace_across_router_shards_and_generator(traced_cluster)
     (generate,) = children(root, "generate")
     assert "first_token" in {e.name for e in generate.span.events}
     (call,) = children(generate, "GeneratorService/Generate")
-    (served,) = children(call)
-    assert served.service == "ragcluster-generator" and served.span.kind == SERVER
-    assert "first_token" in {e.name for e in served.span.events}
-    assert served.span.status.code != trace_pb2.Status.STATUS_CODE_ERROR
+    (gen_served,) = children(call)
+    assert gen_served.service == "ragcluster-generator" and gen_served.span.kind == SERVER
+    assert "first_token" in {e.name for e in gen_served.span.events}
+    assert gen_served.span.status.code != trace_pb2.Status.STATUS_CODE_ERROR
 
     # the router's access-log line for this Ask: JSON, request id = trace id, with coverage and timings
     log = (cluster.dir / "run" / "router.log").read_text()

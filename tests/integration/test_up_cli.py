@@ -19,6 +19,7 @@ def _up(data_dir, *extra):
          "--data-dir", str(data_dir), "--port", "0", "--json", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
+    assert proc.stdout is not None and proc.stderr is not None
     text = ""
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:

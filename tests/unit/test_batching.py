@@ -19,7 +19,7 @@ def fake_encode(calls):
 
 
 async def test_concurrent_texts_are_coalesced_and_answers_match():
-    calls = []
+    calls: list[list[str]] = []
     batcher = MicroBatcher(fake_encode(calls), max_batch=8, max_wait_us=2000)
     texts = [("a" * i) + "b" * (20 - i) for i in range(20)]
     vectors = await asyncio.gather(*(batcher.encode(t) for t in texts))
@@ -31,7 +31,7 @@ async def test_concurrent_texts_are_coalesced_and_answers_match():
 
 
 async def test_batch_size_one_disables_batching():
-    calls = []
+    calls: list[list[str]] = []
     batcher = MicroBatcher(fake_encode(calls), max_batch=1, max_wait_us=2000)
     await asyncio.gather(*(batcher.encode(str(i)) for i in range(5)))
     assert [len(c) for c in calls] == [1] * 5
@@ -55,7 +55,7 @@ async def test_encode_errors_reach_every_waiter_and_the_worker_survives():
 
 
 async def test_cancelled_waiter_does_not_break_the_batch():
-    calls = []
+    calls: list[list[str]] = []
     batcher = MicroBatcher(fake_encode(calls), max_batch=4, max_wait_us=20000)
     doomed = asyncio.create_task(batcher.encode("doomed"))
     kept = asyncio.create_task(batcher.encode("kept"))
@@ -97,7 +97,7 @@ async def test_queries_overtake_bulk_work():
 
 
 async def test_cancelled_bulk_skips_its_remaining_chunks():
-    calls = []
+    calls: list[list[str]] = []
     batcher = MicroBatcher(fake_encode(calls), max_batch=4, max_wait_us=100, bulk_chunk=1)
     bulk = asyncio.create_task(batcher.encode_bulk([str(i) for i in range(50)]))
     for _ in range(1000):  # bounded: wait until the first chunk was taken

@@ -62,10 +62,10 @@ def test_jsonl_reports_bad_lines_with_file_and_line(tmp_path):
     ]
     f.write_text("\n".join(lines) + "\n")
     records = list(read_jsonl([str(f)]))
-    good = [r for r in records if r.document]
+    good = [r.document for r in records if r.document]
     bad = [(r.line, r.error) for r in records if r.error]
-    assert [r.document.id for r in good] == ["a", "d"]
-    assert good[1].document == Document("d", "fine", "T", {})
+    assert [d.id for d in good] == ["a", "d"]
+    assert good[1] == Document("d", "fine", "T", {})
     assert [line for line, _ in bad] == [3, 4, 5, 6, 7]
     assert "invalid JSON" in bad[0][1] and "id" in bad[1][1] and "'text'" in bad[2][1]
     assert "metadata['bad']" in bad[3][1] and "JSON object" in bad[4][1]

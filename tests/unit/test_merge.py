@@ -8,7 +8,7 @@ from router.merge import ShardTopK, merge_topk
 def _split_search(xb, xq, k, n_chunks, metric):
     """Search each chunk with its own flat index, merge, and return (ids, scores) per query."""
     chunks = np.array_split(np.arange(len(xb)), n_chunks)
-    per_query = [[] for _ in range(len(xq))]
+    per_query: list[list[ShardTopK]] = [[] for _ in range(len(xq))]
     for c, ids in enumerate(chunks):
         index = faiss.IndexIDMap2(faiss.IndexFlat(xb.shape[1], metric))
         index.add_with_ids(xb[ids], ids.astype(np.int64))

@@ -29,7 +29,7 @@ def registered() -> dict[str, tuple[str, tuple[str, ...]]]:
         for value in vars(module).values():
             if isinstance(value, MetricWrapperBase):
                 name = value._name + ("_total" if value._type == "counter" else "")
-                out[name] = (value._type, tuple(value._labelnames))
+                out[name] = (value._type or "", tuple(value._labelnames))
     states = router.metrics.BACKEND_STATES
     saved = states.replicas, states.nodes
     states.replicas, states.nodes = (lambda: [("default", 0, "serving", 1)]), (lambda: [("serving", 1)])

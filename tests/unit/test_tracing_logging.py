@@ -8,6 +8,7 @@ import json
 import logging
 
 import pytest
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from ragcluster import tracing
@@ -47,6 +48,11 @@ def test_off_means_no_interceptors_no_spans():
     assert asyncio.run(work()) == 7
 
 
+def _parent(span: ReadableSpan) -> int:
+    assert span.parent is not None
+    return span.parent.span_id
+
+
 def test_spans_nest_and_carry_events_and_call_attributes():
     exporter = InMemorySpanExporter()
     assert tracing.setup("unit", exporter=exporter, batch=False)
@@ -67,9 +73,9 @@ def test_spans_nest_and_carry_events_and_call_attributes():
         tracing.shutdown()
     spans = {s.name: s for s in exporter.get_finished_spans()}
     assert set(spans) == {"outer", "inner", "detached", "under-detached"}
-    assert spans["inner"].parent.span_id == spans["outer"].context.span_id
-    assert spans["detached"].parent.span_id == spans["outer"].context.span_id
-    assert spans["under-detached"].parent.span_id == spans["detached"].context.span_id
+    assert _parent(spans["inner"]) == spans["outer"].context.span_id
+    assert _parent(spans["detached"]) == spans["outer"].context.span_id
+    assert _parent(spans["under-detached"]) == spans["detached"].context.span_id
     assert [e.name for e in spans["inner"].events] == ["first_token"]
     assert spans["inner"].resource.attributes["service.name"] == "unit"
     assert len({s.context.trace_id for s in spans.values()}) == 1
@@ -94,7 +100,8 @@ def test_access_log_line(capsys, json_lines):
     finally:
         request_fields.reset(token_fields)
         request_id.reset(token_rid)
-        root.handlers[:], _ = saved[0], root.setLevel(saved[1])
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     if json_lines:
         line = json.loads(err)
@@ -131,7 +138,8 @@ def test_client_calls_of_every_kind_get_a_span_and_send_their_context():
 
     async def run() -> None:
         server = grpc.aio.server()
-        shard_pb2_grpc.add_ShardServiceServicer_to_server(Servicer(), server)
+        servicer = Servicer()  # type: ignore[abstract]  # only Info and Snapshot are called
+        shard_pb2_grpc.add_ShardServiceServicer_to_server(servicer, server)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}",
@@ -160,8 +168,9 @@ def test_client_calls_of_every_kind_get_a_span_and_send_their_context():
     spans = {s.name: s for s in exporter.get_finished_spans()}
     assert set(spans) == {"root", "generate", "ShardService/Info", "ShardService/Snapshot"}
     info, snapshot = spans["ShardService/Info"], spans["ShardService/Snapshot"]
-    assert info.parent.span_id == spans["root"].context.span_id
-    assert snapshot.parent.span_id == spans["generate"].context.span_id
+    assert _parent(info) == spans["root"].context.span_id
+    assert _parent(snapshot) == spans["generate"].context.span_id
+    assert info.attributes is not None
     assert info.attributes["ragcluster.shard"] == 3 and info.attributes["ragcluster.attempt"] == "hedge"
     assert info.attributes["rpc.grpc.status_code"] == 0
     assert [p.split("-")[2] for p in seen] == [f"{info.context.span_id:016x}", f"{snapshot.context.span_id:016x}"]

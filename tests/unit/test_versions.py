@@ -5,6 +5,7 @@ strictly increases and moves past versions it observes."""
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import numpy as np
 
@@ -17,7 +18,7 @@ DIM = 8
 
 def test_versioned_writes_commute(tmp_path):
     rng = random.Random(3)
-    ops = []
+    ops: list[tuple[str, Any, int]] = []  # ("delete", id, version) or ("upsert", Document, version)
     for version in range(1, 301):
         doc_id = f"d{rng.randrange(20)}"
         if rng.random() < 0.25:

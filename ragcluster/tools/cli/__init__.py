@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import grpc
 
@@ -23,61 +26,71 @@ from ragcluster.tools.cli import (
 )
 from ragcluster.tools.cli.common import CliError, fail
 
-COMMANDS = {
-    "up": (up.UpOptions, up.cmd_up, "start a local cluster (shards, generators, router) until Ctrl-C", []),
-    "ingest": (ingest.IngestOptions, ingest.cmd_ingest,
-               "ingest JSONL, CSV, a directory of text files or SQL rows through the router (resumable, optionally "
-               "chunked)", ["files"]),
-    "search": (search.SearchOptions, search.cmd_search, "search by text; exact global top-k over all shards", ["text"]),
-    "ask": (ask.AskOptions, ask.cmd_ask, "ask a question; the answer streams with its citations", ["question"]),
-    "status": (status.StatusOptions, status.cmd_status, "shards, replicas, health, document counts, generators", []),
-    "switch": (switch.SwitchOptions, switch.cmd_switch,
-               "make another collection (e.g. re-indexed with a new embedding model) the one searches and asks use, "
-               "atomically", ["name"]),
-    "eval": (evaluate.EvalOptions, evaluate.cmd_eval,
-             "retrieval metrics (recall, precision, nDCG, MRR, MAP @k) on BEIR queries/qrels; generation metrics (EM, "
-             "F1, BLEU) on a QA set", []),
-    "loadtest": (loadtest.LoadtestOptions, loadtest.cmd_loadtest,
-                 "closed- or open-loop load; latency percentiles, TTFT, errors, plots", []),
-}
-
-POSITIONALS = {
-    "files": dict(nargs="*", metavar="SOURCE", help='JSONL files ({"id", "text", "title"?, "metadata"?} per line), '
-                                                    'CSV/TSV files, or directories of .txt/.md/.html files'),
-    "text": dict(help="query text"),
-    "question": dict(help="the question"),
-    "name": dict(help="the collection to switch to"),
-}
+Opts = TypeVar("Opts")
 
 
-POSITIONALS = {
-    "files": dict(nargs="*", metavar="SOURCE", help='JSONL files ({"id", "text", "title"?, "metadata"?} per line), '
-                                                    'CSV/TSV files, or directories of .txt/.md/.html files'),
-    "text": dict(help="query text"),
-    "question": dict(help="the question"),
-    "name": dict(help="the collection to switch to"),
+@dataclass(frozen=True)
+class Command(Generic[Opts]):
+    """A subcommand: its options dataclass (flags), the function that runs it, help, positional arguments."""
+
+    options: type[Opts]
+    run: Callable[[Opts, argparse.Namespace], int]
+    help: str
+    positionals: tuple[str, ...] = ()
+
+
+# the values differ in their options type; each Command ties its options class to the function that takes it
+COMMANDS: dict[str, Command[Any]] = {
+    "up": Command(up.UpOptions, up.cmd_up, "start a local cluster (shards, generators, router) until Ctrl-C"),
+    "ingest": Command(ingest.IngestOptions, ingest.cmd_ingest,
+                      "ingest JSONL, CSV, a directory of text files or SQL rows through the router (resumable, "
+                      "optionally chunked)", ("files",)),
+    "search": Command(search.SearchOptions, search.cmd_search,
+                      "search by text; exact global top-k over all shards", ("text",)),
+    "ask": Command(ask.AskOptions, ask.cmd_ask, "ask a question; the answer streams with its citations",
+                   ("question",)),
+    "status": Command(status.StatusOptions, status.cmd_status,
+                      "shards, replicas, health, document counts, generators"),
+    "switch": Command(switch.SwitchOptions, switch.cmd_switch,
+                      "make another collection (e.g. re-indexed with a new embedding model) the one searches and "
+                      "asks use, atomically", ("name",)),
+    "eval": Command(evaluate.EvalOptions, evaluate.cmd_eval,
+                    "retrieval metrics (recall, precision, nDCG, MRR, MAP @k) on BEIR queries/qrels; generation "
+                    "metrics (EM, F1, BLEU) on a QA set"),
+    "loadtest": Command(loadtest.LoadtestOptions, loadtest.cmd_loadtest,
+                        "closed- or open-loop load; latency percentiles, TTFT, errors, plots"),
 }
+
+
+def _add_positional(parser: argparse.ArgumentParser, name: str) -> None:
+    if name == "files":
+        parser.add_argument("files", nargs="*", metavar="SOURCE",
+                            help='JSONL files ({"id", "text", "title"?, "metadata"?} per line), CSV/TSV files, or '
+                                 'directories of .txt/.md/.html files')
+    else:
+        parser.add_argument(name, help={"text": "query text", "question": "the question",
+                                        "name": "the collection to switch to"}[name])
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ragcluster", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (options, _, help_text, positionals) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        for pos in positionals:
-            p.add_argument(pos, **POSITIONALS[pos])
-        add_config_arguments(p, options)
+    for name, command in COMMANDS.items():
+        p = sub.add_parser(name, help=command.help, description=command.help)
+        for pos in command.positionals:
+            _add_positional(p, pos)
+        add_config_arguments(p, command.options)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
-    options, fn, _, _ = COMMANDS[ns.command]
-    opts = config_from_args(options, ns)
+    command = COMMANDS[ns.command]
+    opts = config_from_args(command.options, ns)
     try:
-        return fn(opts, ns)
+        return command.run(opts, ns)
     except CliError as exc:
         return fail(str(exc), exc.code)
     except grpc.RpcError as exc:

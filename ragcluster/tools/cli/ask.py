@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import functools
 import json
 import sys
 from dataclasses import dataclass
@@ -28,17 +30,19 @@ class AskOptions(RetrievalOptions):
     json: bool = option(False, "print JSON: {answer, citations, hits, timings} at the end instead of streaming")
 
 
-def cmd_ask(opts: AskOptions, ns) -> int:
+def cmd_ask(opts: AskOptions, ns: argparse.Namespace) -> int:
     from ragcluster.client import RouterClient
 
     out = console()
-    kwargs = dict(k=opts.k, max_tokens=opts.max_tokens, temperature=opts.temperature, timeout=opts.timeout,
-                  where=parse_where(opts.where), **retrieval_kwargs(opts))
+    where = parse_where(opts.where)
     with RouterClient(opts.router) as client:
+        ask = functools.partial(client.ask, ns.question, k=opts.k, max_tokens=opts.max_tokens,
+                                temperature=opts.temperature, timeout=opts.timeout, where=where,
+                                **retrieval_kwargs(opts))
         if opts.json:
-            print(json.dumps(client.ask(ns.question, **kwargs)))
+            print(json.dumps(ask()))
             return 0
-        result = client.ask(ns.question, on_delta=lambda t: (sys.stdout.write(t), sys.stdout.flush()), **kwargs)
+        result = ask(on_delta=lambda t: (sys.stdout.write(t), sys.stdout.flush()))
     print()
     by_id = {h["id"]: h for h in result["hits"]}
     if result["citations"]:

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ragcluster.config import option
+from ragcluster.documents import MetadataValue
+from ragcluster.types import Condition
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 DEFAULT_ROUTER = "127.0.0.1:50051"
 
@@ -36,26 +41,26 @@ def retrieval_kwargs(opts: RetrievalOptions) -> dict[str, Any]:
 class CliError(Exception):
     """A problem the user can fix: printed as ``ragcluster: error: ...`` with exit code ``code``."""
 
-    def __init__(self, message: str, code: int = 2):
+    def __init__(self, message: str, code: int = 2) -> None:
         super().__init__(message)
         self.code = code
 
 
-def _value(text: str):
+def _value(text: str) -> MetadataValue:
     lowered = text.strip().lower()
     if lowered in ("true", "false"):
         return lowered == "true"
-    for cast in (int, float):
+    for number in (int, float):
         try:
-            return cast(text)
+            return number(text)
         except ValueError:
             pass
     return text
 
 
-def parse_where(conditions: list[str]) -> list[dict]:
+def parse_where(conditions: list[str]) -> list[Condition]:
     """``["topic=science", "words>=30", "topic~=a,b"]`` -> filter conditions for the client."""
-    out = []
+    out: list[Condition] = []
     for cond in conditions:
         for op, key in ((">=", "gte"), ("<=", "lte"), ("~=", "any_of"), (">", "gt"), ("<", "lt"), ("=", "equals")):
             field, sep, value = cond.partition(op)
@@ -67,7 +72,8 @@ def parse_where(conditions: list[str]) -> list[dict]:
                     out.append({"field": field, "equals": _value(value.strip())})
                 else:
                     try:
-                        out.append({"field": field, key: float(value)})
+                        # key is one of the range bounds gte, gt, lte, lt
+                        out.append(cast(Condition, {"field": field, key: float(value)}))
                     except ValueError:
                         raise CliError(f"--where {cond!r}: {op} needs a number") from None
                 break
@@ -76,7 +82,7 @@ def parse_where(conditions: list[str]) -> list[dict]:
     return out
 
 
-def console(stderr: bool = False):
+def console(stderr: bool = False) -> Console:
     from rich.console import Console
 
     return Console(stderr=stderr, highlight=False)

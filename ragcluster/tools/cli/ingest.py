@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import grpc
 
 from ragcluster.config import option
 from ragcluster.tools.cli.common import DEFAULT_ROUTER, CliError, fail
+
+if TYPE_CHECKING:
+    from ragcluster.documents import Document
+    from ragcluster.tools.sources import Record
 
 
 @dataclass
@@ -35,7 +42,21 @@ class IngestOptions:
     json: bool = option(False, "print a JSON summary")
 
 
-def _ingest_records(opts: IngestOptions, files: list[str]):
+@dataclass
+class IngestSummary:
+    """What `ingest --json` prints."""
+
+    read: int = 0
+    skipped: int = 0
+    unchanged: int = 0
+    chunks: int = 0
+    acknowledged: int = 0
+    errors: list[dict[str, str | int]] = field(default_factory=list)
+    seconds: float = 0.0
+    docs_per_second: float = 0.0
+
+
+def _ingest_records(opts: IngestOptions, files: list[str]) -> tuple[Iterator[Record], int | None]:
     """(records iterator, expected count or None) for the chosen source."""
     from pathlib import Path
 
@@ -79,7 +100,7 @@ def _ingest_records(opts: IngestOptions, files: list[str]):
     return read_jsonl(files), total
 
 
-def cmd_ingest(opts: IngestOptions, ns) -> int:
+def cmd_ingest(opts: IngestOptions, ns: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ragcluster.client import RouterClient
@@ -94,16 +115,15 @@ def cmd_ingest(opts: IngestOptions, ns) -> int:
             chunker = Chunker(load_embedding_tokenizer(), opts.chunk_tokens, opts.chunk_overlap)
         except InvalidArgument as exc:
             return fail(str(exc))
-    summary = {"read": 0, "skipped": 0, "unchanged": 0, "chunks": 0, "acknowledged": 0, "errors": [],
-               "seconds": 0.0, "docs_per_second": 0.0}
-    stopped = []
+    summary = IngestSummary()
+    stopped: list[Record] = []
     bar = tqdm(total=None if chunker else total, unit="chunk" if chunker else "doc", desc="ingest",
                disable=opts.json or None, dynamic_ncols=True)
 
-    def documents():
+    def documents() -> Iterator[Document]:
         for record in records:
-            if record.error:
-                summary["errors"].append({"file": record.file, "line": record.line, "error": record.error})
+            if record.error or record.document is None:
+                summary.errors.append({"file": record.file, "line": record.line, "error": record.error})
                 if opts.json:
                     print(f"{record.where}: {record.error}", file=sys.stderr)
                 else:
@@ -111,14 +131,14 @@ def cmd_ingest(opts: IngestOptions, ns) -> int:
                 if opts.on_error == "stop":
                     stopped.append(record)
                     return
-                summary["skipped"] += 1
+                summary.skipped += 1
                 continue
-            summary["read"] += 1
+            summary.read += 1
             if chunker is None:
                 yield record.document
             else:
                 chunks = chunker.split(record.document)
-                summary["chunks"] += len(chunks)
+                summary.chunks += len(chunks)
                 yield from chunks
 
     start = time.perf_counter()
@@ -131,17 +151,17 @@ def cmd_ingest(opts: IngestOptions, ns) -> int:
         return fail(f"ingest failed: {exc.code().name}: {exc.details()} (re-run to resume: acknowledged documents "
                      f"are skipped)")
     bar.close()
-    summary["acknowledged"] = result.acknowledged
-    summary["unchanged"] = result.unchanged
-    summary["seconds"] = round(time.perf_counter() - start, 3)
-    summary["docs_per_second"] = round(result.acknowledged / max(summary["seconds"], 1e-9), 1)
+    summary.acknowledged = result.acknowledged
+    summary.unchanged = result.unchanged
+    summary.seconds = round(time.perf_counter() - start, 3)
+    summary.docs_per_second = round(result.acknowledged / max(summary.seconds, 1e-9), 1)
     if opts.json:
-        print(json.dumps(summary))
+        print(json.dumps(asdict(summary)))
     else:
-        what = f"{result.acknowledged} chunks of {summary['read']} documents" if chunker else \
+        what = f"{result.acknowledged} chunks of {summary.read} documents" if chunker else \
             f"{result.acknowledged} documents"
-        print(f"acknowledged {what} in {summary['seconds']:.1f}s ({summary['docs_per_second']:.0f}/s); "
-              f"{result.unchanged} unchanged, {summary['skipped']} bad skipped")
+        print(f"acknowledged {what} in {summary.seconds:.1f}s ({summary.docs_per_second:.0f}/s); "
+              f"{result.unchanged} unchanged, {summary.skipped} bad skipped")
     if stopped:
         return fail(f"stopped at {stopped[0].where} (use --on-error skip to continue past bad lines)", 1)
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ class LoadtestOptions:
     json: bool = option(False, "print the report as JSON")
 
 
-def cmd_loadtest(opts: LoadtestOptions, ns) -> int:
+def cmd_loadtest(opts: LoadtestOptions, ns: argparse.Namespace) -> int:
     import asyncio
 
     from ragcluster.corpus import make_queries

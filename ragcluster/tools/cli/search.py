@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import dataclass
 
@@ -31,7 +32,7 @@ class SearchOptions(RetrievalOptions):
                                "lexical_rank, lexical_score, fused_score}], coverage, mode}")
 
 
-def cmd_search(opts: SearchOptions, ns) -> int:
+def cmd_search(opts: SearchOptions, ns: argparse.Namespace) -> int:
     from ragcluster.client import RouterClient, coverage_from_error
 
     with RouterClient(opts.router) as client:

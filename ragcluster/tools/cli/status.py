@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import dataclass
 
@@ -16,7 +17,7 @@ class StatusOptions:
     json: bool = option(False, "print JSON: {documents, shards: [{shard, documents, replicas}], generators}")
 
 
-def cmd_status(opts: StatusOptions, ns) -> int:
+def cmd_status(opts: StatusOptions, ns: argparse.Namespace) -> int:
     from ragcluster.client import RouterClient
 
     with RouterClient(opts.router) as client:

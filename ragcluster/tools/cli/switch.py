@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import dataclass
 
@@ -15,7 +16,7 @@ class SwitchOptions:
     json: bool = option(False, "print JSON: {previous, active, documents, embedding_model}")
 
 
-def cmd_switch(opts: SwitchOptions, ns) -> int:
+def cmd_switch(opts: SwitchOptions, ns: argparse.Namespace) -> int:
     from ragcluster.client import RouterClient
 
     with RouterClient(opts.router) as client:

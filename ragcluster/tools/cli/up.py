@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import signal
 import threading
 import time
@@ -26,7 +27,7 @@ class UpOptions:
     json: bool = option(False, "print cluster.json once ready instead of a table")
 
 
-def cmd_up(opts: UpOptions, ns) -> int:
+def cmd_up(opts: UpOptions, ns: argparse.Namespace) -> int:
     from ragcluster.tools.cluster import ClusterError, ClusterSpec, LocalCluster
 
     spec = ClusterSpec(
