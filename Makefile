@@ -12,7 +12,7 @@ VLLM_UNWANTED := torchvision torchaudio torchcodec triton
 # checkov pins old packaging/networkx (it would downgrade what vLLM and torch use): its own venv
 CHECKOV       := checkov==3.3.30
 
-.PHONY: install tools demo test lint protos check-protos clean help chart-check deploy-test chaos
+.PHONY: install tools demo test lint protos check-protos clean help chart-check deploy-test chaos soak
 .DEFAULT_GOAL := help
 
 help:
@@ -25,6 +25,7 @@ help:
 	@echo "make chart-check  render the Helm chart; kubernetes-validate, checkov, hadolint, structure (part of make test)"
 	@echo "make deploy-test  build the images with Docker, run them as a cluster, ingest/search/ask/restart"
 	@echo "make chaos    10-minute chaos run (kill -9, SIGSTOP, partition) with the lost-write checker"
+	@echo "make soak     10-minute steady load: errors, memory, open fds and threads"
 
 install: $(STAMP)
 
@@ -77,6 +78,9 @@ deploy-test: $(STAMP)
 
 chaos: $(STAMP)
 	$(PY) -m tests.chaos.run_chaos --seconds $${CHAOS_SECONDS:-600}
+
+soak: $(STAMP)
+	$(PY) -m tests.chaos.run_chaos --soak --seconds $${SOAK_SECONDS:-600}
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

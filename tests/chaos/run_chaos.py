@@ -4,6 +4,7 @@ replica directly and proves that no acknowledged write was lost (issue 16).
 
     python -m tests.chaos.run_chaos --seconds 600          # the full form (make chaos)
     python -m tests.chaos.run_chaos --seconds 40 --json    # the short form CI runs (tests/integration/test_chaos.py)
+    python -m tests.chaos.run_chaos --soak --seconds 600   # steady load, no faults (make soak)
 
 History: every operation is recorded with its start and end time and its outcome (acknowledged, failed).
 The routers share one hybrid clock (one process), so an operation that started after another was
@@ -106,8 +107,9 @@ class Proxy:
 
 
 class Chaos:
-    def __init__(self, run: Path, seconds: float, seed: int, embedder):
+    def __init__(self, run: Path, seconds: float, seed: int, embedder, faults: bool = True):
         self.run, self.seconds, self.rng = run, seconds, random.Random(seed)
+        self.inject = faults  # False: a soak at steady load (errors, memory, fds and threads are measured)
         self.procs: dict[tuple[int, int], ServerProcess] = {}
         self.ports: dict[tuple[int, int], int] = {}
         self.history: list[Op] = []
@@ -275,7 +277,13 @@ class Chaos:
                        for n in range(ROUTERS * 2)]
             for t in clients:
                 t.start()
-            self.fault_loop()
+            if self.inject:
+                self.fault_loop()
+            else:
+                self.stop.wait(self.seconds * 0.2)  # warm-up, then the baseline sample
+                before = self.resources()
+                self.stop.wait(self.seconds * 0.8)
+                after = self.resources()
             self.stop.set()
             for t in clients:
                 t.join(120)
@@ -295,19 +303,35 @@ class Chaos:
             "faults": dict(self.faults), "replicas_identical": True,
             "documents": sum(1 for d in finals.values() for e in d.values() if not e[2]),
         })
+        if not self.inject:
+            result["resources"] = {"before": before, "after": after, "rss_growth": {
+                k: round(after[k]["rss_kb"] / before[k]["rss_kb"] - 1, 4) for k in before}}
         return result
+
+    def resources(self) -> dict[str, dict[str, int]]:
+        """RSS, open fds and threads of the driver process (routers and clients) and every shard process."""
+        pids = {"routers": os.getpid(), **{f"s{s}r{r}": p.pid for (s, r), p in self.procs.items()}}
+        out = {}
+        for name, pid in pids.items():
+            status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                          if ":" in line)
+            out[name] = {"rss_kb": int(status["VmRSS"].split()[0]), "threads": int(status["Threads"]),
+                         "fds": len(os.listdir(f"/proc/{pid}/fd"))}
+        return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=600.0)
     parser.add_argument("--seed", type=int, default=16)
+    parser.add_argument("--soak", action="store_true", help="no faults: steady load; report errors and the growth "
+                                                              "of memory, open fds and threads")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     from router.embedding import Embedder
 
     with tempfile.TemporaryDirectory(prefix="chaos-") as tmp:
-        result = Chaos(Path(tmp), args.seconds, args.seed, Embedder(threads=1)).run_all()
+        result = Chaos(Path(tmp), args.seconds, args.seed, Embedder(threads=1), faults=not args.soak).run_all()
     print(json.dumps(result, indent=None if args.json else 2))
     return 0 if result["lost"] == 0 and result["ghost_hits"] == 0 else 1
 
