@@ -278,32 +278,25 @@ class ShardGroup:
 
     async def fetch_hashes(self, ids: list[str], timeout: float) -> dict[str, str]:
         """Stored content hashes of ``ids`` from one readable replica (failing over on UNAVAILABLE)."""
-        request = shard_pb2.FetchRequest(ids=ids, hashes_only=True)
-        last: BaseException | None = None
-        for replica in self.readable():
-            try:
-                response = await replica.stub.Fetch(request, timeout=timeout)
-                return dict(zip(response.ids, response.content_hashes))
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                    raise InvalidArgument(exc.details() or "") from exc
-                last = exc
-        raise Unavailable(f"shard {self.shard}: no replica answered a lookup"
-                          + (f": {last.details()}" if isinstance(last, grpc.aio.AioRpcError) else ""))
+        response = await self._fetch(shard_pb2.FetchRequest(ids=ids, hashes_only=True), timeout, "lookup")
+        return dict(zip(response.ids, response.content_hashes))
 
     async def fetch_by_iids(self, iids: list[int], timeout: float) -> dict[int, common_pb2.Document]:
         """Documents by internal id from one readable replica (failing over on UNAVAILABLE)."""
-        request = shard_pb2.FetchRequest(iids=iids)
+        response = await self._fetch(shard_pb2.FetchRequest(iids=iids), timeout, "fetch")
+        return dict(response.documents_by_iid)
+
+    async def _fetch(self, request: shard_pb2.FetchRequest, timeout: float, what: str) -> shard_pb2.FetchResponse:
+        """``Fetch`` on the first readable replica that answers; a bad request is INVALID_ARGUMENT at once."""
         last: BaseException | None = None
         for replica in self.readable():
             try:
-                response = await replica.stub.Fetch(request, timeout=timeout)
-                return dict(response.documents_by_iid)
+                return await replica.stub.Fetch(request, timeout=timeout)
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
                     raise InvalidArgument(exc.details() or "") from exc
                 last = exc
-        raise Unavailable(f"shard {self.shard}: no replica answered a fetch"
+        raise Unavailable(f"shard {self.shard}: no replica answered a {what}"
                           + (f": {last.details()}" if isinstance(last, grpc.aio.AioRpcError) else ""))
 
     # --- writes ---------------------------------------------------------------------------------

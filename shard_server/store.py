@@ -19,9 +19,9 @@ import contextlib
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 
@@ -333,47 +333,41 @@ class DocumentStore:
                 conn.execute("COMMIT")
             conn.close()
 
-    def iter_vectors(self, conn: sqlite3.Connection | None = None, since_sequence: int = 0,
-                     batch: int = 10_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(iids, vectors) of live documents written after ``since_sequence``, in iid order."""
+    def _iter_live(self, columns: str, conn: sqlite3.Connection | None, since_sequence: int,
+                   batch: int) -> Generator[list[tuple[Any, ...]], None, None]:
+        """Rows (``iid`` first, then ``columns``) of live documents written after ``since_sequence``, in
+        iid order, ``batch`` at a time; on ``conn`` (a consistent snapshot) or a connection of its own."""
         own = conn is None
         conn = conn or self._connect()
         try:
             last = -1
             while True:
                 rows = conn.execute(
-                    "SELECT iid, vector FROM docs WHERE iid > ? AND seq > ? ORDER BY iid LIMIT ?",
+                    f"SELECT iid, {columns} FROM docs WHERE iid > ? AND seq > ? ORDER BY iid LIMIT ?",
                     (last, since_sequence, batch),
                 ).fetchall()
                 if not rows:
                     return
-                iids, vecs = self._rows_to_arrays(rows)
-                yield iids, vecs
-                last = int(iids[-1])
+                yield rows
+                last = int(rows[-1][0])
         finally:
             if own:
                 conn.close()
+
+    def iter_vectors(self, conn: sqlite3.Connection | None = None, since_sequence: int = 0,
+                     batch: int = 10_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(iids, vectors) of live documents written after ``since_sequence``, in iid order."""
+        with contextlib.closing(self._iter_live("vector", conn, since_sequence, batch)) as pages:
+            for rows in pages:
+                yield self._rows_to_arrays(rows)
 
     def iter_texts(self, conn: sqlite3.Connection | None = None, since_sequence: int = 0,
                    batch: int = 10_000) -> Iterator[tuple[list[int], list[tuple[str, str, str]]]]:
         """(iids, [(id, title, text)]) of live documents written after ``since_sequence``, in iid order:
         what the lexical index is built from."""
-        own = conn is None
-        conn = conn or self._connect()
-        try:
-            last = -1
-            while True:
-                rows = conn.execute(
-                    "SELECT iid, id, title, text FROM docs WHERE iid > ? AND seq > ? ORDER BY iid LIMIT ?",
-                    (last, since_sequence, batch),
-                ).fetchall()
-                if not rows:
-                    return
+        with contextlib.closing(self._iter_live("id, title, text", conn, since_sequence, batch)) as pages:
+            for rows in pages:
                 yield [r[0] for r in rows], [(r[1], r[2], r[3]) for r in rows]
-                last = rows[-1][0]
-        finally:
-            if own:
-                conn.close()
 
     def live_iids(self, upto_iid: int, conn: sqlite3.Connection | None = None) -> np.ndarray:
         """Internal ids of live documents up to ``upto_iid`` (ascending)."""
