@@ -301,27 +301,27 @@ class LexicalIndex:
         stats = query.stats or self.stats()
         if stats.documents <= 0 or not query.terms:
             return np.zeros(0, np.int64), np.zeros(0, np.float64)
-        avg = stats.avg_length
         k1, b = self.k1, self.b
-        slot_parts, score_parts = [], []
+        n = self._slots
+        # the length normalisation of every document, once per query (cheaper than per posting)
+        norm = k1 * (1.0 - b + b * self._lengths[:n] / stats.avg_length)
+        scores = np.zeros(n, np.float64)
+        found = False
         for i, (term, qtf) in enumerate(zip(query.terms, query.counts)):
             posting = self._posting(term)
             if posting is None:
                 continue
-            slots, tf = posting
+            slots, tf_int = posting
             if query.document_frequencies is not None:
                 df = int(query.document_frequencies[i])
             else:
                 df = int(self._alive[slots].sum())
-            weight = idf(df, stats.documents) * qtf
-            tf = tf.astype(np.float64)
-            norm = k1 * (1.0 - b + b * self._lengths[slots] / avg)
-            slot_parts.append(slots)
-            score_parts.append(weight * (tf * (k1 + 1.0)) / (tf + norm))
-        if not slot_parts:
+            weight = idf(df, stats.documents) * qtf * (k1 + 1.0)
+            tf = tf_int.astype(np.float64)
+            scores[slots] += weight * tf / (tf + norm[slots])  # a term's slots are distinct
+            found = True
+        if not found:
             return np.zeros(0, np.int64), np.zeros(0, np.float64)
-        slots = np.concatenate(slot_parts)
-        scores = np.bincount(slots, weights=np.concatenate(score_parts), minlength=self._slots)
         # every term's contribution is positive, so the documents holding a query term are those scoring > 0
         candidates = np.flatnonzero((scores > 0) & self._alive[: self._slots])
         if allowed is not None:
