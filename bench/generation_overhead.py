@@ -47,7 +47,7 @@ def main() -> int:
     template = PromptTemplate()
     questions = (QUESTIONS * ((args.concurrency // len(QUESTIONS)) + 1))[: args.concurrency]
     with tempfile.TemporaryDirectory() as tmp:
-        spec = ClusterSpec(data_dir=tmp, shards=1, generators=1, model=args.model, port=0)
+        spec = ClusterSpec(data_dir=tmp, shards=1, generators=1, model=args.model, port=0, insecure=True)
         with LocalCluster(spec) as cluster:
             cluster.start(timeout=900)
             generator = next(m.grpc for m in cluster.members if m.role == "generator")

@@ -45,7 +45,7 @@ def main() -> int:
     results = {"concurrency": args.concurrency, "seconds": args.seconds}
     for name, batch in (("batched", 32), ("batch1", 1)):
         with tempfile.TemporaryDirectory() as tmp:
-            spec = ClusterSpec(data_dir=tmp, shards=2, generators=0, port=0,
+            spec = ClusterSpec(data_dir=tmp, shards=2, generators=0, port=0, insecure=True,
                                router_args=["--embed-max-batch", str(batch)])
             with LocalCluster(spec) as cluster:
                 cluster.start(timeout=300)

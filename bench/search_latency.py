@@ -59,7 +59,7 @@ def main() -> int:
     queries = make_queries(args.queries, seed=12)
     embedder = Embedder()
     with tempfile.TemporaryDirectory() as tmp:
-        spec = ClusterSpec(data_dir=tmp, shards=args.shards, generators=0, port=0)
+        spec = ClusterSpec(data_dir=tmp, shards=args.shards, generators=0, port=0, insecure=True)
         with LocalCluster(spec) as cluster:
             cluster.start(timeout=300)
             with RouterClient(cluster.router_address) as client:

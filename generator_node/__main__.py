@@ -17,7 +17,7 @@ from generator_node.config import GeneratorConfig
 from ragcluster import tracing
 from ragcluster.config import add_config_arguments, config_from_args
 from ragcluster.log import setup_logging
-from ragcluster.serving import GrpcServer, serve_until_signalled, service_spec
+from ragcluster.serving import GrpcServer, peer_authorizer, serve_until_signalled, service_spec
 from ragcluster.v1 import generator_pb2, generator_pb2_grpc
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ def build_server(config: GeneratorConfig, engine_args: AsyncEngineArgs) -> GrpcS
         engine.shutdown()
 
     spec = service_spec(servicer, generator_pb2, "GeneratorService", generator_pb2_grpc)
-    server = GrpcServer(config, [spec], load=load, close=close)
+    server = GrpcServer(config, [spec], load=load, close=close, authorize=peer_authorizer(config))
     return server
 
 

@@ -16,3 +16,5 @@ class GeneratorConfig(ServerConfig):
     default_max_tokens: int = option(256, "max_tokens when a request leaves it unset")
     engine_check_seconds: float = option(1.0, "how often the engine's health is checked; a dead engine makes the "
                                               "node NOT_SERVING and exit non-zero")
+    tls_allowed_callers: list[str] = option(["spiffe://ragcluster/router"], "with mTLS: certificate identities (URI "
+                                             "SAN) that may call this node")

@@ -8,9 +8,10 @@ from typing import Any
 
 import grpc
 
-from ragcluster.channels import channel_options
+from ragcluster.channels import sync_channel
 from ragcluster.convert import coverage_to_json, document_to_pb, filter_to_pb, hit_to_json, set_retrieval
 from ragcluster.documents import Document
+from ragcluster.security import ClientTls
 from ragcluster.types import Condition
 from ragcluster.v1 import common_pb2, router_pb2, router_pb2_grpc
 
@@ -23,10 +24,11 @@ class IngestResult:
 
 
 class RouterClient:
-    def __init__(self, address: str, timeout: float = 60.0):
+    def __init__(self, address: str, timeout: float = 60.0, security: ClientTls | None = None):
+        """``security``: TLS with the cluster's CA and an API key (None: plaintext, for --insecure clusters)."""
         self.address = address
         self.timeout = timeout
-        self.channel = grpc.insecure_channel(address, options=channel_options())
+        self.channel = sync_channel(address, security)
         self.stub = router_pb2_grpc.RouterServiceStub(self.channel)
 
     def close(self) -> None:
@@ -159,8 +161,11 @@ class RouterClient:
     def delete(self, ids: list[str], collection: str = "") -> int:
         return self.stub.Delete(router_pb2.DeleteRequest(ids=ids, collection=collection), timeout=self.timeout).deleted
 
-    def switch(self, collection: str) -> dict:
-        r = self.stub.SwitchCollection(router_pb2.SwitchCollectionRequest(name=collection), timeout=self.timeout)
+    def switch(self, collection: str, force: bool = False) -> dict:
+        """Make ``collection`` the active one; ``force`` even if it holds fewer documents than the router's
+        --switch-min-documents."""
+        r = self.stub.SwitchCollection(router_pb2.SwitchCollectionRequest(name=collection, force=force),
+                                       timeout=self.timeout)
         return {"previous": r.previous, "active": r.active, "documents": r.documents,
                 "embedding_model": r.embedding_model}
 

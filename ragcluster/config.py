@@ -129,6 +129,8 @@ class ServerConfig:
     host: str = option("127.0.0.1", "interface to listen on (0.0.0.0 in containers)")
     port: int = option(0, "gRPC port (0 = pick a free one; see --ready-file)")
     metrics_port: int = option(0, "Prometheus /metrics HTTP port (0 = pick a free one, -1 = off)")
+    metrics_host: str = option("", "interface for /metrics (default: --host); metrics carry no auth, so bind "
+                                   "them where only Prometheus reaches")
     ready_file: str = option("", "write {grpc, metrics, pid} as JSON here once SERVING (for launchers)")
     grace_seconds: float = option(10.0, "on SIGTERM/SIGINT: seconds to let in-flight calls finish")
     log_level: str = option("INFO", "log level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -136,3 +138,26 @@ class ServerConfig:
     access_log: bool = option(False, "log one line per request (RPC, status, duration, request/trace id; the "
                                      "router adds coverage and timings), as JSON with --log-json")
     max_message_bytes: int = option(64 * 1024 * 1024, "largest gRPC message sent or received")
+    tls_cert: str = option("", "PEM certificate (chain) this server presents, and uses as its client certificate "
+                               "towards other tiers (mTLS); re-read when the file changes")
+    tls_key: str = option("", "PEM private key of --tls-cert")
+    tls_ca: str = option("", "PEM CA bundle: verifies the servers this process calls and, on shards and generators, "
+                             "the client certificates of its callers (mTLS)")
+    tls_server_name: str = option("", "name to verify in the certificates of the servers this process calls "
+                                      "(default: the host of each address; set it when dialling pod IPs)")
+    insecure: bool = option(False, "serve and call without TLS or authentication; without it a server refuses "
+                                   "to bind a non-loopback address without --tls-cert")
+
+    def tls_files(self):
+        from ragcluster.security import TlsFiles
+
+        if self.insecure:
+            return TlsFiles()
+        return TlsFiles(self.tls_cert, self.tls_key, self.tls_ca)
+
+    def client_tls(self):
+        """Credentials for this server's own outgoing channels (None: plaintext)."""
+        from ragcluster.security import ClientTls
+
+        files = self.tls_files()
+        return ClientTls(files, server_name=self.tls_server_name) if files.enabled else None

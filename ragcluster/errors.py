@@ -35,3 +35,11 @@ class Unavailable(RagclusterError):
 
 class DeadlineExceeded(RagclusterError):
     code = "DEADLINE_EXCEEDED"
+
+
+class Unauthenticated(RagclusterError):
+    code = "UNAUTHENTICATED"
+
+
+class PermissionDenied(RagclusterError):
+    code = "PERMISSION_DENIED"

@@ -18,8 +18,9 @@ import grpc
 from prometheus_client import Counter, Gauge, Histogram
 
 from ragcluster import tracing
-from ragcluster.errors import RagclusterError
+from ragcluster.errors import InvalidArgument, RagclusterError
 from ragcluster.log import log_request, request_fields, request_id
+from ragcluster.security import Authorizer
 
 logger = logging.getLogger(__name__)
 _Req = TypeVar("_Req")
@@ -120,7 +121,9 @@ class _Observed(Generic[_Req, _Resp]):
             else:  # the one place an unexpected error is logged
                 code = "INTERNAL"
                 logger.error("%s failed", self.method, exc_info=(type(exc), exc, tb))
-                await self.context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+                # the text of an unexpected error may hold paths, addresses or data: it stays in the log
+                await self.context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id "
+                                         f"{request_id.get()}; details are in the server log)")
         finally:
             seconds = time.perf_counter() - self.start
             RPC_IN_FLIGHT.labels(self.service, self.method).dec()
@@ -134,9 +137,48 @@ class _Observed(Generic[_Req, _Resp]):
             request_id.reset(self.token)
 
 
+class _Undecodable:
+    """Stands in for a request whose bytes do not parse (bad UTF-8 in a string, corrupt wire format), so the
+    handler answers INVALID_ARGUMENT instead of grpc's UNKNOWN with the parser's text."""
+
+    def __init__(self, type_name: str) -> None:
+        self.type_name = type_name
+
+
+def _tolerant(deserializer: Callable[[bytes], object] | None) -> Callable[[bytes], object] | None:
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> object:
+        try:
+            return deserializer(data)
+        except Exception:  # google.protobuf.message.DecodeError and friends
+            owner = getattr(deserializer, "__self__", None)
+            name = owner.DESCRIPTOR.name if owner is not None and hasattr(owner, "DESCRIPTOR") else "message"
+            return _Undecodable(name)
+
+    return parse
+
+
+def _check_decoded(request: object) -> None:
+    if isinstance(request, _Undecodable):
+        raise InvalidArgument(f"request: not a valid {request.type_name} (a string field that is not UTF-8, or "
+                              "corrupt bytes)")
+
+
+async def _checked_stream(requests: AsyncIterator[object]) -> AsyncIterator[object]:
+    async for request in requests:
+        _check_decoded(request)
+        yield request
+
+
 class ServerInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, access_log: bool = False) -> None:
+    """``authorize(method, metadata, context)``: runs first inside every RPC's boundary (so a refused call is
+    counted like any other); health and reflection stay open for probes."""
+
+    def __init__(self, access_log: bool = False, authorize: Authorizer | None = None) -> None:
         self.access_log = access_log  # one log line per request (logger ragcluster.access)
+        self.authorize = authorize
 
     async def intercept_service(
         self,
@@ -151,36 +193,45 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             return handler  # probes and reflection stay out of the metrics and the error boundary
         path, _, method = full.rpartition("/")
         service = path.rsplit(".", 1)[-1]  # /ragcluster.v1.RouterService/Search -> RouterService, Search
-        # text keys only ("-bin" keys carry bytes): traceparent, x-request-id
+        # text keys only ("-bin" keys carry bytes): traceparent, x-request-id, authorization
         metadata = {k: v for k, v in handler_call_details.invocation_metadata or () if isinstance(v, str)}
         access_log = self.access_log
+        authorize = self.authorize
+
+        def admit(request: _Req, context: grpc.aio.ServicerContext[_Req, _Resp], stream_in: bool) -> _Req:
+            if authorize is not None:
+                authorize(method, metadata, context)
+            if stream_in:
+                return cast("_Req", _checked_stream(request))
+            _check_decoded(request)
+            return request
 
         # grpc's stubs type a handler's behaviours as synchronous callables; under grpc.aio they are
         # coroutine functions (unary response) or async generator functions (streaming response): cast to that
-        def unary(behavior: object) -> _Unary[_Req, _Resp]:
+        def unary(behavior: object, stream_in: bool) -> _Unary[_Req, _Resp]:
             call = cast("_Unary[_Req, _Resp]", behavior)
 
             async def wrapper(request: _Req, context: grpc.aio.ServicerContext[_Req, _Resp]) -> _Resp:
                 async with _Observed(service, method, metadata, context, access_log):
-                    return await call(request, context)
+                    return await call(admit(request, context, stream_in), context)
 
             return wrapper
 
-        def streaming(behavior: object) -> _Streaming[_Req, _Resp]:
+        def streaming(behavior: object, stream_in: bool) -> _Streaming[_Req, _Resp]:
             call = cast("_Streaming[_Req, _Resp]", behavior)
 
             async def wrapper(request: _Req, context: grpc.aio.ServicerContext[_Req, _Resp]) -> AsyncIterator[_Resp]:
                 async with _Observed(service, method, metadata, context, access_log):
-                    async for item in call(request, context):
+                    async for item in call(admit(request, context, stream_in), context):
                         yield item
 
             return wrapper
 
-        decode, encode = handler.request_deserializer, handler.response_serializer
+        decode, encode = _tolerant(handler.request_deserializer), handler.response_serializer
         if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), decode, encode)
+            return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary, False), decode, encode)
         if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary), decode, encode)
+            return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary, True), decode, encode)
         if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(streaming(handler.unary_stream), decode, encode)
-        return grpc.stream_stream_rpc_method_handler(streaming(handler.stream_stream), decode, encode)
+            return grpc.unary_stream_rpc_method_handler(streaming(handler.unary_stream, False), decode, encode)
+        return grpc.stream_stream_rpc_method_handler(streaming(handler.stream_stream, True), decode, encode)

@@ -28,6 +28,7 @@ from ragcluster.channels import KEEPALIVE_OPTIONS
 from ragcluster.config import ServerConfig
 from ragcluster.fsutil import atomic_write
 from ragcluster.interceptors import ServerInterceptor, preinitialise
+from ragcluster.security import Authorizer, PeerPolicy, ServerTls, combine, is_loopback
 
 logger = logging.getLogger(__name__)
 S = TypeVar("S")
@@ -58,8 +59,15 @@ class GrpcServer:
         *,
         load: Callable[[], Awaitable[object]] | None = None,
         close: Callable[[], Awaitable[object]] | None = None,
+        authorize: Authorizer | None = None,
+        require_client_auth: bool = True,
     ):
+        """``authorize``: checked before every RPC except health and reflection (API keys, peer identities).
+        ``require_client_auth``: with TLS and a CA, callers must present a certificate of that CA (mTLS)."""
         self.config = config
+        self.authorize = authorize
+        self.require_client_auth = require_client_auth
+        self.tls: ServerTls | None = None
         self.services = list(services)
         self._load = load
         self._close = close
@@ -87,10 +95,26 @@ class GrpcServer:
         for name in ["", *(s.full_name for s in self.services)]:
             await self.health.set(name, status)
 
+    def _credentials(self) -> grpc.ServerCredentials | None:
+        """TLS from the config's files; None (plaintext) only on loopback or with an explicit --insecure."""
+        cfg = self.config
+        files = cfg.tls_files()
+        if files.enabled:
+            self.tls = ServerTls(files, self.require_client_auth)
+            return self.tls.credentials()
+        if not cfg.insecure and not is_loopback(cfg.host):
+            raise SystemExit(f"refusing to serve plaintext on {cfg.host}: give --tls-cert/--tls-key/--tls-ca "
+                             f"(RAGCLUSTER_TLS_*), or --insecure to run without TLS on purpose")
+        if not cfg.insecure:
+            logger.warning("no TLS: serving plaintext on loopback %s (pass --tls-* for TLS, --insecure to "
+                           "silence this)", cfg.host)
+        return None
+
     async def start(self) -> None:
         cfg = self.config
+        credentials = self._credentials()
         if cfg.metrics_port >= 0:
-            httpd = start_metrics_http(cfg.host, cfg.metrics_port)
+            httpd = start_metrics_http(cfg.metrics_host or cfg.host, cfg.metrics_port)
             self._metrics_httpd = httpd
             self.metrics_port = httpd.server_port
         options = [
@@ -99,7 +123,8 @@ class GrpcServer:
             ("grpc.so_reuseport", 0),
             *KEEPALIVE_OPTIONS,
         ]
-        self.server = grpc.aio.server(interceptors=[ServerInterceptor(cfg.access_log)], options=options)
+        self.server = grpc.aio.server(interceptors=[ServerInterceptor(cfg.access_log, self.authorize)],
+                                      options=options)
         for spec in self.services:
             spec.add_to_server(spec.servicer, self.server)
             preinitialise(spec.full_name.rsplit(".", 1)[-1], spec.method_names)
@@ -111,16 +136,20 @@ class GrpcServer:
         reflection.enable_server_reflection(names, self.server)
         await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
         host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
-        self.port = self.server.add_insecure_port(f"{host}:{cfg.port}")
+        if credentials is None:
+            self.port = self.server.add_insecure_port(f"{host}:{cfg.port}")
+        else:
+            self.port = self.server.add_secure_port(f"{host}:{cfg.port}", credentials)
         if self.port == 0:
             raise RuntimeError(f"could not bind {cfg.host}:{cfg.port}")
         await self.server.start()
-        logger.info("listening on %s (metrics on :%s); loading", self.address, self.metrics_port)
+        logger.info("listening on %s (%s; metrics on :%s); loading", self.address,
+                    "TLS" if credentials is not None else "plaintext", self.metrics_port)
         if self._load is not None:
             await self._load()
         await self._set_all(health_pb2.HealthCheckResponse.SERVING)
         if cfg.ready_file:
-            _write_ready_file(Path(cfg.ready_file), self.address, self.config.host, self.metrics_port)
+            _write_ready_file(Path(cfg.ready_file), self.address, cfg.metrics_host or cfg.host, self.metrics_port)
         logger.info("SERVING on %s", self.address)
 
     async def set_serving(self, serving: bool) -> None:
@@ -184,6 +213,16 @@ def start_metrics_http(host: str, port: int) -> ThreadingHTTPServer:
     httpd.daemon_threads = True
     threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True).start()
     return httpd
+
+
+def peer_authorizer(config: ServerConfig, per_method: dict[str, list[str]] | None = None) -> Authorizer | None:
+    """Shards and generators: with TLS and a CA (mTLS), only certificates whose identity is in
+    ``config.tls_allowed_callers`` (or ``per_method[method]``) may call; without TLS there is nothing to check."""
+    files = config.tls_files()
+    if not (files.enabled and files.ca):
+        return None
+    allowed = list(getattr(config, "tls_allowed_callers", []))
+    return combine(peer=PeerPolicy(allowed, per_method))
 
 
 def _write_ready_file(path: Path, grpc_address: str, host: str, metrics_port: int) -> None:

@@ -32,10 +32,11 @@ def build_server(config: RouterConfig) -> GrpcServer:
         raise SystemExit("router: at least one --shard N=host:port is required")
     policy = ReplicaPolicy(config.hedge_delay_ms, config.eject_after, config.eject_seconds, config.write_quorum,
                            config.anti_entropy_seconds)
+    security = config.client_tls()
     collections = parse_collections(config.collection, shards, config.embedding_model, config.collection_shard,
-                                    config.collection_model, policy)
+                                    config.collection_model, policy, security)
     groups = [g for col in collections.values() for g in col.groups]
-    pool = GeneratorPool(config.generator, config.generator_eject_seconds)
+    pool = GeneratorPool(config.generator, config.generator_eject_seconds, security)
     template = PromptTemplate(config.prompt_system, config.prompt_passage, config.prompt_user)
     template.check()
     servicer = RouterServicer(config, [], pool, template=template, collections=collections,
@@ -74,7 +75,24 @@ def build_server(config: RouterConfig) -> GrpcServer:
         await pool.close()
 
     spec = service_spec(servicer, router_pb2, "RouterService", router_pb2_grpc)
-    return GrpcServer(config, [spec], load=load, close=close)
+    return GrpcServer(config, [spec], load=load, close=close, authorize=router_authorizer(config),
+                      require_client_auth=False)  # clients present API keys, not certificates
+
+
+# Role each RPC needs (read < write < admin); an RPC missing here needs admin.
+METHOD_ROLES = {"Search": "read", "Ask": "read", "Lookup": "read", "ClusterStatus": "read",
+                "Ingest": "write", "Delete": "write", "SwitchCollection": "admin"}
+
+
+def router_authorizer(config: RouterConfig):
+    from ragcluster.security import TokenPolicy, TokenStore, combine, is_loopback
+
+    if config.insecure or not config.auth_tokens:
+        if not config.insecure and not is_loopback(config.host):
+            raise SystemExit(f"refusing to serve {config.host} without API keys: give --auth-tokens FILE, or "
+                             f"--insecure to run without authentication on purpose")
+        return None
+    return combine(tokens=TokenPolicy(TokenStore(config.auth_tokens), METHOD_ROLES))
 
 
 async def _serve(config: RouterConfig) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ragcluster.errors import InvalidArgument
 from ragcluster.fsutil import atomic_write
+from ragcluster.security import ClientTls
 from router.batching import MicroBatcher
 from router.embedding import Embedder
 from router.replicas import ReplicaPolicy, ShardGroup
@@ -38,7 +39,8 @@ class Collection:
 
 
 def parse_collections(primary: str, shards: dict[int, list[str]], model: str, extra_shards: list[str],
-                      extra_models: list[str], policy: ReplicaPolicy) -> dict[str, Collection]:
+                      extra_models: list[str], policy: ReplicaPolicy,
+                      security: ClientTls | None = None) -> dict[str, Collection]:
     """``--collection-shard NAME:N=addr,...`` and ``--collection-model NAME=MODEL`` -> collections."""
     from router.config import parse_shards
 
@@ -59,12 +61,12 @@ def parse_collections(primary: str, shards: dict[int, list[str]], model: str, ex
     unknown = set(models) - set(specs) - {primary}
     if unknown:
         raise InvalidArgument(f"collection_model: no shards configured for {sorted(unknown)}")
-    collections = {primary: Collection(primary, [ShardGroup(n, shards[n], policy) for n in sorted(shards)],
-                                       models.get(primary, model))}
+    collections = {primary: Collection(primary, [ShardGroup(n, shards[n], policy, security=security)
+                                                 for n in sorted(shards)], models.get(primary, model))}
     for name, items in specs.items():
         layout = parse_shards(items)
-        collections[name] = Collection(name, [ShardGroup(n, layout[n], policy) for n in sorted(layout)],
-                                       models.get(name, model))
+        collections[name] = Collection(name, [ShardGroup(n, layout[n], policy, security=security)
+                                              for n in sorted(layout)], models.get(name, model))
     return collections
 
 

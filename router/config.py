@@ -68,6 +68,11 @@ class RouterConfig(ServerConfig):
     deadline_margin_ms: float = option(20.0, "answer this long before the caller's deadline (partial results "
                                              "rather than DEADLINE_EXCEEDED)")
     generator_eject_seconds: float = option(5.0, "a generator that failed a call gets no traffic for this long")
+    auth_tokens: str = option("", "API keys: a file of 'sha256:HEX ROLE NAME' lines (or a directory, e.g. a mounted "
+                                  "Secret, of such files), re-read when it changes; roles read/write/admin. Empty = "
+                                  "no authentication (refused on a non-loopback address unless --insecure)")
+    switch_min_documents: int = option(1, "SwitchCollection refuses a collection with fewer documents unless the "
+                                          "request sets force")
     prompt_system: str = option(DEFAULT_SYSTEM, "Ask prompt: system message ('' for none)")
     prompt_passage: str = option(DEFAULT_PASSAGE, "Ask prompt: one passage; fields {n} {id} {title} {text} {score}")
     prompt_user: str = option(DEFAULT_USER, "Ask prompt: user message; fields {passages} {question}")

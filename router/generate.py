@@ -11,8 +11,9 @@ from collections.abc import AsyncIterator
 import grpc
 
 from ragcluster import tracing
-from ragcluster.channels import channel_options
+from ragcluster.channels import aio_channel
 from ragcluster.errors import InvalidArgument, Unavailable
+from ragcluster.security import ClientTls
 from ragcluster.v1 import common_pb2, generator_pb2, generator_pb2_grpc
 from router import metrics
 from router.discovery import Resolver
@@ -38,8 +39,9 @@ class GeneratorPool:
     """Generator endpoints with health tracking (router/health.py): a node that is not SERVING — still
     loading, draining, or dead — gets no traffic, and comes back by itself once it reports SERVING."""
 
-    def __init__(self, addresses: list[str], eject_seconds: float = 5.0) -> None:
+    def __init__(self, addresses: list[str], eject_seconds: float = 5.0, security: ClientTls | None = None) -> None:
         self.eject_seconds = eject_seconds
+        self.security = security  # TLS for the channels to the nodes (None: plaintext)
         self.specs = list(addresses)  # host:port, or dns:///name:port (every address it resolves to)
         self.nodes: list[GeneratorNode] = []
         self._watchers = Watchers()
@@ -49,8 +51,7 @@ class GeneratorPool:
 
     def _add(self, addresses: list[str]) -> list[GeneratorNode]:
         known = {n.address for n in self.nodes}
-        added = [GeneratorNode(a, grpc.aio.insecure_channel(a, options=channel_options(),
-                                                            interceptors=tracing.client_interceptors()))
+        added = [GeneratorNode(a, aio_channel(a, self.security, interceptors=tracing.client_interceptors()))
                  for a in addresses if a not in known]
         self.nodes.extend(added)
         return added

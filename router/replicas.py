@@ -29,8 +29,9 @@ import grpc
 import numpy as np
 
 from ragcluster import tracing
-from ragcluster.channels import channel_options
+from ragcluster.channels import aio_channel
 from ragcluster.errors import FailedPrecondition, InvalidArgument, Unavailable
+from ragcluster.security import ClientTls
 from ragcluster.v1 import common_pb2, shard_pb2, shard_pb2_grpc
 from router import metrics
 from router.discovery import Resolver
@@ -72,9 +73,8 @@ def default_clock() -> HybridClock:
 
 
 class Replica(Backend):
-    def __init__(self, address: str):
-        super().__init__(address, grpc.aio.insecure_channel(address, options=channel_options(),
-                                                            interceptors=tracing.client_interceptors()))
+    def __init__(self, address: str, security: ClientTls | None = None) -> None:
+        super().__init__(address, aio_channel(address, security, interceptors=tracing.client_interceptors()))
         self.stub = shard_pb2_grpc.ShardServiceStub(self.channel)
         self.catching_up = False
         self.needs_sync = True  # check its sequence before it serves reads
@@ -91,8 +91,10 @@ class ShardGroup:
     """One shard and its replicas."""
 
     def __init__(self, shard: int, addresses: list[str], policy: ReplicaPolicy | None = None,
-                 resolver: Resolver | None = None, clock: HybridClock | None = None):
+                 resolver: Resolver | None = None, clock: HybridClock | None = None,
+                 security: ClientTls | None = None):
         self.shard = shard
+        self.security = security  # TLS for the channels to the replicas (None: plaintext)
         self.specs = list(addresses)
         self.resolver = resolver or Resolver()
         self.policy = policy or ReplicaPolicy()
@@ -113,7 +115,7 @@ class ShardGroup:
                 self.replicas.append(self._new_replica(spec))
 
     def _new_replica(self, address: str) -> Replica:
-        replica = Replica(address)
+        replica = Replica(address, self.security)
         replica.on_serving = lambda r=replica: self._mark_for_sync(r)
         return replica
 

@@ -683,6 +683,10 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                         f"collection {col.name!r}: shard {group.shard} replica {replica.address} holds vectors of "
                         f"{info.embedding_model!r}, not {col.model_name!r}; mixing models is refused")
             documents += max(i.documents for i in infos)
+        if documents < self.config.switch_min_documents and not request.force:
+            raise FailedPrecondition(
+                f"collection {col.name!r} holds {documents} documents, fewer than --switch-min-documents "
+                f"{self.config.switch_min_documents}: ingest into it first, or set force to switch anyway")
         previous, self.active = self.active, col.name  # one assignment: requests resolve it once
         await asyncio.to_thread(write_active, self.config.state_file, col.name)
         logger.info("active collection %s -> %s (%d documents, %s)", previous, col.name, documents, col.model_name)

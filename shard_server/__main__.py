@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ragcluster import tracing
 from ragcluster.config import add_config_arguments, config_from_args
+from ragcluster.errors import FailedPrecondition, Unavailable
 from ragcluster.log import setup_logging
-from ragcluster.serving import GrpcServer, serve_until_signalled, service_spec
+from ragcluster.security import identity
+from ragcluster.serving import GrpcServer, peer_authorizer, serve_until_signalled, service_spec
 from ragcluster.v1 import shard_pb2, shard_pb2_grpc
 from shard_server.config import ShardConfig
+from shard_server.restore import RestorePeers
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from shard_server.maintenance import Maintenance
@@ -40,18 +46,27 @@ class ShardNode:
                                       max_message_bytes=config.max_message_bytes, maintenance_executor=self.upkeep,
                                       max_snapshots=config.max_concurrent_snapshots)
         spec = service_spec(self.servicer, shard_pb2, "ShardService", shard_pb2_grpc)
-        self.server = GrpcServer(config, [spec], load=self.load, close=self.close)
+        replicas = config.tls_peer_identity or identity("shard", config.shard_id)
+        authorize = peer_authorizer(config, {"Snapshot": [*config.tls_allowed_callers, replicas]})
+        self.server = GrpcServer(config, [spec], load=self.load, close=self.close, authorize=authorize)
+        self.peers = RestorePeers(config.restore_peers, config.restore_peers_file,
+                                  open_when_empty=not config.tls_files().enabled)
 
     def _after_write(self) -> None:
         if self.maintenance is not None:
             self.maintenance.after_write()
 
     async def load(self) -> None:
+        from ragcluster.fsutil import replace_durably
+        from shard_server.restore import Expected, download, metric_pb
         from shard_server.shard import STORE_FILE
-        from shard_server.snapshot import restore_from
 
-        if self.config.restore_from and not (self.data_dir / STORE_FILE).exists():
-            await asyncio.to_thread(restore_from, self.config.restore_from, self.data_dir)
+        config = self.config
+        if config.restore_from and not (self.data_dir / STORE_FILE).exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            want = Expected(config.shard_id, config.dim, metric_pb(config.metric), config.embedding_model)
+            copy = await download(config.restore_from, self.data_dir, want, config.client_tls(), 600.0)
+            await asyncio.to_thread(replace_durably, copy.path, self.data_dir / STORE_FILE)
         await self._open_shard()
 
     async def _open_shard(self) -> None:
@@ -70,23 +85,52 @@ class ShardNode:
         self.maintenance = Maintenance(shard, config.checkpoint_interval_seconds, self.upkeep)
         self.maintenance.start()
 
-    async def restore(self, source: str) -> None:
-        """Replace this replica's data with a snapshot of ``source``; keep our own on failure."""
-        from shard_server.snapshot import restore_from
+    async def restore(self, source: str, timeout: float = 600.0) -> None:
+        """Replace this replica's data with a verified snapshot of ``source``, or leave it exactly as it was.
 
+        The copy is made and checked while the shard keeps serving; only a verified copy is swapped in, and
+        once the swap has begun it completes (all or nothing) even if the caller cancels."""
+        from shard_server.restore import Expected, download, metric_pb
+
+        self.peers.check(source)
         async with self._lock:
-            await self.server.set_serving(False)
+            shard = self.shard
+            if shard is None:
+                raise Unavailable("shard is still loading its index")
+            want = Expected(self.config.shard_id, shard.dim, metric_pb(shard.metric), shard.embedding_model)
+            copy = await download(source, self.data_dir, want, self.config.client_tls(), timeout)
+            swap = asyncio.create_task(self._swap_to(copy.path))
+            try:
+                await asyncio.shield(swap)
+            except asyncio.CancelledError:
+                await swap  # finish the swap before the lock is released, then report the cancellation
+                raise
+
+    async def _swap_to(self, new_store: Path) -> None:
+        from shard_server.restore import discard, roll_back, swap_in
+
+        await self.server.set_serving(False)
+        try:
             if self.maintenance is not None:
                 await self.maintenance.stop()
-            old, self.shard = self.shard, None
+            old_shard, self.shard = self.shard, None
             self.servicer.shard = None  # requests meanwhile: UNAVAILABLE "still loading"
-            if old is not None:
-                await asyncio.to_thread(old.close, False)
+            if old_shard is not None:
+                await asyncio.to_thread(old_shard.close, False)
+            old = await asyncio.to_thread(swap_in, self.data_dir, new_store)
             try:
-                await asyncio.to_thread(restore_from, source, self.data_dir, 600.0, True)
-            finally:
                 await self._open_shard()
-                await self.server.set_serving(True)
+            except Exception:
+                logger.exception("the restored store did not open; putting the previous data back")
+                await asyncio.to_thread(roll_back, self.data_dir, old)
+                await self._open_shard()
+                raise FailedPrecondition("restore: the copied store did not open; the shard is unchanged") from None
+            await asyncio.to_thread(discard, old)
+        finally:
+            new_store.unlink(missing_ok=True)
+            if self.shard is None:
+                await self._open_shard()
+            await self.server.set_serving(True)
 
     async def close(self) -> None:
         if self.maintenance is not None:

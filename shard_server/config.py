@@ -28,6 +28,14 @@ class ShardConfig(ServerConfig):
                                                  "an index like HNSW cannot delete) exceed this share")
     max_store_bytes: int = option(0, "refuse writes (RESOURCE_EXHAUSTED) beyond this store size; 0 = no limit")
     restore_from: str = option("", "host:port of a shard replica to copy (Snapshot) when --data-dir holds no store")
+    tls_allowed_callers: list[str] = option(["spiffe://ragcluster/router"], "with mTLS: certificate identities (URI "
+                                             "SAN) that may call this shard")
+    tls_peer_identity: str = option("", "with mTLS: identity of the other replicas of this shard, which may also "
+                                        "call Snapshot (default spiffe://ragcluster/shard/<shard-id>)")
+    restore_peers: list[str] = option([], "host:port addresses Restore may copy from (the other replicas of this "
+                                          "shard); empty = any, when TLS is off")
+    restore_peers_file: str = option("", "file of further allowed Restore sources, one host:port per line, re-read "
+                                         "when it changes (e.g. a ConfigMap)")
     search_delay_ms: float = option(0.0, "testing only: add this much latency to every Search (a slow replica)")
     lexical_stemmer: str = option("english", "lexical (BM25) index: Snowball stemmer (english, porter, french, "
                                              "german, ... or none); every shard of a collection must use the same")

@@ -212,10 +212,13 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
     async def Restore(self, request: shard_pb2.RestoreRequest, context: ServicerContext) -> shard_pb2.RestoreResponse:
         if not request.source:
             raise InvalidArgument("source: required (host:port of the replica to copy)")
+        if len(request.source) > 256 or ":" not in request.source:
+            raise InvalidArgument("source: expected host:port")
         if self.restore is None:
             raise Unavailable("restore is not available on this server")
         start = asyncio.get_running_loop().time()
-        await self.restore(request.source)
+        remaining = context.time_remaining() if context is not None else None
+        await self.restore(request.source, min(remaining, 600.0) if remaining is not None else 600.0)
         info = await asyncio.to_thread(self.shard.info)
         return shard_pb2.RestoreResponse(sequence=info.sequence, documents=info.documents,
                                          seconds=asyncio.get_running_loop().time() - start)

@@ -28,7 +28,7 @@ def cluster(tmp_path_factory):
     from ragcluster.tools.cluster import ClusterSpec, LocalCluster
 
     spec = ClusterSpec(data_dir=str(tmp_path_factory.mktemp("cluster")), shards=3, generators=1, model="tiny",
-                       port=0, kv_cache_bytes=64 * 1024 * 1024)
+                       port=0, kv_cache_bytes=64 * 1024 * 1024, insecure=True)
     c = LocalCluster(spec).start(timeout=600)
     yield c
     c.stop()

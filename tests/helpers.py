@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import threading
+from pathlib import Path
 
 import grpc
 
+from ragcluster.security import TlsFiles, identity
+from ragcluster.tools.certs import create_ca, issue
 from ragcluster.tools.cluster import ServerProcess
 from ragcluster.v1 import shard_pb2, shard_pb2_grpc
 from router.__main__ import build_server as build_router
@@ -14,10 +18,13 @@ from router.config import RouterConfig
 from router.service import RouterServicer
 
 
-def shard_process(run, shard: int, replica: int, *args, port: int = 0, data_tag: str = "") -> ServerProcess:
+def shard_process(run, shard: int, replica: int, *args, port: int = 0, data_tag: str = "",
+                  tls: TlsFiles | None = None) -> ServerProcess:
+    """A shard server process on loopback: plaintext (explicit --insecure) unless ``tls`` is given (mTLS)."""
     data = run / f"s{shard}r{replica}{data_tag}"
+    security = Pki.args(tls) if tls is not None else ["--insecure"]
     return ServerProcess("shard_server", ["--port", str(port), "--shard-id", str(shard), "--data-dir", str(data),
-                                          "--checkpoint-interval-seconds", "0", *args], run,
+                                          "--checkpoint-interval-seconds", "0", *security, *args], run,
                          f"s{shard}r{replica}{data_tag}")
 
 
@@ -109,3 +116,30 @@ def replica_digest(address: str) -> dict[str, tuple[int, str, bool]]:
                 return out
             after = page.ids[-1]
     raise AssertionError(f"digest of {address} did not end")
+class Pki:
+    """A CA with the certificates the tests present, plus a second, unrelated CA."""
+
+    def __init__(self, root: Path):
+        self.dir = root / "ca"
+        self.other = root / "other-ca"
+        create_ca(self.dir)
+        create_ca(self.other, "someone else's CA")
+        self.ca = str(self.dir / "ca.crt")
+        self.router = self.issue("router", identity("router"))
+        self.shard0 = self.issue("shard-0", identity("shard", 0))
+        self.shard1 = self.issue("shard-1", identity("shard", 1))
+        self.generator = self.issue("generator", identity("generator"))
+        self.stranger = self.issue("client", identity("client"))  # right CA, wrong identity
+        foreign = issue(self.other, root / "foreign", "router", identity("router"))  # right identity, wrong CA
+        self.foreign = TlsFiles(str(foreign.cert), str(foreign.key), self.ca)
+        past = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=30)
+        expired = issue(self.dir, root / "expired", "router", identity("router"), days=1, not_before=past)
+        self.expired = TlsFiles(str(expired.cert), str(expired.key), self.ca)
+
+    def issue(self, name: str, uri: str) -> TlsFiles:
+        pair = issue(self.dir, self.dir, name, uri)
+        return TlsFiles(str(pair.cert), str(pair.key), self.ca)
+
+    @staticmethod
+    def args(files: TlsFiles) -> list[str]:
+        return ["--tls-cert", files.cert, "--tls-key", files.key, "--tls-ca", files.ca]

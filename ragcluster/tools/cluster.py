@@ -23,8 +23,9 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2
 
-from ragcluster.channels import health_stub
+from ragcluster.channels import health_stub, sync_channel
 from ragcluster.fsutil import atomic_write
+from ragcluster.security import ClientTls, TlsFiles, identity
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ class ClusterSpec:
     generator_args: list[str] = field(default_factory=list)
     router_args: list[str] = field(default_factory=list)
     embedding_model: str = "all-MiniLM-L6-v2"
+    insecure: bool = False  # no TLS, no API keys (secure by default: DATA_DIR/certs is created on first start)
 
 
 class ClusterError(RuntimeError):
@@ -150,6 +152,33 @@ class LocalCluster:
         self.dir = Path(spec.data_dir).resolve()
         self.members: list[Member] = []
         self._procs: list[ServerProcess] = []
+        self.certs = None  # LocalCerts once started securely
+
+    # --- security -------------------------------------------------------------------------------
+    def _tls_args(self, name: str, uri: str) -> list[str]:
+        """Flags giving process ``name`` its own certificate (issued on first start), the CA, mTLS."""
+        if self.spec.insecure:
+            return ["--insecure"]
+        pair = self.certs.ensure(name, uri, _cert_hosts(self.spec.host))
+        return ["--tls-cert", str(pair.cert), "--tls-key", str(pair.key), "--tls-ca", str(self.certs.ca)]
+
+    def client_tls(self, token: bool = True, cert: bool = False) -> ClientTls | None:
+        """How a client reaches this cluster: TLS with the local CA and the admin API key (None when insecure).
+        ``cert``: also present the local client certificate (health checks against mTLS shards)."""
+        if self.spec.insecure or self.certs is None:
+            return None
+        pair = self.certs.pair("client")
+        files = TlsFiles(str(pair.cert), str(pair.key), str(self.certs.ca)) if cert else TlsFiles(ca=str(self.certs.ca))
+        return ClientTls(files, token=self.certs.admin_token.read_text().strip() if token else "")
+
+    def _peers_file(self, shard: int) -> Path:
+        return self.dir / "run" / f"shard-{shard}-peers.txt"
+
+    def _write_peer_files(self) -> None:
+        """Each shard may Restore only from its own replicas: their addresses, once known (ports are 0)."""
+        for s in range(self.spec.shards):
+            addrs = [m.grpc for m in self.members if m.role == "shard" and m.shard == s]
+            atomic_write(self._peers_file(s), "".join(a + "\n" for a in addrs))
 
     # --- layout ---------------------------------------------------------------------------------
     def _check_layout(self) -> None:
@@ -195,24 +224,36 @@ class LocalCluster:
     def start(self, timeout: float = 600.0, progress: Callable[[Member], None] | None = None) -> LocalCluster:
         spec = self.spec
         self._check_layout()
+        if not spec.insecure:
+            from ragcluster.tools.certs import ensure_local_certs
+
+            self.certs = ensure_local_certs(self.dir, _cert_hosts(spec.host))
+        (self.dir / "run").mkdir(parents=True, exist_ok=True)
+        for s in range(spec.shards):
+            self._peers_file(s).unlink(missing_ok=True)  # addresses of an earlier run are stale
         try:
             waiting = []
             for s in range(spec.shards):
                 for r in range(spec.replicas):
+                    data = self.dir / f"shard-{s}" / f"replica-{r}"
                     waiting.append(self._spawn(Member("shard", s, r), "shard_server", [
-                        "--port", "0", "--shard-id", str(s),
-                        "--data-dir", str(self.dir / f"shard-{s}" / f"replica-{r}"),
+                        "--port", "0", "--shard-id", str(s), "--data-dir", str(data),
                         "--index-factory", spec.index_factory, "--metric", spec.metric,
-                        "--embedding-model", spec.embedding_model,
+                        "--embedding-model", spec.embedding_model, "--restore-peers-file", str(self._peers_file(s)),
+                        *self._tls_args(f"shard-{s}-r{r}", identity("shard", s)),
                     ]))
             for g in range(spec.generators):
                 waiting.append(self._spawn(Member("generator", None, g), "generator_node", [
                     "--port", "0", "--model", spec.model, "--enforce-eager",
                     "--max-model-len", str(spec.max_model_len), "--kv-cache-memory-bytes", str(spec.kv_cache_bytes),
-                    *spec.generator_args,
+                    *self._tls_args(f"generator-{g}", identity("generator")), *spec.generator_args,
                 ], env=generator_env()))
             self._wait_ready(waiting, timeout, progress)
-            router_args = ["--port", str(spec.port), "--embedding-model", spec.embedding_model]
+            self._write_peer_files()
+            router_args = ["--port", str(spec.port), "--embedding-model", spec.embedding_model,
+                           *self._tls_args("router", identity("router"))]
+            if not spec.insecure:
+                router_args += ["--auth-tokens", str(self.certs.tokens)]
             if spec.generators:
                 # vLLM engines share this machine: one embedding thread avoids OpenMP oversubscription against
                 # their threads (encodes were 10x slower with both spinning on the same cores)
@@ -225,8 +266,9 @@ class LocalCluster:
                     router_args += ["--generator", m.grpc]
             router = self._spawn(Member("router", None, None), "router", router_args + spec.router_args)
             self._wait_ready([router], timeout, progress)
+            health_tls = self.client_tls(token=False, cert=True)
             for m in self.members:
-                wait_for_serving(m.grpc, timeout=30)
+                wait_for_serving(m.grpc, timeout=30, security=health_tls)
             self._write_manifest()
         except BaseException:
             self.stop()
@@ -235,6 +277,7 @@ class LocalCluster:
 
     def _write_manifest(self) -> None:
         data = {"router": self.router_address, "data_dir": str(self.dir), "spec": asdict(self.spec),
+                "certs": str(self.certs.dir) if self.certs else "",
                 "processes": [asdict(m) for m in self.members]}
         atomic_write(self.dir / "cluster.json", json.dumps(data, indent=2))
         # Prometheus file_sd targets (deploy/prometheus/prometheus.yml reads this file)
@@ -258,9 +301,17 @@ class LocalCluster:
         self.stop()
 
 
-def wait_for_serving(address: str, timeout: float = 30.0, service: str = "") -> None:
+def _cert_hosts(host: str) -> list[str]:
+    """Names a local cluster's certificates are valid for: loopback, plus the bind address if it is another."""
+    hosts = ["127.0.0.1", "localhost", "::1"]
+    if host not in hosts and host not in ("0.0.0.0", "::"):
+        hosts.append(host)
+    return hosts
+
+
+def wait_for_serving(address: str, timeout: float = 30.0, service: str = "", security: ClientTls | None = None) -> None:
     """Block until ``address`` reports SERVING on grpc.health.v1 (Watch: no polling), or raise."""
-    with grpc.insecure_channel(address) as channel:
+    with sync_channel(address, security) as channel:
         stub = health_stub(channel)
         try:
             for response in stub.Watch(health_pb2.HealthCheckRequest(service=service), timeout=timeout):

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"cluster up in {time.monotonic() - start:.1f}s, router at [bold]{cluster.router_address}[/]")
 
         docs = [r.document for r in read_jsonl([str(sample_corpus_path())]) if r.document]
-        with RouterClient(cluster.router_address, timeout=300) as client:
+        with RouterClient(cluster.router_address, timeout=300, security=cluster.client_tls()) as client:
             bar = tqdm(total=len(docs), unit="doc", desc="ingest sample corpus")
             result = client.ingest(docs, batch_size=16, on_ack=bar.update)
             bar.close()

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 
-from ragcluster.channels import channel_options
+from ragcluster.channels import aio_channel
 from ragcluster.convert import set_retrieval
+from ragcluster.security import ClientTls
 from ragcluster.v1 import common_pb2, router_pb2, router_pb2_grpc
 
 PERCENTILES = (50, 90, 99, 99.9)
@@ -121,7 +122,7 @@ async def _one(stub: router_pb2_grpc.RouterServiceAsyncStub, mode: str, text: st
 async def run_load(address: str, mode: str, queries: list[str], duration: float, concurrency: int = 0,
                    rate: float = 0.0, k: int = 10, max_tokens: int = 32, timeout: float = 30.0,
                    max_requests: int = 1_000_000, max_outstanding: int = 1000, seed: int = 0,
-                   retrieval: str = "") -> LoadReport:
+                   retrieval: str = "", security: ClientTls | None = None) -> LoadReport:
     """``retrieval``: dense | lexical | hybrid ('' = the router's default)."""
     if mode not in ("search", "ask"):
         raise ValueError("mode must be search or ask")
@@ -130,7 +131,7 @@ async def run_load(address: str, mode: str, queries: list[str], duration: float,
     loop_kind = "open" if rate > 0 else "closed"
     concurrency = concurrency or (0 if rate > 0 else 8)
     report = LoadReport(mode, loop_kind, concurrency, rate, duration)
-    async with grpc.aio.insecure_channel(address, options=channel_options()) as channel:
+    async with aio_channel(address, security) as channel:
         stub = router_pb2_grpc.RouterServiceStub(channel)
         t0 = time.perf_counter()
         end = t0 + duration

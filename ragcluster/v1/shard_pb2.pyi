@@ -738,6 +738,7 @@ class SnapshotHeader(_message.Message):
     INDEX_FACTORY_FIELD_NUMBER: _builtins.int
     EMBEDDING_MODEL_FIELD_NUMBER: _builtins.int
     DOCUMENTS_FIELD_NUMBER: _builtins.int
+    FORMAT_VERSION_FIELD_NUMBER: _builtins.int
     shard: _builtins.int
     sequence: _builtins.int
     size_bytes: _builtins.int
@@ -746,6 +747,8 @@ class SnapshotHeader(_message.Message):
     index_factory: _builtins.str
     embedding_model: _builtins.str
     documents: _builtins.int
+    format_version: _builtins.int
+    """Layout of the data chunks (the store file); a receiver refuses versions it does not know."""
     def __init__(
         self,
         *,
@@ -757,10 +760,11 @@ class SnapshotHeader(_message.Message):
         index_factory: _builtins.str = ...,
         embedding_model: _builtins.str = ...,
         documents: _builtins.int = ...,
+        format_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dim", b"dim", "documents", b"documents", "embedding_model", b"embedding_model", "index_factory", b"index_factory", "metric", b"metric", "sequence", b"sequence", "shard", b"shard", "size_bytes", b"size_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dim", b"dim", "documents", b"documents", "embedding_model", b"embedding_model", "format_version", b"format_version", "index_factory", b"index_factory", "metric", b"metric", "sequence", b"sequence", "shard", b"shard", "size_bytes", b"size_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

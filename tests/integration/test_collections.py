@@ -47,6 +47,13 @@ def test_reindex_then_switch_atomically(tmp_path, embedder, reindexed_model):
         with RouterClient(router.address) as client:
             assert client.ingest(docs).acknowledged == len(docs)
             assert client.search("honeybees", k=1)["collection"] == "default"
+            # an empty collection is not switched to by mistake (it would answer every search with nothing)
+            with pytest.raises(grpc.RpcError) as err:
+                client.switch("v2")
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "switch-min-documents" in err.value.details()
+            assert client.switch("v2", force=True)["active"] == "v2"  # unless forced
+            assert client.switch("default")["active"] == "default"
             # the new index is built while the old one serves
             assert client.ingest(docs, collection="v2").acknowledged == len(docs)
             status = client.status("v2")

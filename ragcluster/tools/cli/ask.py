@@ -10,18 +10,19 @@ from dataclasses import dataclass
 
 from ragcluster.config import option
 from ragcluster.tools.cli.common import (
-    DEFAULT_ROUTER,
     WHERE_HELP,
+    ConnectOptions,
     RetrievalOptions,
+    connect,
     console,
+    escape,
     parse_where,
     retrieval_kwargs,
 )
 
 
 @dataclass
-class AskOptions(RetrievalOptions):
-    router: str = option(DEFAULT_ROUTER, "router address host:port")
+class AskOptions(RetrievalOptions, ConnectOptions):
     k: int = option(5, "passages to retrieve", short="-k")
     where: list[str] = option([], WHERE_HELP, metavar="COND")
     max_tokens: int = option(256, "longest answer in tokens")
@@ -31,11 +32,9 @@ class AskOptions(RetrievalOptions):
 
 
 def cmd_ask(opts: AskOptions, ns: argparse.Namespace) -> int:
-    from ragcluster.client import RouterClient
-
     out = console()
     where = parse_where(opts.where)
-    with RouterClient(opts.router) as client:
+    with connect(opts) as client:
         ask = functools.partial(client.ask, ns.question, k=opts.k, max_tokens=opts.max_tokens,
                                 temperature=opts.temperature, timeout=opts.timeout, where=where,
                                 **retrieval_kwargs(opts))
@@ -49,10 +48,10 @@ def cmd_ask(opts: AskOptions, ns: argparse.Namespace) -> int:
         out.print("\n[bold]Sources[/]")
         for n, doc_id in enumerate(result["citations"], 1):
             h = by_id.get(doc_id, {})
-            out.print(f"  [{n}] {doc_id}" + (f" — {h['title']}" if h.get("title") else "")
+            out.print(f"  \\[{n}] {escape(doc_id)}" + (f" — {escape(h['title'])}" if h.get("title") else "")
                       + (f" (score {h['score']:.3f})" if h else ""))
     t = result["timings"]
     out.print(f"[dim]{result.get('completion_tokens', 0)} tokens; "
               f"first token {t.get('time_to_first_token_seconds', 0):.2f}s, total {t.get('total_seconds', 0):.2f}s; "
-              f"{result.get('model', '')} at {result.get('generator', '')}[/]")
+              f"{escape(result.get('model', ''))} at {escape(result.get('generator', ''))}[/]")
     return 0

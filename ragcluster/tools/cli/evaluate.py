@@ -11,12 +11,11 @@ from typing import Any, TypeVar
 from ragcluster.client import RouterClient
 from ragcluster.config import option
 from ragcluster.errors import InvalidArgument
-from ragcluster.tools.cli.common import DEFAULT_ROUTER, RetrievalOptions, console, fail, retrieval_kwargs
+from ragcluster.tools.cli.common import ConnectOptions, RetrievalOptions, connect, console, fail, retrieval_kwargs
 
 
 @dataclass
-class EvalOptions(RetrievalOptions):
-    router: str = option(DEFAULT_ROUTER, "router address host:port")
+class EvalOptions(RetrievalOptions, ConnectOptions):
     queries: str = option("", "BEIR queries JSONL ({'_id'|'id', 'text'}) for retrieval metrics")
     qrels: str = option("", "BEIR qrels TSV (query-id, corpus-id, score; header line) for retrieval metrics")
     k: int = option(10, "cut-off for recall@k, precision@k, nDCG@k, MRR@k, MAP@k", short="-k")
@@ -137,7 +136,7 @@ def cmd_eval(opts: EvalOptions, ns: object) -> int:
         return fail("give --queries and --qrels (retrieval), and/or --qa (generation)")
     report: dict[str, Any] = {}
     try:
-        with RouterClient(opts.router, timeout=opts.timeout) as client, ThreadPoolExecutor(opts.concurrency) as pool:
+        with connect(opts, timeout=opts.timeout) as client, ThreadPoolExecutor(opts.concurrency) as pool:
             if opts.queries and opts.qrels:
                 report["retrieval"] = _retrieval(opts, client, pool)
             if opts.qa:

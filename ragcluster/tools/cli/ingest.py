@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from ragcluster.config import option
-from ragcluster.tools.cli.common import DEFAULT_ROUTER, CliError, fail
+from ragcluster.tools.cli.common import CliError, ConnectOptions, connect, fail
 
 if TYPE_CHECKING:
     from ragcluster.documents import Document
@@ -21,8 +21,7 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class IngestOptions:
-    router: str = option(DEFAULT_ROUTER, "router address host:port")
+class IngestOptions(ConnectOptions):
     format: str = option("auto", "source format (auto: a directory is dir, *.csv/*.tsv is csv, a file starting "
                                  "with '.I' is smart (CISI.ALL, cran.all.1400, MED.ALL), else jsonl)",
                          choices=["auto", "jsonl", "csv", "dir", "smart"])
@@ -103,8 +102,6 @@ def _ingest_records(opts: IngestOptions, files: list[str]) -> tuple[Iterator[Rec
 def cmd_ingest(opts: IngestOptions, ns: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ragcluster.client import RouterClient
-
     records, total = _ingest_records(opts, ns.files)
     chunker = None
     if opts.chunk_tokens:
@@ -143,7 +140,7 @@ def cmd_ingest(opts: IngestOptions, ns: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     try:
-        with RouterClient(opts.router) as client:
+        with connect(opts) as client:
             result = client.ingest(documents(), batch_size=opts.batch_size, resume=opts.resume,
                                    on_ack=bar.update, on_skip=bar.update, collection=opts.collection)
     except grpc.RpcError as exc:

@@ -8,12 +8,11 @@ import sys
 from dataclasses import dataclass
 
 from ragcluster.config import option
-from ragcluster.tools.cli.common import DEFAULT_ROUTER, console, fail
+from ragcluster.tools.cli.common import ConnectOptions, client_security, console, fail
 
 
 @dataclass
-class LoadtestOptions:
-    router: str = option(DEFAULT_ROUTER, "router address host:port")
+class LoadtestOptions(ConnectOptions):
     mode: str = option("search", "what to send", choices=["search", "ask"])
     retrieval: str = option("", "retrieval mode of the requests: dense, lexical or hybrid (default: the router's)",
                             choices=["", "dense", "lexical", "hybrid"])
@@ -50,7 +49,7 @@ def cmd_loadtest(opts: LoadtestOptions, ns: argparse.Namespace) -> int:
         print(f"loadtest: {opts.mode}, {loop}, {opts.duration:g}s against {opts.router}…", file=sys.stderr)
     report = asyncio.run(run_load(opts.router, opts.mode, queries, opts.duration, opts.concurrency, opts.rate,
                                   opts.k, opts.max_tokens, opts.timeout, opts.max_requests,
-                                  retrieval=opts.retrieval))
+                                  retrieval=opts.retrieval, security=client_security(opts)))
     summary = report.summary()
     if opts.plot:
         report.plot(opts.plot)

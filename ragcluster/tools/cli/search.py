@@ -5,24 +5,29 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from ragcluster.config import option
 from ragcluster.tools.cli.common import (
-    DEFAULT_ROUTER,
     WHERE_HELP,
+    ConnectOptions,
     RetrievalOptions,
+    connect,
     console,
+    escape,
     fail,
     parse_where,
     retrieval_kwargs,
 )
 
+if TYPE_CHECKING:
+    from rich.table import Table
+
 
 @dataclass
-class SearchOptions(RetrievalOptions):
-    router: str = option(DEFAULT_ROUTER, "router address host:port")
+class SearchOptions(RetrievalOptions, ConnectOptions):
     k: int = option(10, "number of hits", short="-k")
     where: list[str] = option([], WHERE_HELP, metavar="COND")
     min_coverage: float = option(0.0, "fail unless this share of shards (0..1] answers; 0 = accept partial results")
@@ -33,9 +38,9 @@ class SearchOptions(RetrievalOptions):
 
 
 def cmd_search(opts: SearchOptions, ns: argparse.Namespace) -> int:
-    from ragcluster.client import RouterClient, coverage_from_error
+    from ragcluster.client import coverage_from_error
 
-    with RouterClient(opts.router) as client:
+    with connect(opts) as client:
         try:
             result = client.search(ns.text, k=opts.k, timeout=opts.timeout, where=parse_where(opts.where),
                                    min_coverage=opts.min_coverage or None, collection=opts.collection,
@@ -51,6 +56,12 @@ def cmd_search(opts: SearchOptions, ns: argparse.Namespace) -> int:
         result.pop("timings", None)
         print(json.dumps(result))
         return 0
+    console().print(hits_table(result))
+    return 0
+
+
+def hits_table(result: dict[str, Any]) -> Table:
+    """The hits as a rich table; document text is shown literally (its [markup] is escaped)."""
     from rich.table import Table
 
     cov = result["coverage"]
@@ -62,6 +73,5 @@ def cmd_search(opts: SearchOptions, ns: argparse.Namespace) -> int:
     for i, h in enumerate(result["hits"], 1):
         snippet = (h["title"] + " — " if h["title"] else "") + h["text"][:100]
         ranks = (str(h["dense_rank"] or "–"), str(h["lexical_rank"] or "–")) if hybrid else ()
-        table.add_row(str(i), f"{h['score']:.4f}", *ranks, str(h["shard"]), h["id"], snippet)
-    console().print(table)
-    return 0
+        table.add_row(str(i), f"{h['score']:.4f}", *ranks, str(h["shard"]), escape(h["id"]), escape(snippet))
+    return table

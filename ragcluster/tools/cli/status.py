@@ -7,20 +7,17 @@ import json
 from dataclasses import dataclass
 
 from ragcluster.config import option
-from ragcluster.tools.cli.common import DEFAULT_ROUTER, console
+from ragcluster.tools.cli.common import ConnectOptions, connect, console, escape
 
 
 @dataclass
-class StatusOptions:
-    router: str = option(DEFAULT_ROUTER, "router address host:port")
+class StatusOptions(ConnectOptions):
     collection: str = option("", "collection to describe (default: the active one)")
     json: bool = option(False, "print JSON: {documents, shards: [{shard, documents, replicas}], generators}")
 
 
 def cmd_status(opts: StatusOptions, ns: argparse.Namespace) -> int:
-    from ragcluster.client import RouterClient
-
-    with RouterClient(opts.router) as client:
+    with connect(opts) as client:
         status = client.status(opts.collection)
     if opts.json:
         print(json.dumps(status))
@@ -36,8 +33,8 @@ def cmd_status(opts: StatusOptions, ns: argparse.Namespace) -> int:
     for s in status["shards"]:
         for r in s["replicas"]:
             color = "green" if r["health"] == "SERVING" else "red"
-            table.add_row(str(s["shard"]), r["address"], f"[{color}]{r['health']}[/]", str(r["documents"]),
-                          str(r["sequence"]), r["index_factory"])
+            table.add_row(str(s["shard"]), escape(r["address"]), f"[{color}]{r['health']}[/]", str(r["documents"]),
+                          str(r["sequence"]), escape(r["index_factory"]))
     out = console()
     out.print(table)
     if status["generators"]:
@@ -46,6 +43,7 @@ def cmd_status(opts: StatusOptions, ns: argparse.Namespace) -> int:
             gen.add_column(col)
         for g in status["generators"]:
             color = "green" if g["health"] == "SERVING" else "red"
-            gen.add_row(g["address"], f"[{color}]{g['health']}[/]", g["model"], str(g["max_context_length"]))
+            gen.add_row(escape(g["address"]), f"[{color}]{g['health']}[/]", escape(g["model"]),
+                        str(g["max_context_length"]))
         out.print(gen)
     return 0

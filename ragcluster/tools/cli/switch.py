@@ -7,20 +7,19 @@ import json
 from dataclasses import dataclass
 
 from ragcluster.config import option
-from ragcluster.tools.cli.common import DEFAULT_ROUTER
+from ragcluster.tools.cli.common import ConnectOptions, connect
 
 
 @dataclass
-class SwitchOptions:
-    router: str = option(DEFAULT_ROUTER, "router address host:port")
+class SwitchOptions(ConnectOptions):
+    force: bool = option(False, "switch even to a collection with fewer documents than the router's "
+                                "--switch-min-documents (e.g. on purpose to an empty one)")
     json: bool = option(False, "print JSON: {previous, active, documents, embedding_model}")
 
 
 def cmd_switch(opts: SwitchOptions, ns: argparse.Namespace) -> int:
-    from ragcluster.client import RouterClient
-
-    with RouterClient(opts.router) as client:
-        result = client.switch(ns.name)
+    with connect(opts) as client:
+        result = client.switch(ns.name, force=opts.force)
     if opts.json:
         print(json.dumps(result))
     else:

@@ -25,6 +25,8 @@ class UpOptions:
     kv_cache_bytes: int = option(256 * 1024 * 1024, "generator KV cache size (vLLM --kv-cache-memory-bytes)")
     timeout: float = option(600.0, "seconds to wait for every process to be SERVING")
     json: bool = option(False, "print cluster.json once ready instead of a table")
+    insecure: bool = option(False, "no TLS and no API keys (default: a local CA, a certificate per process and an "
+                                   "admin API key in DATA_DIR/certs, created on first start)")
 
 
 def cmd_up(opts: UpOptions, ns: argparse.Namespace) -> int:
@@ -33,7 +35,7 @@ def cmd_up(opts: UpOptions, ns: argparse.Namespace) -> int:
     spec = ClusterSpec(
         data_dir=opts.data_dir, shards=opts.shards, replicas=opts.replicas, generators=opts.generators,
         model=opts.model, index_factory=opts.index_factory, port=opts.port, max_model_len=opts.max_model_len,
-        kv_cache_bytes=opts.kv_cache_bytes,
+        kv_cache_bytes=opts.kv_cache_bytes, insecure=opts.insecure,
     )
     if opts.shards < 1 or opts.replicas < 1 or opts.generators < 0:
         return fail("--shards and --replicas must be >= 1, --generators >= 0")
@@ -56,6 +58,9 @@ def cmd_up(opts: UpOptions, ns: argparse.Namespace) -> int:
         else:
             err.print(f"cluster up in {elapsed:.1f}s — router at [bold]{cluster.router_address}[/]; "
                       f"{cluster.dir / 'cluster.json'}; Ctrl-C to stop")
+            if cluster.certs is not None:
+                err.print(f"TLS + API keys: CA {cluster.certs.ca}, admin key {cluster.certs.admin_token}; other "
+                          f"commands find them with --data-dir {opts.data_dir}")
             print(cluster.router_address, flush=True)
         while not stop.wait(timeout=3600):
             pass
