@@ -15,6 +15,9 @@ MAX_ID_BYTES = 512
 # default 64 MiB. The router checks max_k * MAX_DOCUMENT_BYTES against its message limit at start.
 MAX_DOCUMENT_BYTES = 512 * 1024
 MAX_METADATA_KEYS = 64
+MAX_TITLE_BYTES = 4096
+MAX_METADATA_KEY_BYTES = 128
+MAX_METADATA_VALUE_BYTES = 8192
 
 MetadataValue = str | int | float | bool
 
@@ -27,15 +30,32 @@ class Document:
     metadata: dict[str, MetadataValue] = field(default_factory=dict)
 
     def validate(self, where: str = "document") -> None:
+        for name, value in (("id", self.id), ("title", self.title), ("text", self.text),
+                            *((f"metadata[{k[:64]!r}]", v) for k, v in self.metadata.items() if isinstance(v, str)),
+                            *((f"metadata key {k[:64]!r}", k) for k in self.metadata)):
+            if not isinstance(value, str):
+                raise InvalidArgument(f"{where}.{name}: must be a string")
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidArgument(f"{where}.{name}: not valid UTF-8 (a lone surrogate)") from None
         validate_id(self.id, f"{where}.id")
         if len(self.text.encode("utf-8")) > MAX_DOCUMENT_BYTES:  # cheap early answer for one huge field
             raise InvalidArgument(f"{where}.text: longer than {MAX_DOCUMENT_BYTES} bytes (id {self.id!r}); "
                                   "split it into chunks (ragcluster ingest --chunk-tokens)")
+        if len(self.title.encode("utf-8")) > MAX_TITLE_BYTES:
+            raise InvalidArgument(f"{where}.title: longer than {MAX_TITLE_BYTES} bytes (id {self.id!r})")
         if len(self.metadata) > MAX_METADATA_KEYS:
             raise InvalidArgument(f"{where}.metadata: more than {MAX_METADATA_KEYS} keys (id {self.id!r})")
         for key, value in self.metadata.items():
             if not key:
                 raise InvalidArgument(f"{where}.metadata: empty key (id {self.id!r})")
+            if len(key.encode("utf-8")) > MAX_METADATA_KEY_BYTES:
+                raise InvalidArgument(f"{where}.metadata: a key longer than {MAX_METADATA_KEY_BYTES} bytes "
+                                      f"(id {self.id!r})")
+            if isinstance(value, str) and len(value.encode("utf-8")) > MAX_METADATA_VALUE_BYTES:
+                raise InvalidArgument(f"{where}.metadata[{key[:64]!r}]: longer than {MAX_METADATA_VALUE_BYTES} "
+                                      f"bytes (id {self.id!r})")
             if not isinstance(value, (str, int, float, bool)):
                 raise InvalidArgument(
                     f"{where}.metadata[{key!r}]: must be a string, number or bool, not {type(value).__name__}"

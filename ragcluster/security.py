@@ -18,6 +18,7 @@ import hmac
 import ipaddress
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -42,6 +43,15 @@ def identity(role: str, shard: int | None = None) -> str:
 
 
 ROUTER_IDENTITY = identity("router")
+
+
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/@\s]*)(?::[^@/\s]*)?@")
+
+
+def redact_url(text: str) -> str:
+    """``postgresql://user:secret@db/x`` -> ``postgresql://user:***@db/x`` anywhere in ``text`` (for errors and
+    logs: credentials in database URLs never leave the process)."""
+    return _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
 
 
 def is_loopback(host: str) -> bool:

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import math
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -22,7 +23,7 @@ from grpc_health.v1 import health_pb2
 from ragcluster import tracing
 from ragcluster.channels import health_stub
 from ragcluster.convert import document_from_pb, matrix_to_pb
-from ragcluster.documents import Document, validate_batch
+from ragcluster.documents import MAX_METADATA_KEY_BYTES, Document, validate_batch, validate_id
 from ragcluster.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
 from ragcluster.hashing import shard_for
 from ragcluster.log import annotate, request_id
@@ -43,6 +44,34 @@ _Info = TypeVar("_Info")
 
 MAX_QUERY_CHARS = 10_000
 MAX_WINDOW = 1000  # hybrid candidates per retriever (a shard's default --max-k)
+MAX_IDS = 10_000  # ids in one Delete / Lookup
+MAX_FILTER_CONDITIONS = 64
+MAX_ANY_OF = 1024
+MAX_STOP_SEQUENCES = 16
+MAX_STOP_CHARS = 256
+
+
+def check_filter(flt: common_pb2.Filter | None) -> None:
+    """Bounds on a metadata filter (its semantics are checked by the shards)."""
+    if flt is None:
+        return
+    if len(flt.must) > MAX_FILTER_CONDITIONS:
+        raise InvalidArgument(f"filter.must: at most {MAX_FILTER_CONDITIONS} conditions")
+    for i, cond in enumerate(flt.must):
+        if not cond.field or len(cond.field.encode()) > MAX_METADATA_KEY_BYTES:
+            raise InvalidArgument(f"filter.must[{i}].field: 1 to {MAX_METADATA_KEY_BYTES} bytes")
+        if cond.WhichOneof("test") == "any_of" and len(cond.any_of.values) > MAX_ANY_OF:
+            raise InvalidArgument(f"filter.must[{i}].any_of: at most {MAX_ANY_OF} values")
+        if cond.WhichOneof("test") is None:
+            raise InvalidArgument(f"filter.must[{i}]: set equals, any_of or range")
+
+
+def check_sampling(sampling: common_pb2.SamplingParams) -> None:
+    if len(sampling.stop) > MAX_STOP_SEQUENCES or any(len(s) > MAX_STOP_CHARS for s in sampling.stop):
+        raise InvalidArgument(f"sampling.stop: at most {MAX_STOP_SEQUENCES} strings of {MAX_STOP_CHARS} characters")
+    for name in ("temperature", "top_p", "repetition_penalty"):
+        if sampling.HasField(name) and not math.isfinite(getattr(sampling, name)):
+            raise InvalidArgument(f"sampling.{name}: not a finite number")
 
 
 def embedding_text(title: str, text: str) -> str:
@@ -127,7 +156,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         name = name or self.active
         col = self.collections.get(name)
         if col is None:
-            raise InvalidArgument(f"collection: unknown {name!r} (configured: {', '.join(sorted(self.collections))})")
+            raise InvalidArgument(f"collection: unknown {name[:64]!r} (configured: "
+                                  f"{', '.join(sorted(self.collections))})")
         if col.embedder is None:
             raise Unavailable("router is still loading its embedding model")
         return col
@@ -436,6 +466,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         t = time.perf_counter()
         params = request.params if request.HasField("params") else None
         flt = request.filter if request.HasField("filter") else None
+        check_filter(flt)
         hits, coverage = await self.retrieve(col, vector, k, params, budget - (time.perf_counter() - start), flt,
                                              retrieval, text)
         self._check_coverage(coverage, request)
@@ -466,6 +497,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             sampling.max_tokens = self.config.default_max_tokens
         if sampling.max_tokens == 0:
             raise InvalidArgument("sampling.max_tokens: must be positive")
+        check_sampling(sampling)
         retrieval = self._retrieval(request.mode, request.fusion if request.HasField("fusion") else None, k)
         timings = router_pb2.Timings()
 
@@ -483,6 +515,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         elif retrieval.mode == "hybrid":
             vector = embed()  # embedded while the term statistics are gathered
         flt = request.filter if request.HasField("filter") else None
+        check_filter(flt)
         hits, coverage = await self.retrieve(col, vector, k, None, self._budget(context), flt, retrieval, question)
         self._check_coverage(coverage, request)
         timings.retrieve_seconds = time.perf_counter() - t
@@ -593,12 +626,13 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         """Ids grouped by the shard that owns them; an empty id is INVALID_ARGUMENT."""
         by_shard: dict[int, list[str]] = defaultdict(list)
         for i, doc_id in enumerate(ids):
-            if not doc_id:
-                raise InvalidArgument(f"ids[{i}]: empty id")
+            validate_id(doc_id, f"ids[{i}]")
             by_shard[shard_for(doc_id, len(col.groups))].append(doc_id)
         return by_shard
 
     async def Delete(self, request: router_pb2.DeleteRequest, context: ServicerContext) -> router_pb2.DeleteResponse:
+        if len(request.ids) > MAX_IDS:
+            raise InvalidArgument(f"ids: at most {MAX_IDS} per call")
         if not request.ids:
             raise InvalidArgument("ids: empty")
         col = self._collection(request.collection)
@@ -608,8 +642,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         return router_pb2.DeleteResponse(deleted=int(sum(deleted)))
 
     async def Lookup(self, request: router_pb2.LookupRequest, context: ServicerContext) -> router_pb2.LookupResponse:
-        if len(request.ids) > 10_000:
-            raise InvalidArgument("ids: at most 10000 per call")
+        if len(request.ids) > MAX_IDS:
+            raise InvalidArgument(f"ids: at most {MAX_IDS} per call")
         col = self._collection(request.collection)
         by_shard = self._ids_by_shard(col, request.ids)
         budget = self._budget(context)
@@ -623,7 +657,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         timeout = min(self._budget(context), 2.0)
         name = request.collection or self.active
         if name not in self.collections:
-            raise InvalidArgument(f"collection: unknown {name!r} (configured: {', '.join(sorted(self.collections))})")
+            raise InvalidArgument(f"collection: unknown {name[:64]!r} (configured: "
+                                  f"{', '.join(sorted(self.collections))})")
         col = self.collections[name]
         response = router_pb2.ClusterStatusResponse(
             embedding_model=col.model_name or col.model_spec, dim=col.embedder.dim if col.embedder else 0,

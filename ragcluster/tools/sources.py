@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ragcluster.documents import Document, MetadataValue
 from ragcluster.errors import InvalidArgument
+from ragcluster.security import redact_url
 
 
 @dataclass
@@ -219,7 +220,7 @@ def read_sql(database: str, query: str, id_col: str = "id", text_col: str = "tex
              title_col: str = "title") -> Iterator[Record]:
     """Rows of ``query`` on ``database``: a SQLite file path (stdlib sqlite3) or any SQLAlchemy URL
     (``sqlite:///f.db``, ``postgresql://...``; the driver must be installed). Columns as for CSV."""
-    where = f"sql:{database}"
+    where = f"sql:{redact_url(database)}"  # error reports never show a password
     if "://" not in database:
         import sqlite3
 
@@ -249,7 +250,7 @@ def read_sql(database: str, query: str, id_col: str = "id", text_col: str = "tex
             result = conn.execution_options(stream_results=True).execute(sqlalchemy.text(query))
             yield from _sql_rows(where, list(result.keys()), result, id_col, text_col, title_col)
     except sqlalchemy.exc.SQLAlchemyError as exc:
-        yield Record(where, 0, error=f"query failed: {exc.__class__.__name__}: {exc}")
+        yield Record(where, 0, error=redact_url(f"query failed: {exc.__class__.__name__}: {exc}"))
 
 
 def _sql_rows(where: str, columns: Sequence[str], rows: Iterable[Sequence[object]], id_col: str, text_col: str,
