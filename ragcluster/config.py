@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
+    from ragcluster.security import ClientTls, TlsFiles
+
 T = TypeVar("T", bound="DataclassInstance")
 ENV_PREFIX = "RAGCLUSTER_"
 
@@ -148,14 +150,14 @@ class ServerConfig:
     insecure: bool = option(False, "serve and call without TLS or authentication; without it a server refuses "
                                    "to bind a non-loopback address without --tls-cert")
 
-    def tls_files(self):
+    def tls_files(self) -> TlsFiles:
         from ragcluster.security import TlsFiles
 
         if self.insecure:
             return TlsFiles()
         return TlsFiles(self.tls_cert, self.tls_key, self.tls_ca)
 
-    def client_tls(self):
+    def client_tls(self) -> ClientTls | None:
         """Credentials for this server's own outgoing channels (None: plaintext)."""
         from ragcluster.security import ClientTls
 

@@ -30,13 +30,14 @@ class Document:
     metadata: dict[str, MetadataValue] = field(default_factory=dict)
 
     def validate(self, where: str = "document") -> None:
-        for name, value in (("id", self.id), ("title", self.title), ("text", self.text),
-                            *((f"metadata[{k[:64]!r}]", v) for k, v in self.metadata.items() if isinstance(v, str)),
-                            *((f"metadata key {k[:64]!r}", k) for k in self.metadata)):
-            if not isinstance(value, str):
+        strings: list[tuple[str, object]] = [("id", self.id), ("title", self.title), ("text", self.text)]
+        strings += [(f"metadata[{k[:64]!r}]", v) for k, v in self.metadata.items() if isinstance(v, str)]
+        strings += [(f"metadata key {k[:64]!r}", k) for k in self.metadata]
+        for name, text in strings:
+            if not isinstance(text, str):
                 raise InvalidArgument(f"{where}.{name}: must be a string")
             try:
-                value.encode("utf-8")
+                text.encode("utf-8")
             except UnicodeEncodeError:
                 raise InvalidArgument(f"{where}.{name}: not valid UTF-8 (a lone surrogate)") from None
         validate_id(self.id, f"{where}.id")

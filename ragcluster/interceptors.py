@@ -202,7 +202,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             if authorize is not None:
                 authorize(method, metadata, context)
             if stream_in:
-                return cast("_Req", _checked_stream(request))
+                return cast("_Req", _checked_stream(cast("AsyncIterator[object]", request)))
             _check_decoded(request)
             return request
 
@@ -227,7 +227,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
             return wrapper
 
-        decode, encode = _tolerant(handler.request_deserializer), handler.response_serializer
+        decode = cast("Callable[[bytes], _Req] | None", _tolerant(handler.request_deserializer))
+        encode = handler.response_serializer
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary, False), decode, encode)
         if handler.stream_unary:

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
@@ -64,14 +64,14 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _stamp(paths: Iterable[str]) -> tuple:
-    out = []
+def _stamp(paths: Iterable[str]) -> tuple[tuple[str, int | None, int | None, int | None], ...]:
+    out: list[tuple[str, int | None, int | None, int | None]] = []
     for p in paths:
         try:
             st = os.stat(p)  # follows symlinks: Kubernetes swaps a ..data symlink on Secret updates
             out.append((p, st.st_ino, st.st_mtime_ns, st.st_size))
         except FileNotFoundError:
-            out.append((p, None))
+            out.append((p, None, None, None))
     return tuple(out)
 
 
@@ -160,7 +160,8 @@ class ServerTls:
             return config
 
     def credentials(self) -> grpc.ServerCredentials:
-        return grpc.dynamic_ssl_server_credentials(self._initial, self.fetch,
+        fetch = cast("Callable[[], grpc.ServerCertificateConfiguration]", self.fetch)  # None = keep the current one
+        return grpc.dynamic_ssl_server_credentials(self._initial, fetch,
                                                    require_client_authentication=self.require_client_auth)
 
 

@@ -10,6 +10,7 @@ import time
 from ragcluster import tracing
 from ragcluster.config import add_config_arguments, config_from_args
 from ragcluster.log import setup_logging
+from ragcluster.security import Authorizer
 from ragcluster.serving import GrpcServer, serve_until_signalled, service_spec
 from ragcluster.v1 import router_pb2, router_pb2_grpc
 from router.config import RouterConfig, parse_shards
@@ -84,7 +85,7 @@ METHOD_ROLES = {"Search": "read", "Ask": "read", "Lookup": "read", "ClusterStatu
                 "Ingest": "write", "Delete": "write", "SwitchCollection": "admin"}
 
 
-def router_authorizer(config: RouterConfig):
+def router_authorizer(config: RouterConfig) -> Authorizer | None:
     from ragcluster.security import TokenPolicy, TokenStore, combine, is_loopback
 
     if config.insecure or not config.auth_tokens:

@@ -20,6 +20,7 @@ import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import grpc
 
@@ -79,7 +80,7 @@ FORMAT_VERSION = 1  # data chunks are one SQLite store file (shard.sqlite3)
 DISK_MARGIN_BYTES = 16 << 20  # left free beyond a snapshot's size
 
 
-def metric_pb(metric: str) -> int:
+def metric_pb(metric: str) -> common_pb2.Metric.ValueType:
     """The shard's metric name as the protobuf enum (inner product covers cosine on normalised vectors)."""
     return common_pb2.METRIC_INNER_PRODUCT if metric in ("ip", "cosine") else common_pb2.METRIC_L2
 
@@ -90,7 +91,7 @@ class Expected:
 
     shard: int
     dim: int
-    metric: int  # common_pb2.Metric
+    metric: common_pb2.Metric.ValueType
     embedding_model: str  # "" = this shard holds no vectors yet: any model
 
 
@@ -112,8 +113,8 @@ def check_header(header: shard_pb2.SnapshotHeader, want: Expected) -> None:
     if header.dim != want.dim:
         raise FailedPrecondition(f"snapshot: dimension {header.dim}, this shard holds {want.dim}")
     if header.metric != want.metric:
-        raise FailedPrecondition(f"snapshot: metric {common_pb2.Metric.Name(header.metric)}, this shard uses "
-                                 f"{common_pb2.Metric.Name(want.metric)}")
+        raise FailedPrecondition(f"snapshot: metric {header.metric}, this shard uses {want.metric} "
+                                 "(1 = inner product, 2 = L2)")
     if want.embedding_model and header.embedding_model and header.embedding_model != want.embedding_model:
         raise FailedPrecondition(f"snapshot: vectors of {header.embedding_model!r}, this shard holds "
                                  f"{want.embedding_model!r}")
@@ -169,7 +170,7 @@ async def download(source: str, data_dir: Path, want: Expected, security: Client
         raise
 
 
-def _fsync(f) -> None:
+def _fsync(f: BinaryIO) -> None:
     f.flush()
     os.fsync(f.fileno())
 

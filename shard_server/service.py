@@ -53,7 +53,7 @@ def lexical_from_pb(pb: shard_pb2.LexicalQuery) -> LexicalQuery:
 
 class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
     def __init__(self, shard: Shard | None = None, after_write: Callable[[], None] = lambda: None,
-                 restore: Callable[[str], Awaitable[None]] | None = None, search_delay_seconds: float = 0.0,
+                 restore: Callable[[str, float], Awaitable[None]] | None = None, search_delay_seconds: float = 0.0,
                  max_message_bytes: int = 64 * 1024 * 1024, maintenance_executor: Executor | None = None,
                  max_snapshots: int = 2) -> None:
         self._shard = shard
@@ -217,8 +217,8 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         if self.restore is None:
             raise Unavailable("restore is not available on this server")
         start = asyncio.get_running_loop().time()
-        remaining = context.time_remaining() if context is not None else None
-        await self.restore(request.source, min(remaining, 600.0) if remaining is not None else 600.0)
+        remaining: float | None = context.time_remaining()  # None: the caller set no deadline
+        await self.restore(request.source, 600.0 if remaining is None else min(remaining, 600.0))
         info = await asyncio.to_thread(self.shard.info)
         return shard_pb2.RestoreResponse(sequence=info.sequence, documents=info.documents,
                                          seconds=asyncio.get_running_loop().time() - start)

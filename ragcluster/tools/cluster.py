@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health_pb2
@@ -26,6 +27,9 @@ from grpc_health.v1 import health_pb2
 from ragcluster.channels import health_stub, sync_channel
 from ragcluster.fsutil import atomic_write
 from ragcluster.security import ClientTls, TlsFiles, identity
+
+if TYPE_CHECKING:
+    from ragcluster.tools.certs import LocalCerts
 
 logger = logging.getLogger(__name__)
 
@@ -152,12 +156,12 @@ class LocalCluster:
         self.dir = Path(spec.data_dir).resolve()
         self.members: list[Member] = []
         self._procs: list[ServerProcess] = []
-        self.certs = None  # LocalCerts once started securely
+        self.certs: LocalCerts | None = None  # once started securely
 
     # --- security -------------------------------------------------------------------------------
     def _tls_args(self, name: str, uri: str) -> list[str]:
         """Flags giving process ``name`` its own certificate (issued on first start), the CA, mTLS."""
-        if self.spec.insecure:
+        if self.spec.insecure or self.certs is None:
             return ["--insecure"]
         pair = self.certs.ensure(name, uri, _cert_hosts(self.spec.host))
         return ["--tls-cert", str(pair.cert), "--tls-key", str(pair.key), "--tls-ca", str(self.certs.ca)]
@@ -252,7 +256,7 @@ class LocalCluster:
             self._write_peer_files()
             router_args = ["--port", str(spec.port), "--embedding-model", spec.embedding_model,
                            *self._tls_args("router", identity("router"))]
-            if not spec.insecure:
+            if self.certs is not None:
                 router_args += ["--auth-tokens", str(self.certs.tokens)]
             if spec.generators:
                 # vLLM engines share this machine: one embedding thread avoids OpenMP oversubscription against

@@ -7,10 +7,10 @@ import time
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from ragcluster.channels import sync_channel
+from ragcluster.channels import health_stub, sync_channel
 from ragcluster.convert import document_to_pb
 from ragcluster.corpus import make_documents
 from ragcluster.security import ClientTls, TlsFiles, hash_token
@@ -88,9 +88,10 @@ def test_each_rpc_by_role(secured, method):
 
 def test_health_and_reflection_stay_open(secured):
     _, channel, _, _, _, _ = secured
-    check = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+    check = health_stub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
     assert check.status == health_pb2.HealthCheckResponse.SERVING
-    responses = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+    reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
+    responses = reflect.ServerReflectionInfo(  # type: ignore[operator]
         iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10)
     names = [s.name for r in responses for s in r.list_services_response.service]
     assert "ragcluster.v1.RouterService" in names
@@ -101,7 +102,7 @@ def test_plaintext_is_refused(secured):
     with grpc.insecure_channel(router.address) as plain:
         with pytest.raises(grpc.RpcError) as err:
             router_pb2_grpc.RouterServiceStub(plain).ClusterStatus(
-                router_pb2.ClusterStatusRequest(), metadata=[("authorization", f"Bearer {tokens['admin']}")],
+                router_pb2.ClusterStatusRequest(), metadata=(("authorization", f"Bearer {tokens['admin']}"),),
                 timeout=10)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
 

@@ -51,7 +51,7 @@ def test_reindex_then_switch_atomically(tmp_path, embedder, reindexed_model):
             with pytest.raises(grpc.RpcError) as err:
                 client.switch("v2")
             assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-            assert "switch-min-documents" in err.value.details()
+            assert "switch-min-documents" in (err.value.details() or "")
             assert client.switch("v2", force=True)["active"] == "v2"  # unless forced
             assert client.switch("default")["active"] == "default"
             # the new index is built while the old one serves

@@ -15,9 +15,9 @@ from pathlib import Path
 import grpc
 import pytest
 from cryptography import x509
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
-from ragcluster.channels import sync_channel
+from ragcluster.channels import health_stub, sync_channel
 from ragcluster.security import ClientTls, TlsFiles, identity
 from ragcluster.tools.certs import issue
 from ragcluster.tools.cluster import ServerProcess, generator_env
@@ -31,7 +31,7 @@ def pki(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def shard(pki, tmp_path_factory):
+def shard_and_files(pki, tmp_path_factory):
     run = tmp_path_factory.mktemp("shard")
     # the shard's files are copies, so the rotation test can replace them
     for ext in ("crt", "key"):
@@ -40,8 +40,7 @@ def shard(pki, tmp_path_factory):
     proc = ServerProcess("shard_server", ["--port", "0", "--shard-id", "0", "--dim", "4", "--data-dir", str(run / "d"),
                                           "--checkpoint-interval-seconds", "0", *Pki.args(live)], run, "s0")
     proc.wait_ready(120)
-    proc.live = live
-    yield proc
+    yield proc, live
     proc.terminate()
 
 
@@ -55,7 +54,8 @@ def shard_info(address: str, files: TlsFiles | None, timeout: float = 10) -> grp
             return exc.code()
 
 
-def test_shard_accepts_only_the_router_identity_over_mtls(pki, shard):
+def test_shard_accepts_only_the_router_identity_over_mtls(pki, shard_and_files):
+    shard, _ = shard_and_files
     assert shard_info(shard.grpc, pki.router) == grpc.StatusCode.OK
     assert shard_info(shard.grpc, None) == grpc.StatusCode.UNAVAILABLE  # plaintext: no handshake
     assert shard_info(shard.grpc, TlsFiles(ca=pki.ca)) == grpc.StatusCode.UNAVAILABLE  # no client certificate
@@ -77,7 +77,7 @@ def test_shard_accepts_only_the_router_identity_over_mtls(pki, shard):
         assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
     # health stays open to any certificate of the CA (probes)
     with sync_channel(shard.grpc, ClientTls(pki.stranger)) as channel:
-        check = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        check = health_stub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
         assert check.status == health_pb2.HealthCheckResponse.SERVING
 
 
@@ -98,10 +98,12 @@ def served_serial(address: str, client: TlsFiles) -> int:
     with socket.create_connection((host, int(port)), timeout=10) as raw, \
             ctx.wrap_socket(raw, server_hostname=host) as tls:
         der = tls.getpeercert(binary_form=True)
+    assert der is not None
     return x509.load_der_x509_certificate(der).serial_number
 
 
-def test_certificate_rotation_under_load(pki, shard, tmp_path):
+def test_certificate_rotation_under_load(pki, shard_and_files, tmp_path):
+    shard, live = shard_and_files
     before = served_serial(shard.grpc, pki.router)
     failures: list[str] = []
     calls = [0]
@@ -128,8 +130,8 @@ def test_certificate_rotation_under_load(pki, shard, tmp_path):
         time.sleep(1.0)  # load running on the old certificate
         fresh = issue(pki.dir, tmp_path, "rotated", identity("shard", 0))
         # as cert-manager does: the new files replace the old ones in place
-        shutil.copy(fresh.key, shard.live.key)
-        shutil.copy(fresh.cert, shard.live.cert)
+        shutil.copy(fresh.key, live.key)
+        shutil.copy(fresh.cert, live.cert)
         want = x509.load_pem_x509_certificate(Path(fresh.cert).read_bytes()).serial_number
         deadline = time.monotonic() + 30
         while served_serial(shard.grpc, pki.router) != want:

@@ -109,14 +109,19 @@ def test_restore_allow_list(tmp_path):
 
 def test_snapshot_header_checks():
     want = Expected(shard=2, dim=384, metric=common_pb2.METRIC_INNER_PRODUCT, embedding_model="m")
-    good = dict(shard=2, dim=384, metric=common_pb2.METRIC_INNER_PRODUCT, embedding_model="m",
-                format_version=FORMAT_VERSION)
-    check_header(shard_pb2.SnapshotHeader(**good), want)
-    check_header(shard_pb2.SnapshotHeader(**{**good, "embedding_model": ""}), want)  # an empty source
+    def header(**change: object) -> shard_pb2.SnapshotHeader:
+        h = shard_pb2.SnapshotHeader(shard=2, dim=384, metric=common_pb2.METRIC_INNER_PRODUCT, embedding_model="m",
+                                     format_version=FORMAT_VERSION)
+        for name, value in change.items():
+            setattr(h, name, value)
+        return h
+
+    check_header(header(), want)
+    check_header(header(embedding_model=""), want)  # an empty source
     for change in ({"shard": 3}, {"dim": 768}, {"metric": common_pb2.METRIC_L2}, {"embedding_model": "other"},
                    {"format_version": 0}):
         with pytest.raises(FailedPrecondition):
-            check_header(shard_pb2.SnapshotHeader(**{**good, **change}), want)
+            check_header(header(**change), want)
 
 
 def test_document_limits():
@@ -135,6 +140,7 @@ def test_cli_prints_document_markup_literally():
     hit = {"id": "[link=http://evil]x[/link]", "score": 1.0, "shard": 0, "title": "[bold red]T[/]",
            "text": "see [blink]this[/blink] \\[escaped]"}
     out = Console(record=True, width=200, color_system=None)
-    out.print(hits_table({"hits": [hit], "coverage": {"shards_answered": 1, "shards_total": 1, "degraded": False}}))
+    out.print(hits_table({"hits": [hit], "mode": "dense",
+                          "coverage": {"shards_answered": 1, "shards_total": 1, "degraded": False}}))
     text = out.export_text()
     assert "[bold red]T[/]" in text and "[blink]this[/blink]" in text and "[link=http://evil]x[/link]" in text
