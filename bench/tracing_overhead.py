@@ -3,11 +3,13 @@ in all three, as in production.
 
 Starts three local clusters (2 Flat shards, router, no generator) side by side: one without OTEL_* variables
 (tracing off), two exporting over OTLP/gRPC to a receiver in this script with
-OTEL_TRACES_SAMPLER=parentbased_traceidratio and OTEL_TRACES_SAMPLER_ARG 1.0 / 0.01. Then runs rounds of a
-closed loop of text searches against each in turn (rotating the order, so drift in the machine's load hits all
-three alike) and reports the median q/s of each and the ratios to "off".
+OTEL_TRACES_SAMPLER=parentbased_traceidratio and OTEL_TRACES_SAMPLER_ARG 1.0 / 0.01. Then runs rounds of
+closed-loop searches against each in turn — by vector (fan-out + merge only: tracing's share of the work is
+largest) and by text (the router embeds each query: the end-to-end path) — rotating the order, and reports the
+median q/s of each and the median of the per-round ratios to "off" (configurations of one round run back to
+back, so drift in a shared machine's load cancels in their ratio).
 
-    .venv/bin/python bench/tracing_overhead.py [--concurrency 16] [--seconds 8] [--rounds 3] [--json]
+    .venv/bin/python bench/tracing_overhead.py [--concurrency 16] [--seconds 4] [--rounds 5] [--json]
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import grpc
+import numpy as np
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 
@@ -45,6 +48,7 @@ class SpanCounter(trace_service_pb2_grpc.TraceServiceServicer):
 
 
 def closed_loop(address: str, queries: list[str], concurrency: int, seconds: float) -> dict:
+    """Text searches (the router embeds each query: the end-to-end path)."""
     from ragcluster.tools.loadtest import run_load
 
     summary = asyncio.run(run_load(address, "search", queries, seconds, concurrency=concurrency, k=10)).summary()
@@ -52,11 +56,61 @@ def closed_loop(address: str, queries: list[str], concurrency: int, seconds: flo
             "p99_ms": summary["latency_ms"]["p99"], "errors": sum(summary["errors"].values())}
 
 
+def cpu_seconds(cluster) -> float:
+    """User + system CPU seconds used so far by the cluster's processes (router and shards): a measure of the
+    work per request that a busy shared machine disturbs far less than wall-clock throughput."""
+    import psutil
+
+    total = 0.0
+    for member in cluster.members:
+        times = psutil.Process(member.pid).cpu_times()
+        total += times.user + times.system
+    return total
+
+
+def vector_loop(address: str, vectors: list[list[float]], concurrency: int, seconds: float,
+                max_requests: int = 1_000_000) -> dict:
+    """Searches by vector (no embedding: fan-out and merge only, where tracing's share of the work is largest)."""
+    import time
+
+    from ragcluster.channels import channel_options
+    from ragcluster.v1 import router_pb2, router_pb2_grpc
+
+    async def run() -> tuple[list[float], int]:
+        latencies: list[float] = []
+        errors = 0
+        async with grpc.aio.insecure_channel(address, options=channel_options()) as channel:
+            stub = router_pb2_grpc.RouterServiceStub(channel)
+            end = time.perf_counter() + seconds
+            counter = iter(range(max_requests))
+
+            async def client(n: int) -> None:
+                nonlocal errors
+                i = n
+                while time.perf_counter() < end and next(counter, None) is not None:
+                    start = time.perf_counter()
+                    try:
+                        await stub.Search(router_pb2.SearchRequest(
+                            vector=router_pb2.Vector(values=vectors[i % len(vectors)]), k=10), timeout=30)
+                        latencies.append(time.perf_counter() - start)
+                    except grpc.aio.AioRpcError:
+                        errors += 1
+                    i += concurrency
+
+            await asyncio.gather(*(client(n) for n in range(concurrency)))
+        return latencies, errors
+
+    latencies, errors = asyncio.run(run())
+    latencies.sort()
+    pick = lambda q: 1000 * latencies[min(int(q * len(latencies)), len(latencies) - 1)] if latencies else 0.0
+    return {"qps": len(latencies) / seconds, "p50_ms": pick(0.5), "p99_ms": pick(0.99), "errors": errors}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--seconds", type=float, default=8.0)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--docs", type=int, default=2000)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -80,7 +134,7 @@ def main() -> int:
                          "OTEL_EXPORTER_OTLP_INSECURE": "true", "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
                          "OTEL_TRACES_SAMPLER_ARG": name.split("_")[1]}
     results: dict = {"concurrency": args.concurrency, "seconds": args.seconds, "rounds": args.rounds}
-    runs: dict[str, list[dict]] = {name: [] for name in configs}
+    runs: dict[str, list[dict]] = {}
     with ExitStack() as stack:
         clusters = {}
         for name, env in configs.items():
@@ -100,33 +154,59 @@ def main() -> int:
             closed_loop(cluster.router_address, queries, args.concurrency, 2.0)  # warm-up
             clusters[name] = cluster
         names = list(configs)
+        rng = np.random.default_rng(63)
+        vectors = rng.standard_normal((256, 384)).astype(np.float32)
+        vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).tolist()
+        loads = {"vector": lambda addr: vector_loop(addr, vectors, args.concurrency, args.seconds),
+                 "text": lambda addr: closed_loop(addr, queries, args.concurrency, args.seconds)}
         for r in range(args.rounds):
-            for name in names[r % len(names):] + names[:r % len(names)]:
-                runs[name].append(closed_loop(clusters[name].router_address, queries, args.concurrency, args.seconds))
+            # each round runs the three back to back (order rotated): their ratios within a round are paired
+            for load, run in loads.items():
+                for name in names[r % len(names):] + names[:r % len(names)]:
+                    before = cpu_seconds(clusters[name])
+                    result = run(clusters[name].router_address)
+                    requests = result["qps"] * args.seconds
+                    result["cpu_ms_per_request"] = 1000 * (cpu_seconds(clusters[name]) - before) / max(requests, 1)
+                    runs.setdefault(f"{load}/{name}", []).append(result)
     for server in receivers:
         server.stop(0)
-    for name, rs in runs.items():
-        results[name] = {"qps_median": statistics.median(r["qps"] for r in rs),
+    for load in loads:
+        out: dict = {}
+        for name in configs:
+            rs = runs[f"{load}/{name}"]
+            out[name] = {"qps_median": statistics.median(r["qps"] for r in rs),
+                         "cpu_ms_per_request_median": statistics.median(r["cpu_ms_per_request"] for r in rs),
                          "p50_ms_median": statistics.median(r["p50_ms"] for r in rs),
                          "p99_ms_median": statistics.median(r["p99_ms"] for r in rs),
                          "errors": sum(r["errors"] for r in rs), "runs": [round(r["qps"], 1) for r in rs]}
+        for name in ("on_1.0", "on_0.01"):
+            paired = [on["qps"] / off["qps"] for on, off in zip(runs[f"{load}/{name}"], runs[f"{load}/off"])]
+            out[f"qps_ratio_{name}"] = statistics.median(paired)
+            out[f"qps_ratio_{name}_rounds"] = [round(x, 3) for x in paired]
+            out[f"cpu_ratio_{name}"] = out[name]["cpu_ms_per_request_median"] / out["off"]["cpu_ms_per_request_median"]
+        results[load] = out
     for name, counter in counters.items():
-        results[name]["spans_exported"] = counter.spans
-    off = results["off"]["qps_median"]
-    results["qps_ratio_on_1.0"] = results["on_1.0"]["qps_median"] / off
-    results["qps_ratio_on_0.01"] = results["on_0.01"]["qps_median"] / off
+        results[f"spans_exported_{name}"] = counter.spans
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
-    print(f"text search, {args.concurrency} clients, {args.rounds} rounds x {args.seconds:.0f}s, 2 Flat shards, "
-          f"{args.docs} docs; metrics and access log on in all")
-    for name in configs:
-        r = results[name]
-        spans = f", {r['spans_exported']} spans exported" if "spans_exported" in r else ""
-        print(f"  tracing {name:8s} {r['qps_median']:7.1f} q/s (runs {r['runs']})  p50 {r['p50_ms_median']:.1f} ms  "
-              f"p99 {r['p99_ms_median']:.1f} ms{spans}")
-    print(f"  ratio to off: sampling 1.0 {results['qps_ratio_on_1.0']:.3f}, sampling 0.01 "
-          f"{results['qps_ratio_on_0.01']:.3f}")
+    print(f"search q/s, {args.concurrency} closed-loop clients, {args.rounds} rounds x {args.seconds:.0f}s per "
+          f"configuration, 2 Flat shards, {args.docs} docs; metrics and the access log on in all")
+    for load in loads:
+        out = results[load]
+        print(f"  {load} queries:")
+        for name in configs:
+            r = out[name]
+            print(f"    tracing {name:8s} {r['qps_median']:7.1f} q/s (runs {r['runs']})  "
+                  f"p50 {r['p50_ms_median']:.1f} ms  p99 {r['p99_ms_median']:.1f} ms  "
+                  f"CPU {r['cpu_ms_per_request_median']:.2f} ms/request (router + shards)")
+        print(f"    CPU per request relative to off: sampling 1.0 {out['cpu_ratio_on_1.0']:.3f}, "
+              f"sampling 0.01 {out['cpu_ratio_on_0.01']:.3f}")
+        print(f"    q/s ratio to off (median of per-round ratios): sampling 1.0 {out['qps_ratio_on_1.0']:.3f} "
+              f"{out['qps_ratio_on_1.0_rounds']}, sampling 0.01 {out['qps_ratio_on_0.01']:.3f} "
+              f"{out['qps_ratio_on_0.01_rounds']}")
+    print(f"  spans exported: sampling 1.0 {results['spans_exported_on_1.0']}, "
+          f"sampling 0.01 {results['spans_exported_on_0.01']}")
     return 0
 
 
