@@ -144,7 +144,8 @@ def main() -> int:
                 del os.environ[key]
             os.environ.update(env)  # the launcher passes its environment to the processes it starts
             try:
-                cluster = stack.enter_context(LocalCluster(ClusterSpec(data_dir=tmp, shards=2, generators=0, port=0)))
+                cluster = stack.enter_context(LocalCluster(ClusterSpec(data_dir=tmp, shards=2, generators=0, port=0,
+                                                                       insecure=True)))
                 cluster.start(timeout=300)
             finally:
                 os.environ.clear()

@@ -72,7 +72,7 @@ def traced_cluster(tmp_path_factory):
     os.environ.update(env)  # the launcher passes its environment to every process
     try:
         spec = ClusterSpec(data_dir=str(tmp_path_factory.mktemp("traced")), shards=2, replicas=2, generators=1,
-                           model="tiny", port=0, kv_cache_bytes=64 * 1024 * 1024,
+                           model="tiny", port=0, kv_cache_bytes=64 * 1024 * 1024, insecure=True,
                            # hedge at once: every shard search also goes to the second replica
                            router_args=["--hedge-delay-ms", "0.01", "--log-json"])
         cluster = LocalCluster(spec).start(timeout=600)
