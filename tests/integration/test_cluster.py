@@ -24,6 +24,19 @@ from ragcluster.documents import Document
 from ragcluster.v1 import common_pb2, router_pb2, router_pb2_grpc
 from router.service import embedding_text
 
+
+@pytest.fixture(scope="module", autouse=True)
+def _cli_talks_plaintext():
+    """The shared ``cluster`` fixture runs with an explicit ``--insecure`` (tests/conftest.py); the CLI
+    subprocesses these tests start must say so too (secure by default, they would look for ./data/certs)."""
+    previous = os.environ.get("RAGCLUSTER_INSECURE")
+    os.environ["RAGCLUSTER_INSECURE"] = "true"
+    yield
+    if previous is None:
+        os.environ.pop("RAGCLUSTER_INSECURE", None)
+    else:
+        os.environ["RAGCLUSTER_INSECURE"] = previous
+
 pytestmark = pytest.mark.vllm
 
 
