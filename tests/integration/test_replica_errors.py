@@ -71,7 +71,8 @@ async def test_documents_over_the_size_cap_are_refused(small_limit_cluster):
         [a async for a in stub.Ingest(iter([router_pb2.IngestRequest(documents=[document_to_pb(huge)])]))]
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "documents[0]" in (err.value.details() or "")
-    meta = Document("meta", "short", metadata={f"k{i}": "z" * 10_000 for i in range(60)})  # 600 KB of metadata
+    # every field within its own limit (text < 512 KiB, metadata values < 8 KiB), together over the cap
+    meta = Document("meta", "y" * (500 * 1024), metadata={f"k{i}": "z" * 8_000 for i in range(10)})
     with pytest.raises(grpc.aio.AioRpcError) as err:
         [a async for a in stub.Ingest(iter([router_pb2.IngestRequest(documents=[document_to_pb(meta)])]))]
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
