@@ -36,7 +36,9 @@ MODES = [("dense", []), ("lexical", []), ("hybrid", ["--fusion", "rrf"]),
 
 
 def cli(*args: str, timeout: float = 1800) -> str:
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    # the benchmark's cluster runs plaintext on loopback (explicit insecure), so the CLI must say so too
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               RAGCLUSTER_INSECURE="true")
     out = subprocess.run([sys.executable, "-m", "ragcluster.tools.cli", *args], capture_output=True, text=True,
                          env=env, timeout=timeout)
     if out.returncode != 0:
@@ -95,7 +97,7 @@ def main() -> int:
 
     report: dict = {"collection": str(data), "shards": args.shards}
     with tempfile.TemporaryDirectory(prefix="hybrid-cisi-") as tmp:
-        spec = ClusterSpec(data_dir=tmp, shards=args.shards, generators=0, port=0)
+        spec = ClusterSpec(data_dir=tmp, shards=args.shards, generators=0, port=0, insecure=True)
         with LocalCluster(spec).start(timeout=600) as cluster:
             router = cluster.router_address
             start = time.perf_counter()

@@ -56,7 +56,7 @@ def main() -> int:
     for name, chunk in (("priority_lane", 16), ("no_priority", 0)):
         docs = make_documents(args.docs, seed=71, prefix=name)
         with tempfile.TemporaryDirectory() as tmp:
-            spec = ClusterSpec(data_dir=tmp, shards=2, generators=0, port=0,
+            spec = ClusterSpec(data_dir=tmp, shards=2, generators=0, port=0, insecure=True,
                                router_args=["--embed-bulk-chunk", str(chunk)])
             with LocalCluster(spec) as cluster:
                 cluster.start(timeout=300)
