@@ -37,7 +37,7 @@ RUN /opt/build/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation -w /t
 # bake the tiny model folder (built offline from the bundled corpus) at /opt/models/tiny: served by path,
 # because vLLM resolves a model that is not a path through the hub cache, which offline mode refuses
 RUN RAGCLUSTER_CACHE_DIR=/opt/models /opt/ragcluster/bin/python -c \
-        "import os; from ragcluster.models import resolve_model; os.symlink(resolve_model('tiny'), '/opt/models/tiny')" \
+        "import os; from generator_node.models import resolve_model; os.symlink(resolve_model('tiny'), '/opt/models/tiny')" \
  && chmod -R a+rX /opt/models \
  && test -f /opt/models/tiny/config.json
 

@@ -32,7 +32,7 @@ RUN /opt/build/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation -w /t
  && /opt/ragcluster/bin/pip install --no-cache-dir --no-deps /tmp/dist/*.whl \
  && /opt/ragcluster/bin/python -m pip uninstall -y -q pip \
  && HF_HUB_OFFLINE=1 /opt/ragcluster/bin/python -c \
-        "from ragcluster.embedding import Embedder; e = Embedder(); assert e.encode(['ok']).shape == (1, 384)"
+        "from router.embedding import Embedder; e = Embedder(); assert e.encode(['ok']).shape == (1, 384)"
 
 FROM ${BASE_IMAGE}
 RUN groupadd --system --gid 10001 ragcluster \
