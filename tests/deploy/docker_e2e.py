@@ -44,6 +44,9 @@ SAMPLE = ROOT / "ragcluster" / "data" / "sample_corpus.jsonl"
 BUILD_TIMEOUT = 1800
 START_TIMEOUT = {"shard": 60, "router": 180, "generator": 300}
 # the securityContext of the Helm chart, as docker run flags
+# the e2e cluster runs on the host's loopback without TLS, on purpose: servers and CLI say so explicitly
+# (the CLI is secure by default and refuses a plaintext router otherwise)
+PLAINTEXT = {"RAGCLUSTER_INSECURE": "1"}
 HARDENED = ["--read-only", "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--user", "10001:10001"]
 
 
@@ -113,6 +116,7 @@ class Cluster:
         self, role: str, name: str, image: str, env: dict[str, str], extra: Sequence[str] = (), args: Sequence[str] = ()
     ) -> tuple[str, float]:
         cname = f"ragcluster-e2e-{self.run_id}-{name}"
+        env = {**PLAINTEXT, **env}
         env_args = [a for k, v in env.items() for a in ("-e", f"{k}={v}")]
         started = time.monotonic()
         docker(
@@ -176,6 +180,7 @@ class Cluster:
             "--tmpfs",
             "/tmp:rw,size=256m",
             *mounts,
+            *[a for k, v in PLAINTEXT.items() for a in ("-e", f"{k}={v}")],
             "--entrypoint",
             "ragcluster",
             f"ragcluster-router:{self.tag}",
