@@ -89,11 +89,11 @@ class _Observed(Generic[_Req, _Resp]):
                  context: grpc.aio.ServicerContext[_Req, _Resp], access_log: bool = False) -> None:
         self.service, self.method, self.metadata, self.context = service, method, metadata, context
         self.access_log = access_log
-        self.span: tracing.ServerSpan | None = None
+        self.span: tracing.ServerSpan | tracing.PassedOn | None = None
 
     async def __aenter__(self) -> _Observed[_Req, _Resp]:
         if tracing.enabled():
-            self.span = tracing.ServerSpan(self.service, self.method, self.metadata).__enter__()
+            self.span = tracing.server_span(self.service, self.method, self.metadata).__enter__()
             rid = self.span.trace_id
         else:
             rid = (tracing.trace_id_from(self.metadata) or self.metadata.get(REQUEST_ID_KEY) or uuid.uuid4().hex)

@@ -4,11 +4,13 @@ Off unless the standard OpenTelemetry environment asks for it (``OTEL_EXPORTER_O
 ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` or ``OTEL_TRACES_EXPORTER``; ``OTEL_SDK_DISABLED=true`` wins); then
 each process exports its spans over OTLP (gRPC, or HTTP with ``OTEL_EXPORTER_OTLP[_TRACES]_PROTOCOL=
 http/protobuf``), sampled as ``OTEL_TRACES_SAMPLER`` / ``OTEL_TRACES_SAMPLER_ARG`` say (default: parent-based,
-always on). When off, nothing here touches OpenTelemetry: the server interceptor skips its span, channels get
-no client interceptor and ``span``/``traced`` return at once.
+always on). When off, nothing here touches OpenTelemetry: the server interceptor skips its span,
+``client_call`` sends no metadata and ``span``/``traced`` return at once. When on, a trace that is not sampled
+costs no span objects beyond the server's own: outgoing calls only carry its ``traceparent``.
 
 One Ask is one trace: the router's server span, ``embed``, ``fan-out`` with one client span per shard call
-(hedges and failovers included, ``ragcluster.attempt`` says which), ``prompt`` (its Info/CountTokens calls),
+(hedges and failovers included, ``ragcluster.attempt`` says which; each call site wraps its call in
+``client_call``), ``prompt`` (its Info/CountTokens calls),
 ``generate`` (with a ``first_token`` event) and, in the other processes, their server spans.
 """
 
@@ -20,7 +22,8 @@ import contextvars
 import functools
 import logging
 import os
-from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
+import re
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import grpc
@@ -34,11 +37,11 @@ logger = logging.getLogger(__name__)
 P = ParamSpec("P")
 R = TypeVar("R")
 Attributes = Mapping[str, str | int | float | bool]
+Metadata = tuple[tuple[str, str], ...]  # gRPC metadata for an outgoing call
 
 _tracer: Tracer | None = None
 _provider: Any = None
-# attributes for the next outgoing call's client span (e.g. shard, replica, attempt), set by the caller
-_call_attributes: contextvars.ContextVar[Attributes | None] = contextvars.ContextVar("call_attributes", default=None)
+_parent_based = False  # the sampler follows a caller's decision (OTEL_TRACES_SAMPLER=parentbased_*, the default)
 
 
 def enabled() -> bool:
@@ -75,13 +78,14 @@ def setup(service_name: str, exporter: SpanExporter | None = None, env: Mapping[
           batch: bool = True) -> bool:
     """Turn tracing on for this process when the environment asks for it (or ``exporter`` is given, as in
     tests and benchmarks). Returns whether tracing is on. ``OTEL_SERVICE_NAME`` overrides ``service_name``."""
-    global _tracer, _provider
+    global _tracer, _provider, _parent_based
     env = os.environ if env is None else env
     if exporter is None and not wanted(env):
         return False
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+    from opentelemetry.sdk.trace.sampling import ParentBased
 
     resource = Resource.create({"service.name": env.get("OTEL_SERVICE_NAME") or service_name})
     provider = TracerProvider(resource=resource)  # the sampler comes from OTEL_TRACES_SAMPLER(_ARG)
@@ -89,16 +93,18 @@ def setup(service_name: str, exporter: SpanExporter | None = None, env: Mapping[
     provider.add_span_processor(BatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter))
     _provider = provider
     _tracer = provider.get_tracer("ragcluster")
+    _parent_based = isinstance(provider.sampler, ParentBased)
     logger.info("tracing on: %s (sampler %s)", type(exporter).__name__, provider.sampler.get_description())
     return True
 
 
 def shutdown() -> None:
     """Flush and stop exporting (at process exit); tracing is off afterwards."""
-    global _tracer, _provider
+    global _tracer, _provider, _parent_based
     if _provider is not None:
         _provider.shutdown()
     _tracer = _provider = None
+    _parent_based = False
 
 
 # --- spans in tier code ---------------------------------------------------------------------------
@@ -175,19 +181,6 @@ def add_event(name: str, attributes: Attributes | None = None) -> None:
         trace.get_current_span().add_event(name, attributes)
 
 
-@contextlib.contextmanager
-def call_attributes(**attributes: str | int | float | bool) -> Iterator[None]:
-    """Attributes for the client spans of the calls made inside (e.g. ``shard=0, attempt="hedge"``)."""
-    if _tracer is None:
-        yield
-        return
-    token = _call_attributes.set({f"ragcluster.{k}": v for k, v in attributes.items()})
-    try:
-        yield
-    finally:
-        _call_attributes.reset(token)
-
-
 # --- server side: one span per RPC, parent from the caller's traceparent ---------------------------
 def trace_id_from(metadata: Mapping[str, str]) -> str:
     """The trace id of an incoming W3C ``traceparent`` ('' when there is none or it is malformed)."""
@@ -195,6 +188,49 @@ def trace_id_from(metadata: Mapping[str, str]) -> str:
     if len(parts) >= 4 and len(parts[1]) == 32 and parts[1] != "0" * 32:
         return parts[1]
     return ""
+
+
+_TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
+# an incoming traceparent that says "not sampled", passed on by client_call (no span in this process)
+_passed_on: contextvars.ContextVar[Metadata | None] = contextvars.ContextVar("passed_on", default=None)
+
+
+def _unsampled(traceparent: str) -> bool:
+    """Whether a well-formed W3C ``traceparent`` has its sampled flag clear (a malformed one: False)."""
+    match = _TRACEPARENT.match(traceparent)
+    if match is None or match.group(1) == "ff" or match.group(2) == "0" * 32 or match.group(3) == "0" * 16:
+        return False
+    return (match.group(1) != "00" or match.group(5) is None) and not int(match.group(4), 16) & 1
+
+
+def server_span(service: str, method: str, metadata: Mapping[str, str]) -> ServerSpan | PassedOn:
+    """What the server interceptor enters around one RPC (tracing on). A caller's trace that is not sampled,
+    under a sampler that follows its parent (every standard ``parentbased_*`` one), would only give a span that
+    records nothing: it is skipped without any OpenTelemetry work, and its traceparent passed on as it came."""
+    traceparent = metadata.get("traceparent", "")
+    if traceparent and _parent_based and _unsampled(traceparent):
+        return PassedOn(traceparent)
+    return ServerSpan(service, method, metadata)
+
+
+class PassedOn:
+    """An RPC of a trace that is not sampled: its trace id for the logs, its traceparent for outgoing calls."""
+
+    def __init__(self, traceparent: str) -> None:
+        self.traceparent = traceparent
+        self._token: contextvars.Token[Metadata | None] | None = None
+
+    @property
+    def trace_id(self) -> str:
+        return self.traceparent[3:35]
+
+    def __enter__(self) -> PassedOn:
+        self._token = _passed_on.set((("traceparent", self.traceparent),))
+        return self
+
+    def finish(self, code: str) -> None:
+        if self._token is not None:
+            _passed_on.reset(self._token)
 
 
 class ServerSpan:
@@ -235,93 +271,66 @@ class ServerSpan:
 _CODE_VALUES = {c.name: c.value[0] for c in grpc.StatusCode}
 
 
-# --- client side: a span per outgoing call, its context injected as traceparent --------------------
-def client_interceptors() -> Sequence[grpc.aio.ClientInterceptor]:
-    """Interceptors for a channel: none when tracing is off (zero cost), else one that traces every call."""
+# --- client side: the caller's trace context as traceparent, a client span only when sampled -------
+
+
+@contextlib.contextmanager
+def client_call(method: str, parent: Span | _NoSpan | None = None,
+                **attributes: str | int | float | bool) -> Iterator[Metadata | None]:
+    """Around one outgoing call (for a stream: its whole iteration): yields the metadata to send with it.
+
+    ``method`` is ``Service/Method`` (e.g. ``ShardService/Search``); ``attributes`` go on the client span as
+    ``ragcluster.<name>`` (shard, replica, attempt...). ``parent``: the span to call under instead of the current
+    one (for a stream inside an async generator, where a span cannot stay current across ``yield``).
+
+    Tracing off: yields None, nothing else happens. Tracing on and the current trace sampled: a client span
+    for the call, ended (with the call's status) when the block exits, and its context as ``traceparent``.
+    Not sampled: no span at all, only the current context as ``traceparent`` (sampled flag clear), so the
+    callee records nothing either yet logs the same trace id as its request id.
+
+    Explicit per call rather than a channel interceptor: grpc.aio's intercepted calls cost a task and a
+    wrapper per call even when nothing is recorded, a fifth of a small RPC's CPU."""
     if _tracer is None:
-        return []
-    # a channel files each interceptor under its first matching kind only: one object per kind
-    return [_UnaryUnaryTracing(), _UnaryStreamTracing(), _StreamUnaryTracing(), _StreamStreamTracing()]
+        yield None
+        return
+    from opentelemetry import trace
+
+    if parent is None or isinstance(parent, _NoSpan):
+        parent = trace.get_current_span()
+    if not parent.is_recording():
+        context = parent.get_span_context()
+        if context.is_valid:
+            yield _traceparent(context.trace_id, context.span_id, int(context.trace_flags))
+        else:
+            yield _passed_on.get()  # within an RPC of an unsampled trace: its traceparent, else nothing
+        return
+    from opentelemetry.propagate import inject
+    from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_context
+
+    service, _, name = method.rpartition("/")
+    client = _tracer.start_span(method, context=set_span_in_context(parent), kind=SpanKind.CLIENT, attributes={
+        "rpc.system": "grpc", "rpc.service": f"ragcluster.v1.{service}", "rpc.method": name,
+        **{f"ragcluster.{k}": v for k, v in attributes.items()}})
+    carrier: dict[str, str] = {}
+    inject(carrier, context=set_span_in_context(client))
+    code = grpc.StatusCode.OK
+    try:
+        yield tuple(carrier.items())
+    except grpc.RpcError as exc:
+        code = exc.code() if isinstance(exc, (grpc.aio.AioRpcError, grpc.Call)) else grpc.StatusCode.UNKNOWN
+        raise
+    except (asyncio.CancelledError, GeneratorExit):
+        code = grpc.StatusCode.CANCELLED
+        raise
+    except BaseException:
+        code = grpc.StatusCode.UNKNOWN
+        raise
+    finally:
+        client.set_attribute("rpc.grpc.status_code", code.value[0])
+        if code != grpc.StatusCode.OK:
+            client.set_status(Status(StatusCode.ERROR, code.name))
+        client.end()
 
 
-def _details_with(details: grpc.aio.ClientCallDetails, carrier: dict[str, str]) -> grpc.aio.ClientCallDetails:
-    metadata = grpc.aio.Metadata(*tuple(details.metadata or ()), *carrier.items())
-    return grpc.aio.ClientCallDetails(details.method, details.timeout, metadata, details.credentials,
-                                      details.wait_for_ready)
-
-
-class _ClientTracing:
-    """A client span per call (health checks excepted) whose context is injected as ``traceparent``."""
-
-    def _start(self, details: grpc.aio.ClientCallDetails) -> tuple[Span | None, grpc.aio.ClientCallDetails]:
-        raw: str | bytes = details.method  # the stubs say str; grpc passes bytes
-        method = raw.decode() if isinstance(raw, bytes) else raw
-        if _tracer is None or method.startswith("/grpc.health."):
-            return None, details  # health watch streams live for ever: not a request
-        from opentelemetry.propagate import inject
-        from opentelemetry.trace import SpanKind, set_span_in_context
-
-        service, _, name = method.lstrip("/").rpartition("/")
-        attributes: dict[str, Any] = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
-        attributes.update(_call_attributes.get() or {})
-        client = _tracer.start_span(f"{service.rsplit('.', 1)[-1]}/{name}", kind=SpanKind.CLIENT,
-                                    attributes=attributes)
-        carrier: dict[str, str] = {}
-        inject(carrier, context=set_span_in_context(client))
-        return client, _details_with(details, carrier)
-
-    @staticmethod
-    def _finish_when_done(client: Span, call: grpc.aio.Call) -> None:
-        async def finish() -> None:
-            from opentelemetry.trace import Status, StatusCode
-
-            code = await call.code()
-            client.set_attribute("rpc.grpc.status_code", code.value[0])
-            if code != grpc.StatusCode.OK:
-                client.set_status(Status(StatusCode.ERROR, code.name))
-            client.end()
-
-        def done(_: object) -> None:
-            with contextlib.suppress(RuntimeError):  # loop closed at shutdown: the span is dropped
-                asyncio.get_running_loop().create_task(finish())
-
-        call.add_done_callback(done)
-
-    async def _intercept(self, continuation: Callable[..., Any], details: grpc.aio.ClientCallDetails,
-                         request: Any) -> Any:
-        client, details = self._start(details)
-        if client is None:
-            return await continuation(details, request)
-        try:
-            call = await continuation(details, request)
-        except BaseException:
-            client.end()
-            raise
-        self._finish_when_done(client, call)
-        return call
-
-
-class _UnaryUnaryTracing(_ClientTracing, grpc.aio.UnaryUnaryClientInterceptor):
-    async def intercept_unary_unary(self, continuation: Callable[..., Any],
-                                    client_call_details: grpc.aio.ClientCallDetails, request: Any) -> Any:
-        return await self._intercept(continuation, client_call_details, request)
-
-
-class _UnaryStreamTracing(_ClientTracing, grpc.aio.UnaryStreamClientInterceptor):
-    async def intercept_unary_stream(self, continuation: Callable[..., Any],
-                                     client_call_details: grpc.aio.ClientCallDetails, request: Any) -> Any:
-        return await self._intercept(continuation, client_call_details, request)
-
-
-class _StreamUnaryTracing(_ClientTracing, grpc.aio.StreamUnaryClientInterceptor):
-    async def intercept_stream_unary(self, continuation: Callable[..., Any],
-                                     client_call_details: grpc.aio.ClientCallDetails,
-                                     request_iterator: AsyncIterable[Any] | Iterable[Any]) -> Any:
-        return await self._intercept(continuation, client_call_details, request_iterator)
-
-
-class _StreamStreamTracing(_ClientTracing, grpc.aio.StreamStreamClientInterceptor):
-    async def intercept_stream_stream(self, continuation: Callable[..., Any],
-                                      client_call_details: grpc.aio.ClientCallDetails,
-                                      request_iterator: AsyncIterable[Any] | Iterable[Any]) -> Any:
-        return await self._intercept(continuation, client_call_details, request_iterator)
+def _traceparent(trace_id: int, span_id: int, flags: int) -> Metadata:
+    return (("traceparent", f"00-{trace_id:032x}-{span_id:016x}-{flags & 0xFF:02x}"),)

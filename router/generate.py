@@ -51,7 +51,7 @@ class GeneratorPool:
 
     def _add(self, addresses: list[str]) -> list[GeneratorNode]:
         known = {n.address for n in self.nodes}
-        added = [GeneratorNode(a, aio_channel(a, self.security, interceptors=tracing.client_interceptors()))
+        added = [GeneratorNode(a, aio_channel(a, self.security))
                  for a in addresses if a not in known]
         self.nodes.extend(added)
         return added
@@ -100,7 +100,9 @@ class GeneratorPool:
 
     async def node_info(self, node: GeneratorNode, timeout: float) -> generator_pb2.GeneratorInfoResponse:
         if node.info is None:
-            node.info = await node.stub.Info(generator_pb2.GeneratorInfoRequest(), timeout=timeout)
+            with tracing.client_call("GeneratorService/Info", generator=node.address) as metadata:
+                node.info = await node.stub.Info(generator_pb2.GeneratorInfoRequest(), timeout=timeout,
+                                                 metadata=metadata)
         return node.info
 
     @tracing.traced("prompt")
@@ -115,9 +117,10 @@ class GeneratorPool:
         passages = order_passages(passages)
         formatted = [template.format_passage(i + 1, p) for i, p in enumerate(passages)]
         messages = template.messages(question, formatted)
-        counts = await node.stub.CountTokens(
-            generator_pb2.CountTokensRequest(texts=formatted, chat=_chat(messages)), timeout=timeout
-        )
+        with tracing.client_call("GeneratorService/CountTokens", generator=node.address) as metadata:
+            counts = await node.stub.CountTokens(
+                generator_pb2.CountTokensRequest(texts=formatted, chat=_chat(messages)), timeout=timeout,
+                metadata=metadata)
         if counts.chat_tokens <= budget:
             return Prompt(messages, [p.id for p in passages], counts.chat_tokens)
         # the prompt without passages, estimated from the full one (exactly checked below)
@@ -126,8 +129,9 @@ class GeneratorPool:
         for _ in range(len(chosen) + 1):
             included = [passages[i] for i in chosen]
             messages = template.messages(question, [template.format_passage(n + 1, p) for n, p in enumerate(included)])
-            total = (await node.stub.CountTokens(generator_pb2.CountTokensRequest(chat=_chat(messages)),
-                                                 timeout=timeout)).chat_tokens
+            with tracing.client_call("GeneratorService/CountTokens", generator=node.address) as metadata:
+                total = (await node.stub.CountTokens(generator_pb2.CountTokensRequest(chat=_chat(messages)),
+                                                     timeout=timeout, metadata=metadata)).chat_tokens
             if total <= budget:
                 return Prompt(messages, [p.id for p in included], total)
             if not chosen:
@@ -161,17 +165,21 @@ class GeneratorPool:
                     request_id=request_id, chat=_chat(prompt.messages), sampling=sampling
                 )
                 span = tracing.start_span("generate", {"ragcluster.generator": node.address})
-                with tracing.activate(span):
-                    call = node.stub.Generate(request, timeout=deadline - time.monotonic())
                 try:
-                    async for event in call:
-                        if not started:
-                            started = True
-                            span.add_event("first_token")
-                            yield node, prompt, None
-                        yield node, None, event
+                    # the client span (child of ``generate``) lasts as long as the stream
+                    with tracing.client_call("GeneratorService/Generate", parent=span,
+                                             generator=node.address) as metadata:
+                        call = node.stub.Generate(request, timeout=deadline - time.monotonic(), metadata=metadata)
+                        try:
+                            async for event in call:
+                                if not started:
+                                    started = True
+                                    span.add_event("first_token")
+                                    yield node, prompt, None
+                                yield node, None, event
+                        finally:
+                            call.cancel()  # no-op when finished; aborts the engine request when we stop early
                 finally:
-                    call.cancel()  # no-op when finished; aborts the engine request when we stop early
                     span.end()
                 return
             except grpc.aio.AioRpcError as exc:

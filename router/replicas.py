@@ -74,7 +74,7 @@ def default_clock() -> HybridClock:
 
 class Replica(Backend):
     def __init__(self, address: str, security: ClientTls | None = None) -> None:
-        super().__init__(address, aio_channel(address, security, interceptors=tracing.client_interceptors()))
+        super().__init__(address, aio_channel(address, security))
         self.stub = shard_pb2_grpc.ShardServiceStub(self.channel)
         self.catching_up = False
         self.needs_sync = True  # check its sequence before it serves reads
@@ -181,8 +181,10 @@ class ShardGroup:
         start = time.perf_counter()
         try:
             call = getattr(replica.stub, method)  # Search or TermStats: request and response types match it
-            with tracing.call_attributes(shard=self.shard, replica=replica.address, attempt=attempt):
-                response: ReadResponse = await call(request, timeout=max(deadline - time.monotonic(), 0.001))
+            with tracing.client_call(f"ShardService/{method}", shard=self.shard, replica=replica.address,
+                                     attempt=attempt) as metadata:
+                response: ReadResponse = await call(request, timeout=max(deadline - time.monotonic(), 0.001),
+                                                    metadata=metadata)
         except grpc.aio.AioRpcError as exc:
             metrics.SHARD_CALLS.labels(self.shard, exc.code().name).inc()
             if exc.code() in _EJECT_CODES and replica.record(False, self.policy.eject_after,
@@ -293,7 +295,8 @@ class ShardGroup:
         last: BaseException | None = None
         for replica in self.readable():
             try:
-                return await replica.stub.Fetch(request, timeout=timeout)
+                with tracing.client_call("ShardService/Fetch", shard=self.shard, replica=replica.address) as metadata:
+                    return await replica.stub.Fetch(request, timeout=timeout, metadata=metadata)
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
                     raise InvalidArgument(exc.details() or "") from exc
@@ -358,8 +361,9 @@ class ShardGroup:
             entry.version = version
 
         async def one(replica: Replica) -> int:
-            async for response in replica.stub.Upsert(iter([request]), timeout=timeout):
-                return response.upserted
+            with tracing.client_call("ShardService/Upsert", shard=self.shard, replica=replica.address) as metadata:
+                async for response in replica.stub.Upsert(iter([request]), timeout=timeout, metadata=metadata):
+                    return response.upserted
             raise Unavailable(f"shard {self.shard} replica {replica.address}: upsert stream ended without an ack")
 
         return max(await self._write("upsert", one))
@@ -367,7 +371,11 @@ class ShardGroup:
     async def delete(self, ids: list[str], timeout: float) -> int:
         version = self.clock.now()
         request = shard_pb2.ShardDeleteRequest(ids=ids, versions=[version] * len(ids))
-        results = await self._write("delete", lambda r: r.stub.Delete(request, timeout=timeout))
+        async def one(replica: Replica) -> shard_pb2.ShardDeleteResponse:
+            with tracing.client_call("ShardService/Delete", shard=self.shard, replica=replica.address) as metadata:
+                return await replica.stub.Delete(request, timeout=timeout, metadata=metadata)
+
+        results = await self._write("delete", one)
         return max(r.deleted for r in results)
 
     # --- anti-entropy ---------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from typing import BinaryIO
 
 import grpc
 
+from ragcluster import tracing
 from ragcluster.channels import aio_channel
 from ragcluster.errors import FailedPrecondition, PermissionDenied, ResourceExhausted, Unavailable
 from ragcluster.fsutil import fsync_dir, replace_durably
@@ -131,36 +132,39 @@ async def download(source: str, data_dir: Path, want: Expected, security: Client
     received = 0
     try:
         async with aio_channel(source, security) as channel:
-            call = shard_pb2_grpc.ShardServiceStub(channel).Snapshot(shard_pb2.SnapshotRequest(), timeout=timeout)
-            with open(tmp, "wb") as f:
-                async for chunk in call:
-                    kind = chunk.WhichOneof("kind")
-                    if kind == "header":
-                        if header is not None:
-                            raise FailedPrecondition("snapshot: a second header")
-                        check_header(chunk.header, want)
-                        header = chunk.header
-                        free = shutil.disk_usage(data_dir).free
-                        if free < header.size_bytes + DISK_MARGIN_BYTES:  # refuse before filling the disk
-                            raise ResourceExhausted(
-                                f"restore: the snapshot is {header.size_bytes} bytes, {free} are free on the data "
-                                "dir; free disk space first (this replica keeps its own data)")
-                    elif header is None:
-                        raise FailedPrecondition("snapshot: data before the header")
-                    elif kind == "data":
-                        received += len(chunk.data)
-                        if received > header.size_bytes:
-                            raise FailedPrecondition("snapshot: longer than its header announced")
-                        digest.update(chunk.data)
-                        await asyncio.to_thread(f.write, chunk.data)
-                    elif kind == "trailer":
-                        if received != header.size_bytes:
-                            raise FailedPrecondition(f"snapshot: truncated ({received} of {header.size_bytes} bytes)")
-                        if not hmac.compare_digest(chunk.trailer.sha256, digest.hexdigest()):
-                            raise FailedPrecondition("snapshot: SHA-256 mismatch (corrupt or tampered)")
-                        await asyncio.to_thread(_fsync, f)
-                        await asyncio.to_thread(_check_store, tmp)
-                        return Downloaded(tmp, header.sequence, header.documents, received)
+            with tracing.client_call("ShardService/Snapshot", source=source) as metadata:
+                call = shard_pb2_grpc.ShardServiceStub(channel).Snapshot(
+                    shard_pb2.SnapshotRequest(), timeout=timeout, metadata=metadata)
+                with open(tmp, "wb") as f:
+                    async for chunk in call:
+                        kind = chunk.WhichOneof("kind")
+                        if kind == "header":
+                            if header is not None:
+                                raise FailedPrecondition("snapshot: a second header")
+                            check_header(chunk.header, want)
+                            header = chunk.header
+                            free = shutil.disk_usage(data_dir).free
+                            if free < header.size_bytes + DISK_MARGIN_BYTES:  # refuse before filling the disk
+                                raise ResourceExhausted(
+                                    f"restore: the snapshot is {header.size_bytes} bytes, {free} are free on the data "
+                                    "dir; free disk space first (this replica keeps its own data)")
+                        elif header is None:
+                            raise FailedPrecondition("snapshot: data before the header")
+                        elif kind == "data":
+                            received += len(chunk.data)
+                            if received > header.size_bytes:
+                                raise FailedPrecondition("snapshot: longer than its header announced")
+                            digest.update(chunk.data)
+                            await asyncio.to_thread(f.write, chunk.data)
+                        elif kind == "trailer":
+                            if received != header.size_bytes:
+                                raise FailedPrecondition(
+                                    f"snapshot: truncated ({received} of {header.size_bytes} bytes)")
+                            if not hmac.compare_digest(chunk.trailer.sha256, digest.hexdigest()):
+                                raise FailedPrecondition("snapshot: SHA-256 mismatch (corrupt or tampered)")
+                            await asyncio.to_thread(_fsync, f)
+                            await asyncio.to_thread(_check_store, tmp)
+                            return Downloaded(tmp, header.sequence, header.documents, received)
         raise FailedPrecondition("snapshot: the stream ended without a trailer (truncated)")
     except grpc.aio.AioRpcError as exc:
         tmp.unlink(missing_ok=True)

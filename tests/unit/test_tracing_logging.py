@@ -32,13 +32,14 @@ def test_tracing_is_on_only_when_the_environment_asks(env, on):
     assert not tracing.enabled()
 
 
-def test_off_means_no_interceptors_no_spans():
+def test_off_means_no_metadata_no_spans():
     assert not tracing.enabled()
-    assert tracing.client_interceptors() == []
+    with tracing.client_call("ShardService/Search", shard=1) as metadata:
+        assert metadata is None
     with tracing.span("x") as current:
         assert current is tracing.NO_SPAN
     assert tracing.start_span("y") is tracing.NO_SPAN
-    with tracing.activate(tracing.NO_SPAN), tracing.call_attributes(shard=1):
+    with tracing.activate(tracing.NO_SPAN):
         pass
 
     @tracing.traced("z")
@@ -57,8 +58,6 @@ def test_spans_nest_and_carry_events_and_call_attributes():
     exporter = InMemorySpanExporter()
     assert tracing.setup("unit", exporter=exporter, batch=False)
     try:
-        assert len(tracing.client_interceptors()) == 4  # one per call kind
-
         @tracing.traced("outer")
         async def outer() -> None:
             with tracing.span("inner", {"k": 1}):
@@ -117,9 +116,9 @@ def test_annotate_without_an_access_log_is_a_no_op():
     annotate(anything=1)  # nothing to add to, nothing raised
 
 
-def test_client_calls_of_every_kind_get_a_span_and_send_their_context():
-    """In process, over a real aio channel: unary and server-streaming calls each get a CLIENT span under the
-    current span, and the server sees its traceparent; health checks get none."""
+def _serve_and_call() -> tuple[list[str], InMemorySpanExporter]:
+    """In process, over a real aio channel: a unary call, a server stream under a detached span (as the Ask
+    path's ``generate``), and a call that fails; what the server saw as traceparent, and the spans."""
     import grpc
 
     from ragcluster.v1 import shard_pb2, shard_pb2_grpc
@@ -136,27 +135,28 @@ def test_client_calls_of_every_kind_get_a_span_and_send_their_context():
             for _ in range(3):
                 yield shard_pb2.SnapshotChunk()
 
+        async def Fetch(self, request, context):
+            seen.append(dict(context.invocation_metadata()).get("traceparent", ""))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "ids: bad")
+
     async def run() -> None:
         server = grpc.aio.server()
-        servicer = Servicer()  # type: ignore[abstract]  # only Info and Snapshot are called
+        servicer = Servicer()  # type: ignore[abstract]  # only Info, Snapshot and Fetch are called
         shard_pb2_grpc.add_ShardServiceServicer_to_server(servicer, server)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}",
-                                             interceptors=tracing.client_interceptors()) as channel:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = shard_pb2_grpc.ShardServiceStub(channel)
             with tracing.span("root"):
-                with tracing.call_attributes(shard=3, attempt="hedge"):
-                    await stub.Info(shard_pb2.ShardInfoRequest())
+                with tracing.client_call("ShardService/Info", shard=3, attempt="hedge") as metadata:
+                    await stub.Info(shard_pb2.ShardInfoRequest(), metadata=metadata)
                 detached = tracing.start_span("generate")
-                with tracing.activate(detached):
-                    call = stub.Snapshot(shard_pb2.SnapshotRequest())
-                assert len([c async for c in call]) == 3
+                with tracing.client_call("ShardService/Snapshot", parent=detached) as metadata:
+                    assert len([c async for c in stub.Snapshot(shard_pb2.SnapshotRequest(), metadata=metadata)]) == 3
                 detached.end()
-            for _ in range(100):  # client spans end from a done callback: give it its turn
-                if len(exporter.get_finished_spans()) == 4:
-                    break
-                await asyncio.sleep(0.01)
+                with pytest.raises(grpc.aio.AioRpcError), \
+                        tracing.client_call("ShardService/Fetch") as metadata:
+                    await stub.Fetch(shard_pb2.FetchRequest(), metadata=metadata)
         await server.stop(0)
 
     exporter = InMemorySpanExporter()
@@ -165,12 +165,94 @@ def test_client_calls_of_every_kind_get_a_span_and_send_their_context():
         asyncio.run(run())
     finally:
         tracing.shutdown()
+    return seen, exporter
+
+
+def test_client_calls_get_a_span_and_send_their_context():
+    """A sampled trace: each call is a CLIENT span under the current (or the given) span, ended with the call's
+    status, and the server sees that span as the traceparent's parent id."""
+    seen, exporter = _serve_and_call()
     spans = {s.name: s for s in exporter.get_finished_spans()}
-    assert set(spans) == {"root", "generate", "ShardService/Info", "ShardService/Snapshot"}
-    info, snapshot = spans["ShardService/Info"], spans["ShardService/Snapshot"]
+    assert set(spans) == {"root", "generate", "ShardService/Info", "ShardService/Snapshot", "ShardService/Fetch"}
+    info, snapshot, fetch = spans["ShardService/Info"], spans["ShardService/Snapshot"], spans["ShardService/Fetch"]
     assert _parent(info) == spans["root"].context.span_id
     assert _parent(snapshot) == spans["generate"].context.span_id
-    assert info.attributes is not None
+    assert _parent(fetch) == spans["root"].context.span_id
+    assert info.attributes is not None and fetch.attributes is not None
     assert info.attributes["ragcluster.shard"] == 3 and info.attributes["ragcluster.attempt"] == "hedge"
+    assert info.attributes["rpc.service"] == "ragcluster.v1.ShardService" and info.attributes["rpc.method"] == "Info"
     assert info.attributes["rpc.grpc.status_code"] == 0
-    assert [p.split("-")[2] for p in seen] == [f"{info.context.span_id:016x}", f"{snapshot.context.span_id:016x}"]
+    assert fetch.attributes["rpc.grpc.status_code"] == 3  # INVALID_ARGUMENT
+    assert not fetch.status.is_ok
+    trace_id = f"{spans['root'].context.trace_id:032x}"
+    assert [p.rsplit("-", 1)[0] for p in seen] == [f"00-{trace_id}-{s.context.span_id:016x}"
+                                                   for s in (info, snapshot, fetch)]
+    assert all(int(p.rsplit("-", 1)[1], 16) & 1 for p in seen)  # the sampled flag
+
+
+def test_an_unsampled_trace_sends_its_context_without_client_spans(monkeypatch):
+    """Sampling says no: not one client span is made, yet every call carries the trace's id (the callee's
+    request id) with the not-sampled flag, so the callee records nothing either."""
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0")
+    seen, exporter = _serve_and_call()
+    assert exporter.get_finished_spans() == ()
+    assert len(seen) == 3 and len({p.split("-")[1] for p in seen}) == 1
+    assert all(tracing.trace_id_from({"traceparent": p}) for p in seen)
+    assert not any(int(p.rsplit("-", 1)[1], 16) & 1 for p in seen)  # not sampled
+
+
+UNSAMPLED = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
+SAMPLED = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+@pytest.mark.parametrize(("traceparent", "passed_on"), [
+    (UNSAMPLED, True),
+    (SAMPLED, False),
+    ("", False),
+    ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-extra", False),  # version 00 has four fields
+    ("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00", False),
+    ("00-00000000000000000000000000000000-00f067aa0ba902b7-00", False),
+    ("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-00", False),  # upper case is invalid
+    ("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-02-future", True),  # a later version may add fields
+])
+def test_an_unsampled_caller_costs_the_server_no_span(traceparent, passed_on):
+    """Under the default parent-based sampler, an RPC whose caller did not sample makes no span at all, logs
+    the caller's trace id and passes its traceparent on to the calls it makes; anything else gets a real
+    server span (a malformed traceparent: a new root, as the propagator would make)."""
+    exporter = InMemorySpanExporter()
+    tracing.setup("unit", exporter=exporter, batch=False)
+    try:
+        metadata = {"traceparent": traceparent} if traceparent else {}
+        server = tracing.server_span("ShardService", "Search", metadata).__enter__()
+        with tracing.client_call("ShardService/Fetch") as sent:
+            pass
+        server.finish("OK")
+        with tracing.client_call("ShardService/Fetch") as after:
+            assert after is None  # outside any RPC: nothing to pass on
+    finally:
+        tracing.shutdown()
+    spans = exporter.get_finished_spans()
+    if passed_on:
+        assert isinstance(server, tracing.PassedOn) and spans == ()
+        assert sent == (("traceparent", traceparent),)
+        assert server.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"
+    else:
+        assert isinstance(server, tracing.ServerSpan)
+        names = [s.name for s in spans]
+        assert "ShardService/Search" in names
+        if traceparent == SAMPLED:
+            assert server.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736" and "ShardService/Fetch" in names
+
+
+def test_a_sampler_that_ignores_the_parent_still_gets_server_spans(monkeypatch):
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_on")
+    exporter = InMemorySpanExporter()
+    tracing.setup("unit", exporter=exporter, batch=False)
+    try:
+        server = tracing.server_span("ShardService", "Search", {"traceparent": UNSAMPLED}).__enter__()
+        server.finish("OK")
+    finally:
+        tracing.shutdown()
+    assert isinstance(server, tracing.ServerSpan)
+    assert [s.name for s in exporter.get_finished_spans()] == ["ShardService/Search"]
