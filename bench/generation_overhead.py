@@ -41,6 +41,7 @@ def main() -> int:
     from ragcluster.corpus import sample_corpus_path
     from ragcluster.tools.cluster import ClusterSpec, LocalCluster
     from ragcluster.tools.sources import read_jsonl
+    from ragcluster.types import AnswerDelta, AskComplete
     from ragcluster.v1 import common_pb2, generator_pb2, generator_pb2_grpc
     from router.prompt import Passage, PromptTemplate
 
@@ -56,8 +57,8 @@ def main() -> int:
             # the passages the router would use, for the direct requests
             prompts = {}
             for q in set(questions):
-                hits = router.search(q, k=5)["hits"]
-                passages = [Passage(h["id"], h["text"], h["title"], h["score"]) for h in hits]
+                hits = router.search(q, k=5).hits
+                passages = [Passage(h.id, h.text, h.title, h.score) for h in hits]
                 prompts[q] = template.messages(q, [template.format_passage(i + 1, p) for i, p in enumerate(passages)])
             channel = grpc.insecure_channel(generator)
             gen = generator_pb2_grpc.GeneratorServiceStub(channel)
@@ -79,10 +80,10 @@ def main() -> int:
                 start = time.perf_counter()
                 ttft, tokens = None, 0
                 for event in router.ask_events(q, k=5, max_tokens=args.max_tokens, temperature=0.0):
-                    if event.WhichOneof("event") == "delta" and ttft is None:
+                    if isinstance(event, AnswerDelta) and ttft is None:
                         ttft = time.perf_counter() - start
-                    elif event.WhichOneof("event") == "complete":
-                        tokens = event.complete.completion_tokens
+                    elif isinstance(event, AskComplete):
+                        tokens = event.completion_tokens
                 return ttft or 0.0, tokens
 
             results = {}

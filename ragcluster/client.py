@@ -3,24 +3,38 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
 from ragcluster.channels import sync_channel
-from ragcluster.convert import coverage_to_json, document_to_pb, filter_to_pb, hit_to_json, set_retrieval
+from ragcluster.convert import (
+    ask_event_from_pb,
+    cluster_status_from_pb,
+    coverage_from_pb,
+    document_to_pb,
+    filter_to_pb,
+    search_result_from_pb,
+    set_retrieval,
+    switch_result_from_pb,
+)
 from ragcluster.documents import Document
 from ragcluster.security import ClientTls
-from ragcluster.types import Condition
+from ragcluster.types import (
+    Answer,
+    AnswerDelta,
+    AskComplete,
+    AskEvent,
+    AskHits,
+    ClusterStatus,
+    Condition,
+    Coverage,
+    Hit,
+    IngestResult,
+    SearchResult,
+    SwitchResult,
+)
 from ragcluster.v1 import common_pb2, router_pb2, router_pb2_grpc
-
-
-@dataclass
-class IngestResult:
-    acknowledged: int = 0
-    sent: int = 0
-    unchanged: int = 0  # resume: already stored with the same content, not sent
 
 
 class RouterClient:
@@ -43,7 +57,7 @@ class RouterClient:
     def search(self, text: str | None = None, k: int = 10, vector: list[float] | None = None,
                timeout: float | None = None, where: list[Condition] | None = None,
                min_coverage: float | None = None, collection: str = "", mode: str = "", fusion: str = "",
-               rrf_k: int | None = None, alpha: float | None = None, window: int | None = None) -> dict:
+               rrf_k: int | None = None, alpha: float | None = None, window: int | None = None) -> SearchResult:
         """``where``: filter conditions, e.g. ``[{"field": "topic", "equals": "science"}, {"field": "n", "gte": 3}]``.
         ``min_coverage``: fail (UNAVAILABLE, see ``coverage_from_error``) below this share of shards.
         ``mode``: dense | lexical | hybrid ('' = the router's default); ``fusion`` (rrf | weighted), ``rrf_k``,
@@ -58,23 +72,14 @@ class RouterClient:
             request.vector.values.extend(vector)
         else:
             request.text = text or ""
-        response = self.stub.Search(request, timeout=timeout or self.timeout)
-        return {
-            "hits": [hit_to_json(h) for h in response.hits],
-            "coverage": coverage_to_json(response.coverage),
-            "collection": response.collection,
-            "embedding_model": response.embedding_model,
-            "mode": {1: "dense", 2: "lexical", 3: "hybrid"}.get(response.mode, ""),
-            "timings": {"embed_seconds": response.timings.embed_seconds,
-                        "retrieve_seconds": response.timings.retrieve_seconds,
-                        "total_seconds": response.timings.total_seconds},
-        }
+        return search_result_from_pb(self.stub.Search(request, timeout=timeout or self.timeout))
 
     def ask_events(self, question: str, k: int = 0, max_tokens: int | None = None, temperature: float | None = None,
                    seed: int | None = None, repetition_penalty: float | None = None,
                    timeout: float | None = None, where: list[Condition] | None = None, mode: str = "",
                    fusion: str = "", rrf_k: int | None = None, alpha: float | None = None,
-                   window: int | None = None) -> Iterator[router_pb2.AskEvent]:
+                   window: int | None = None) -> Iterator[AskEvent]:
+        """The answer's events as they stream: AskHits first, AnswerDelta pieces, AskComplete last."""
         sampling = common_pb2.SamplingParams()
         if max_tokens is not None:
             sampling.max_tokens = max_tokens
@@ -88,27 +93,30 @@ class RouterClient:
         set_retrieval(request, mode, fusion, rrf_k, alpha, window)
         if where:
             request.filter.CopyFrom(filter_to_pb(where))
-        yield from self.stub.Ask(request, timeout=timeout or self.timeout)
+        for pb in self.stub.Ask(request, timeout=timeout or self.timeout):
+            event = ask_event_from_pb(pb)
+            if event is not None:
+                yield event
 
-    def ask(self, question: str, on_delta: Callable[[str], object] | None = None, **kwargs: Any) -> dict[str, Any]:
-        result: dict[str, Any] = {"answer": "", "citations": [], "hits": [], "coverage": {}, "timings": {}}
+    def ask(self, question: str, on_delta: Callable[[str], object] | None = None, **kwargs: Any) -> Answer:
+        """The whole answer (``kwargs`` as for ``ask_events``); ``on_delta`` sees each piece of text as it comes."""
+        text: list[str] = []
+        hits: tuple[Hit, ...] = ()
+        coverage = Coverage()
+        complete = AskComplete()
         for event in self.ask_events(question, **kwargs):
-            kind = event.WhichOneof("event")
-            if kind == "hits":
-                result["hits"] = [hit_to_json(h) for h in event.hits.hits]
-                result["coverage"] = coverage_to_json(event.hits.coverage)
-            elif kind == "delta":
-                result["answer"] += event.delta.text
+            if isinstance(event, AskHits):
+                hits, coverage = event.hits, event.coverage
+            elif isinstance(event, AnswerDelta):
+                text.append(event.text)
                 if on_delta:
-                    on_delta(event.delta.text)
-            elif kind == "complete":
-                c = event.complete
-                result.update(
-                    citations=list(c.citations), finish_reason=c.finish_reason, prompt_tokens=c.prompt_tokens,
-                    completion_tokens=c.completion_tokens, generator=c.generator, model=c.model,
-                    timings={f.name: getattr(c.timings, f.name) for f in c.timings.DESCRIPTOR.fields},
-                )
-        return result
+                    on_delta(event.text)
+            else:
+                complete = event
+        return Answer(answer="".join(text), citations=complete.citations, hits=hits, coverage=coverage,
+                      timings=complete.timings, finish_reason=complete.finish_reason,
+                      prompt_tokens=complete.prompt_tokens, completion_tokens=complete.completion_tokens,
+                      generator=complete.generator, model=complete.model)
 
     def lookup(self, ids: list[str], collection: str = "") -> dict[str, str]:
         """Stored ids among ``ids`` -> their content hashes."""
@@ -122,21 +130,23 @@ class RouterClient:
         """Stream documents in batches; returns once every sent batch was acknowledged (durable).
 
         ``resume``: documents already stored with the same content hash are not sent again."""
-        result = IngestResult()
+        acknowledged = sent = unchanged = 0
 
         def unchanged_dropped(batch: list[Document]) -> list[Document]:
+            nonlocal unchanged
             if not resume:
                 return batch
             stored = self.lookup([d.id for d in batch], collection)
             fresh = [d for d in batch if stored.get(d.id) != d.content_hash()]
             skipped = len(batch) - len(fresh)
-            result.unchanged += skipped
+            unchanged += skipped
             if skipped and on_skip:
                 on_skip(skipped)
             return fresh
 
         # consumed by grpc's sender thread while responses stream back: pipelined
         def requests() -> Iterator[router_pb2.IngestRequest]:
+            nonlocal sent
             batch: list[Document] = []
             for doc in documents:
                 batch.append(doc)
@@ -144,55 +154,36 @@ class RouterClient:
                     fresh = unchanged_dropped(batch)
                     batch = []
                     if fresh:
-                        result.sent += len(fresh)
+                        sent += len(fresh)
                         yield router_pb2.IngestRequest(documents=[document_to_pb(d) for d in fresh],
                                                        collection=collection)
             fresh = unchanged_dropped(batch) if batch else []
             if fresh:
-                result.sent += len(fresh)
+                sent += len(fresh)
                 yield router_pb2.IngestRequest(documents=[document_to_pb(d) for d in fresh], collection=collection)
 
         for response in self.stub.Ingest(requests(), timeout=timeout):
-            result.acknowledged += response.acknowledged
+            acknowledged += response.acknowledged
             if on_ack:
                 on_ack(response.acknowledged)
-        return result
+        return IngestResult(acknowledged=acknowledged, sent=sent, unchanged=unchanged)
 
     def delete(self, ids: list[str], collection: str = "") -> int:
         return self.stub.Delete(router_pb2.DeleteRequest(ids=ids, collection=collection), timeout=self.timeout).deleted
 
-    def switch(self, collection: str, force: bool = False) -> dict:
+    def switch(self, collection: str, force: bool = False) -> SwitchResult:
         """Make ``collection`` the active one; ``force`` even if it holds fewer documents than the router's
         --switch-min-documents."""
-        r = self.stub.SwitchCollection(router_pb2.SwitchCollectionRequest(name=collection, force=force),
-                                       timeout=self.timeout)
-        return {"previous": r.previous, "active": r.active, "documents": r.documents,
-                "embedding_model": r.embedding_model}
+        return switch_result_from_pb(self.stub.SwitchCollection(
+            router_pb2.SwitchCollectionRequest(name=collection, force=force), timeout=self.timeout))
 
-    def status(self, collection: str = "") -> dict:
-        r = self.stub.ClusterStatus(router_pb2.ClusterStatusRequest(collection=collection), timeout=self.timeout)
-        return {
-            "collection": r.collection,
-            "collections": list(r.collections),
-            "documents": r.documents,
-            "embedding_model": r.embedding_model,
-            "dim": r.dim,
-            "max_k": r.max_k,
-            "shards": [
-                {"shard": s.shard, "documents": s.documents, "replicas": [
-                    {"address": x.address, "health": x.health, "documents": x.documents, "sequence": x.sequence,
-                     "index_factory": x.index_factory} for x in s.replicas]}
-                for s in r.shards
-            ],
-            "generators": [
-                {"address": g.address, "health": g.health, "model": g.model,
-                 "max_context_length": g.max_context_length} for g in r.generators
-            ],
-        }
+    def status(self, collection: str = "") -> ClusterStatus:
+        return cluster_status_from_pb(self.stub.ClusterStatus(router_pb2.ClusterStatusRequest(collection=collection),
+                                                              timeout=self.timeout))
 
 
-def coverage_from_error(error: grpc.RpcError) -> dict | None:
-    """The Coverage a router put in an error's details (min_coverage not met), as JSON; else None."""
+def coverage_from_error(error: grpc.RpcError) -> Coverage | None:
+    """The Coverage a router put in an error's details (min_coverage not met); else None."""
     from grpc_status import rpc_status
 
     if not isinstance(error, grpc.Call):
@@ -201,5 +192,5 @@ def coverage_from_error(error: grpc.RpcError) -> dict | None:
     for detail in status.details if status is not None else []:
         coverage = common_pb2.Coverage()
         if detail.Unpack(coverage):
-            return coverage_to_json(coverage)
+            return coverage_from_pb(coverage)
     return None

@@ -56,20 +56,20 @@ def main(argv: list[str] | None = None) -> int:
             bar.close()
             status = client.status()
             console.print(f"{result.acknowledged} documents acknowledged (durable); shards hold "
-                          + ", ".join(f"{s['documents']}" for s in status["shards"]))
+                          + ", ".join(f"{s.documents}" for s in status.shards))
             console.print(f"\n[bold]Q:[/] {opts.question}\n[bold]A:[/] ", end="")
             answer = client.ask(opts.question, k=4, max_tokens=opts.max_tokens, temperature=0.0,
                                 repetition_penalty=opts.repetition_penalty,
                                 on_delta=lambda t: (sys.stdout.write(t), sys.stdout.flush()))
         print()
-        hits = {h["id"]: h for h in answer["hits"]}
+        hits = {h.id: h for h in answer.hits}
         console.print("\n[bold]Citations[/] (passages given to the model, by score)")
-        for n, doc_id in enumerate(answer["citations"], 1):
+        for n, doc_id in enumerate(answer.citations, 1):
             h = hits[doc_id]
-            console.print(f"  [{n}] {doc_id} — {h['title']} (score {h['score']:.3f}, shard {h['shard']})")
-        t = answer["timings"]
-        console.print(f"[dim]first token after {t['time_to_first_token_seconds']:.2f}s, answer in "
-                      f"{t['total_seconds']:.2f}s; {answer['completion_tokens']} tokens from {answer['model']}[/]")
+            console.print(f"  [{n}] {doc_id} — {h.title} (score {h.score:.3f}, shard {h.shard})")
+        t = answer.timings
+        console.print(f"[dim]first token after {t.time_to_first_token_seconds:.2f}s, answer in "
+                      f"{t.total_seconds:.2f}s; {answer.completion_tokens} tokens from {answer.model}[/]")
         console.print("stopping the cluster…")
     console.print("done.")
     return 0

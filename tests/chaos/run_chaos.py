@@ -183,7 +183,7 @@ class Chaos:
                     op = Op("search", [], [], time.monotonic())
                     try:
                         result = client.search(f"rivers client {rng.randrange(3)} hot", k=10, timeout=6.0)
-                        op.hits = [h["id"] for h in result["hits"]]
+                        op.hits = [h.id for h in result.hits]
                         op.ok = True
                     except grpc.RpcError:
                         pass

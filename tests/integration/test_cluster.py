@@ -21,6 +21,7 @@ from ragcluster.channels import health_stub
 from ragcluster.client import RouterClient
 from ragcluster.corpus import make_queries
 from ragcluster.documents import Document
+from ragcluster.types import AnswerDelta, AskComplete, AskHits
 from ragcluster.v1 import common_pb2, router_pb2, router_pb2_grpc
 from router.service import embedding_text
 
@@ -84,12 +85,12 @@ def test_congruence_with_single_flat_index(cluster, ingested, embedder):
     with RouterClient(cluster.router_address) as client:
         for q in queries:
             got = client.search(q, k=k)
-            assert got["coverage"]["shards_total"] == 3 and got["coverage"]["shards_answered"] == 3
-            assert got["coverage"]["documents_searched"] == len(docs) and not got["coverage"]["degraded"]
+            assert got.coverage.shards_total == 3 and got.coverage.shards_answered == 3
+            assert got.coverage.documents_searched == len(docs) and not got.coverage.degraded
             ref_scores, ref_ids = index.search(embedder.encode([q]), k)
             ref = [docs[i].id for i in ref_ids[0]]
-            ids = [h["id"] for h in got["hits"]]
-            scores = np.array([h["score"] for h in got["hits"]])
+            ids = [h.id for h in got.hits]
+            scores = np.array([h.score for h in got.hits])
             np.testing.assert_allclose(scores, ref_scores[0], atol=2e-4)
             if ids != ref:
                 # only near-ties (equal within float noise) may swap places
@@ -141,21 +142,20 @@ def test_ingest_cli_reports_bad_lines(cluster, tmp_path):
     assert summary["acknowledged"] == 1 and summary["unchanged"] == 1
     assert summary["skipped"] == 1 and summary["errors"][0]["line"] == 2
     with RouterClient(router) as client:
-        assert client.search("what guides ships at night", k=1)["hits"][0]["id"] == "cli-2"
+        assert client.search("what guides ships at night", k=1).hits[0].id == "cli-2"
         assert client.delete(["cli-1", "cli-2", "never-existed"]) == 2
-        assert all(h["id"] not in ("cli-1", "cli-2") for h in client.search("lighthouse ships kettle", k=20)["hits"])
+        assert all(h.id not in ("cli-1", "cli-2") for h in client.search("lighthouse ships kettle", k=20).hits)
 
 
 def test_ask_end_to_end_streams_hits_deltas_and_citations(cluster, ingested):
     with RouterClient(cluster.router_address) as client:
         events = list(client.ask_events("What do shard servers store?", k=5, max_tokens=24, temperature=0.0))
-    kinds = [e.WhichOneof("event") for e in events]
-    assert kinds[0] == "hits" and kinds[-1] == "complete"
-    assert set(kinds[1:-1]) == {"delta"} and len(kinds) >= 3
-    hits = [h.document.id for h in events[0].hits.hits]
+    first, done = events[0], events[-1]
+    assert isinstance(first, AskHits) and isinstance(done, AskComplete)
+    assert all(isinstance(e, AnswerDelta) for e in events[1:-1]) and len(events) >= 3
+    hits = [h.id for h in first.hits]
     assert len(hits) == 5 and "ragcluster-shards" in hits
-    done = events[-1].complete
-    assert list(done.citations) and set(done.citations) <= set(hits)
+    assert done.citations and set(done.citations) <= set(hits)
     # citations are the included passages in score order
     assert list(done.citations) == [h for h in hits if h in set(done.citations)]
     assert 0 < done.completion_tokens <= 24
@@ -255,15 +255,15 @@ def test_filtered_search_through_router(cluster, ingested):
     router = cluster.router_address
     with RouterClient(router) as client:
         science = client.search("how does nature work", k=5, where=[{"field": "topic", "equals": "science"}])
-        assert len(science["hits"]) == 5 and {h["metadata"]["topic"] for h in science["hits"]} == {"science"}
+        assert len(science.hits) == 5 and {h.metadata["topic"] for h in science.hits} == {"science"}
         ranged = client.search("a river", k=10, where=[{"field": "n", "gte": 10, "lt": 20},
                                                        {"field": "group", "any_of": ["even"]}])
-        assert sorted(h["metadata"]["n"] for h in ranged["hits"]) == [10, 12, 14, 16, 18]
+        assert sorted(int(h.metadata["n"]) for h in ranged.hits) == [10, 12, 14, 16, 18]
         # a field that exists on one shard only: the others match nothing, no error
         kite = Document("only-one", "A unique note about kites.", metadata={"kite": 1})
         assert client.ingest([kite]).acknowledged == 1
         one = client.search("kites", k=3, where=[{"field": "kite", "equals": 1}])
-        assert [h["id"] for h in one["hits"]] == ["only-one"] and one["coverage"]["shards_answered"] == 3
+        assert [h.id for h in one.hits] == ["only-one"] and one.coverage.shards_answered == 3
         client.delete(["only-one"])
     cli = [sys.executable, "-m", "ragcluster.tools.cli", "search", "--router", router, "rivers", "--json"]
     out = json.loads(subprocess.run([*cli, "--where", "topic=history", "-k", "3"], capture_output=True, text=True,
@@ -362,11 +362,11 @@ def test_ingest_sources_chunking_and_resume(cluster, ingested, tmp_path):
     again = ingest(str(csv_file))  # resumable: unchanged documents are not sent again
     assert again["acknowledged"] == 0 and again["unchanged"] == 2
     with RouterClient(router) as client:
-        assert client.search("Who invented the box kite?", k=1)["hits"][0]["id"] == "kites.md"
-        assert client.search("what makes the tides", k=1)["hits"][0]["id"] == "tides.html"
-        assert client.search("melting sand", k=1)["hits"][0]["id"] == "sql-1"
-        hit = client.search("lighthouse number 33", k=1)["hits"][0]
-        assert hit["id"].startswith("long-1#") and hit["parent_id"] == "long-1"
+        assert client.search("Who invented the box kite?", k=1).hits[0].id == "kites.md"
+        assert client.search("what makes the tides", k=1).hits[0].id == "tides.html"
+        assert client.search("melting sand", k=1).hits[0].id == "sql-1"
+        hit = client.search("lighthouse number 33", k=1).hits[0]
+        assert hit.id.startswith("long-1#") and hit.parent_id == "long-1"
         assert set(client.lookup(["csv-1", "csv-2", "nope"])) == {"csv-1", "csv-2"}
         assert client.delete(["csv-1", "csv-2", "kites.md", "tides.html", "sql-1"]
                              + [f"long-1#{n}" for n in range(chunked["chunks"])]) == 5 + chunked["chunks"]

@@ -16,6 +16,7 @@ from ragcluster.client import RouterClient
 from ragcluster.corpus import make_queries, sample_corpus_path
 from ragcluster.embedding_models import resolve_embedding_model
 from ragcluster.tools.sources import read_jsonl
+from ragcluster.types import SwitchResult
 from router.config import RouterConfig
 from tests.helpers import RouterInThread, shard_process
 
@@ -46,20 +47,20 @@ def test_reindex_then_switch_atomically(tmp_path, embedder, reindexed_model):
     try:
         with RouterClient(router.address) as client:
             assert client.ingest(docs).acknowledged == len(docs)
-            assert client.search("honeybees", k=1)["collection"] == "default"
+            assert client.search("honeybees", k=1).collection == "default"
             # an empty collection is not switched to by mistake (it would answer every search with nothing)
             with pytest.raises(grpc.RpcError) as err:
                 client.switch("v2")
             assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
             assert "switch-min-documents" in (err.value.details() or "")
-            assert client.switch("v2", force=True)["active"] == "v2"  # unless forced
-            assert client.switch("default")["active"] == "default"
+            assert client.switch("v2", force=True).active == "v2"  # unless forced
+            assert client.switch("default").active == "default"
             # the new index is built while the old one serves
             assert client.ingest(docs, collection="v2").acknowledged == len(docs)
             status = client.status("v2")
-            assert status["collection"] == "v2" and status["documents"] == len(docs)
-            assert status["embedding_model"] == "minilm-reindexed"
-            assert set(status["collections"]) == {"default", "v2", "bad"}
+            assert status.collection == "v2" and status.documents == len(docs)
+            assert status.embedding_model == "minilm-reindexed"
+            assert set(status.collections) == {"default", "v2", "bad"}
             # a collection whose shards hold another model's vectors can neither be written nor switched to
             with pytest.raises(grpc.RpcError) as err:
                 client.ingest(docs[:2], collection="bad")
@@ -85,7 +86,7 @@ def test_reindex_then_switch_atomically(tmp_path, embedder, reindexed_model):
                         return
                     try:
                         r = c.search(queries[i % 50], k=3, timeout=10)
-                        seen[n].append((r["collection"], r["embedding_model"]))
+                        seen[n].append((r.collection, r.embedding_model))
                     except grpc.RpcError as exc:
                         errors.append(exc)
 
@@ -104,8 +105,8 @@ def test_reindex_then_switch_atomically(tmp_path, embedder, reindexed_model):
         stop.set()
         for t in threads:
             t.join(30)
-        assert switched == {"previous": "default", "active": "v2", "documents": len(docs),
-                            "embedding_model": "minilm-reindexed"}
+        assert switched == SwitchResult(previous="default", active="v2", documents=len(docs),
+                                        embedding_model="minilm-reindexed")
         assert not errors
         allowed = {("default", "all-MiniLM-L6-v2"), ("v2", "minilm-reindexed")}
         for s in seen:
@@ -120,8 +121,8 @@ def test_reindex_then_switch_atomically(tmp_path, embedder, reindexed_model):
     again = RouterInThread(config, embedder)  # a restarted router keeps serving the switched-to collection
     try:
         with RouterClient(again.address) as client:
-            assert client.status()["collection"] == "v2"
-            assert client.search("honeybees", k=1)["hits"][0]["id"] == "honeybees"
+            assert client.status().collection == "v2"
+            assert client.search("honeybees", k=1).hits[0].id == "honeybees"
     finally:
         again.stop()
         for p in procs.values():

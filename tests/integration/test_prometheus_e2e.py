@@ -113,9 +113,9 @@ def test_real_prometheus_scrapes_the_cluster_and_evaluates_the_rules(cluster, in
 
     with RouterClient(cluster.router_address) as client:
         for i in range(30):
-            assert client.search(f"tea leaves {i}", k=3)["hits"]
+            assert client.search(f"tea leaves {i}", k=3).hits
         for question in ("What is tea?", "Where do kites fly?"):
-            assert client.ask(question, max_tokens=4)["completion_tokens"] > 0
+            assert client.ask(question, max_tokens=4).completion_tokens > 0
 
     # the traffic shows up once every process has been scraped again
     counted = {

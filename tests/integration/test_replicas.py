@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
 
 import grpc
 import numpy as np
@@ -15,6 +14,7 @@ import pytest
 from ragcluster.client import RouterClient, coverage_from_error
 from ragcluster.corpus import make_documents, make_queries
 from ragcluster.tools.cluster import ServerProcess
+from ragcluster.types import Coverage, SearchResult
 from ragcluster.v1 import shard_pb2, shard_pb2_grpc
 from router.config import RouterConfig
 from tests.helpers import RouterInThread, replica_digest, shard_process
@@ -73,7 +73,7 @@ def load(address: str, stop: threading.Event, results: list, errors: list, min_c
                 return
             try:
                 r = client.search(queries[i % 50], k=5, timeout=5, min_coverage=min_coverage)
-                results.append(r["coverage"])
+                results.append(r.coverage)
             except grpc.RpcError as exc:
                 errors.append(exc)
 
@@ -81,7 +81,7 @@ def load(address: str, stop: threading.Event, results: list, errors: list, min_c
 def test_killing_a_replica_under_load_fails_no_request(replicated):
     _run, procs, router, _ = replicated
     stop = threading.Event()
-    results: list[dict[str, Any]] = []
+    results: list[Coverage] = []
     errors: list[grpc.RpcError] = []
     threads = [threading.Thread(target=load, args=(router.address, stop, results, errors)) for _ in range(4)]
     for t in threads:
@@ -98,7 +98,7 @@ def test_killing_a_replica_under_load_fails_no_request(replicated):
         t.join(30)
     assert not errors, errors[:3]
     assert len(results) >= before + 200
-    assert all(c["shards_answered"] == 2 and not c["degraded"] for c in results)
+    assert all(c.shards_answered == 2 and not c.degraded for c in results)
 
 
 def test_replica_back_empty_or_behind_catches_up_before_serving_reads(replicated, embedder):
@@ -141,17 +141,17 @@ def test_a_dead_shard_is_flagged_in_coverage_or_refused(replicated):
         start = time.monotonic()
         result = client.search("the night train", k=5, timeout=3)
         assert time.monotonic() - start < 3
-        cov = result["coverage"]
-        assert (cov["shards_total"], cov["shards_answered"], cov["degraded"]) == (2, 1, True)
-        assert cov["failures"][0]["shard"] == 1 and cov["failures"][0]["reason"].endswith("UNAVAILABLE")
-        assert result["hits"] and all(h["shard"] == 0 for h in result["hits"])
+        cov = result.coverage
+        assert (cov.shards_total, cov.shards_answered, cov.degraded) == (2, 1, True)
+        assert cov.failures[0].shard == 1 and cov.failures[0].reason.endswith("UNAVAILABLE")
+        assert result.hits and all(h.shard == 0 for h in result.hits)
         with pytest.raises(grpc.RpcError) as err:
             client.search("the night train", k=5, timeout=3, min_coverage=1.0)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "min_coverage" in (err.value.details() or "")
         details = coverage_from_error(err.value)
         assert details is not None
-        assert details["shards_answered"] == 1 and details["shards_total"] == 2
-        assert client.search("the night train", k=5, timeout=3, min_coverage=0.5)["hits"]
+        assert details.shards_answered == 1 and details.shards_total == 2
+        assert client.search("the night train", k=5, timeout=3, min_coverage=0.5).hits
     for r in range(2):  # back for later tests
         procs[(1, r)] = shard_process(run, 1, r, port=port_of(procs[(1, r)])).wait_ready(120)
 
@@ -202,8 +202,8 @@ def test_deadline_is_honoured_end_to_end(tmp_path, embedder):
                 elapsed = time.monotonic() - start
                 # answered by the deadline (the stuck shard would take 3 s), with a margin for a busy machine
                 assert elapsed < timeout + 0.25, elapsed
-                assert result["coverage"]["shards_answered"] == 1
-                assert result["coverage"]["failures"][0]["reason"].endswith("TIMEOUT")
+                assert result.coverage.shards_answered == 1
+                assert result.coverage.failures[0].reason.endswith("TIMEOUT")
     finally:
         router.stop()
         ok.terminate(30)
@@ -237,7 +237,7 @@ def test_admission_control_and_graceful_drain(tmp_path, embedder):
         assert all(t < 0.4 for c, t in outcomes if c == "RESOURCE_EXHAUSTED")
 
         # graceful stop: a request in flight when the router is told to stop still completes
-        result: list = []
+        result: list[SearchResult] = []
         thread = threading.Thread(target=lambda: result.append(
             RouterClient(router.address).search("fresh bread", k=3, timeout=10)))
         thread.start()
@@ -246,6 +246,6 @@ def test_admission_control_and_graceful_drain(tmp_path, embedder):
             time.sleep(0.005)
         router.stop()  # grace 1 s > the 0.5 s the request still needs
         thread.join(10)
-        assert result and result[0]["coverage"]["shards_answered"] == 1
+        assert result and result[0].coverage.shards_answered == 1
     finally:
         slow.terminate(30)

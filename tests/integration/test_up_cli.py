@@ -60,11 +60,11 @@ def test_up_writes_manifest_stops_cleanly_and_reopens(tmp_path):
         with _client(manifest) as client:
             assert client.ingest(docs).acknowledged == 30
             status = client.status()
-            assert status["documents"] == 30
+            assert status.documents == 30
             # writes went to both replicas of each shard
-            for s in status["shards"]:
-                assert [r["documents"] for r in s["replicas"]] == [s["documents"]] * 2
-            before = client.search("the harbour crane records", k=5)["hits"]
+            for s in status.shards:
+                assert [r.documents for r in s.replicas] == [s.documents] * 2
+            before = client.search("the harbour crane records", k=5).hits
         # secure by default: the CLI finds the CA and the admin key through --data-dir, nothing else to pass
         cli = [sys.executable, "-m", "ragcluster.tools.cli"]
         where = ["--router", manifest["router"], "--data-dir", str(tmp_path)]
@@ -93,19 +93,19 @@ def test_up_writes_manifest_stops_cleanly_and_reopens(tmp_path):
         assert "sha256:" in (certs / "tokens").read_text()
         assert (certs / "admin.token").read_text().strip() not in (certs / "tokens").read_text()  # only hashes
         with _client(manifest) as client:
-            before = client.search("the harbour crane records", k=5)["hits"]
+            before = client.search("the harbour crane records", k=5).hits
     finally:
         _stop(proc, manifest)
 
     proc, manifest = _up(tmp_path)  # same data dir: the same data comes back
     try:
         with _client(manifest) as client:
-            assert client.status()["documents"] == 35
-            after = client.search("the harbour crane records", k=5)["hits"]
-            assert [h["id"] for h in after] == [h["id"] for h in before]
-            assert [h["text"] for h in after] == [h["text"] for h in before]
+            assert client.status().documents == 35
+            after = client.search("the harbour crane records", k=5).hits
+            assert [h.id for h in after] == [h.id for h in before]
+            assert [h.text for h in after] == [h.text for h in before]
             # the query is re-embedded by a new process: scores agree to float noise
-            assert all(abs(a["score"] - b["score"]) < 1e-5 for a, b in zip(after, before))
+            assert all(abs(a.score - b.score) < 1e-5 for a, b in zip(after, before, strict=True))
     finally:
         _stop(proc, manifest)
 

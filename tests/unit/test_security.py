@@ -136,11 +136,11 @@ def test_cli_prints_document_markup_literally():
     from rich.console import Console
 
     from ragcluster.tools.cli.search import hits_table
+    from ragcluster.types import Coverage, Hit, SearchResult
 
-    hit = {"id": "[link=http://evil]x[/link]", "score": 1.0, "shard": 0, "title": "[bold red]T[/]",
-           "text": "see [blink]this[/blink] \\[escaped]"}
+    hit = Hit(id="[link=http://evil]x[/link]", score=1.0, shard=0, title="[bold red]T[/]",
+              text="see [blink]this[/blink] \\[escaped]")
     out = Console(record=True, width=200, color_system=None)
-    out.print(hits_table({"hits": [hit], "mode": "dense",
-                          "coverage": {"shards_answered": 1, "shards_total": 1, "degraded": False}}))
+    out.print(hits_table(SearchResult(hits=(hit,), mode="dense", coverage=Coverage(shards_answered=1, shards_total=1))))
     text = out.export_text()
     assert "[bold red]T[/]" in text and "[blink]this[/blink]" in text and "[link=http://evil]x[/link]" in text

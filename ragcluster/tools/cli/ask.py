@@ -39,19 +39,21 @@ def cmd_ask(opts: AskOptions, ns: argparse.Namespace) -> int:
                                 temperature=opts.temperature, timeout=opts.timeout, where=where,
                                 **retrieval_kwargs(opts))
         if opts.json:
-            print(json.dumps(ask()))
+            from ragcluster.convert import to_json
+
+            print(json.dumps(to_json(ask())))
             return 0
         result = ask(on_delta=lambda t: (sys.stdout.write(t), sys.stdout.flush()))
     print()
-    by_id = {h["id"]: h for h in result["hits"]}
-    if result["citations"]:
+    by_id = {h.id: h for h in result.hits}
+    if result.citations:
         out.print("\n[bold]Sources[/]")
-        for n, doc_id in enumerate(result["citations"], 1):
-            h = by_id.get(doc_id, {})
-            out.print(f"  \\[{n}] {escape(doc_id)}" + (f" — {escape(h['title'])}" if h.get("title") else "")
-                      + (f" (score {h['score']:.3f})" if h else ""))
-    t = result["timings"]
-    out.print(f"[dim]{result.get('completion_tokens', 0)} tokens; "
-              f"first token {t.get('time_to_first_token_seconds', 0):.2f}s, total {t.get('total_seconds', 0):.2f}s; "
-              f"{escape(result.get('model', ''))} at {escape(result.get('generator', ''))}[/]")
+        for n, doc_id in enumerate(result.citations, 1):
+            h = by_id.get(doc_id)
+            out.print(f"  \\[{n}] {escape(doc_id)}" + (f" — {escape(h.title)}" if h and h.title else "")
+                      + (f" (score {h.score:.3f})" if h else ""))
+    t = result.timings
+    out.print(f"[dim]{result.completion_tokens} tokens; "
+              f"first token {t.time_to_first_token_seconds:.2f}s, total {t.total_seconds:.2f}s; "
+              f"{escape(result.model)} at {escape(result.generator)}[/]")
     return 0

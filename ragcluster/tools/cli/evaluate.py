@@ -46,11 +46,11 @@ def _retrieval(opts: EvalOptions, client: RouterClient, pool: ThreadPoolExecutor
 
     def search(qid: str) -> tuple[str, list[tuple[str, float]]]:
         # chunked corpora: ask for more, then rank each parent document once, at its best chunk
-        hits = client.search(queries[qid], k=min(opts.k * 4, 100), **retrieval_kwargs(opts))["hits"]
+        hits = client.search(queries[qid], k=min(opts.k * 4, 100), **retrieval_kwargs(opts)).hits
         best: dict[str, float] = {}
         for h in hits:
-            parent = h.get("parent_id") or h["id"]
-            best[parent] = max(best.get(parent, float("-inf")), h["score"])
+            parent = h.parent_id or h.id
+            best[parent] = max(best.get(parent, float("-inf")), h.score)
         return qid, sorted(best.items(), key=lambda kv: -kv[1])[: opts.k]
 
     runs = dict(_progress(pool, search, wanted, "eval retrieval", opts.json))
@@ -87,7 +87,7 @@ def _generation(opts: EvalOptions, client: RouterClient, pool: ThreadPoolExecuto
     def ask(item: tuple[str, str, list[str]]) -> tuple[str, str]:
         qid, question, _ = item
         return qid, client.ask(question, max_tokens=opts.max_tokens, temperature=0.0,
-                               **retrieval_kwargs(opts))["answer"].strip()
+                               **retrieval_kwargs(opts)).answer.strip()
 
     answers = dict(_progress(pool, ask, items, "eval generation", opts.json))
     preds = [answers[qid] for qid, _, _ in items]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -25,6 +25,8 @@ from ragcluster.tools.cli.common import (
 if TYPE_CHECKING:
     from rich.table import Table
 
+    from ragcluster.types import SearchResult
+
 
 @dataclass
 class SearchOptions(RetrievalOptions, ConnectOptions):
@@ -39,6 +41,7 @@ class SearchOptions(RetrievalOptions, ConnectOptions):
 
 def cmd_search(opts: SearchOptions, ns: argparse.Namespace) -> int:
     from ragcluster.client import coverage_from_error
+    from ragcluster.convert import to_json
 
     with connect(opts) as client:
         try:
@@ -50,28 +53,29 @@ def cmd_search(opts: SearchOptions, ns: argparse.Namespace) -> int:
             if coverage is None:
                 raise
             if opts.json:
-                print(json.dumps({"error": exc.code().name, "message": exc.details(), "coverage": coverage}))
+                print(json.dumps({"error": exc.code().name, "message": exc.details(), "coverage": to_json(coverage)}))
             return fail(f"{exc.code().name}: {exc.details()}")
     if opts.json:
-        result.pop("timings", None)
-        print(json.dumps(result))
+        shown = to_json(result)
+        del shown["timings"]
+        print(json.dumps(shown))
         return 0
     console().print(hits_table(result))
     return 0
 
 
-def hits_table(result: dict[str, Any]) -> Table:
+def hits_table(result: SearchResult) -> Table:
     """The hits as a rich table; document text is shown literally (its [markup] is escaped)."""
     from rich.table import Table
 
-    cov = result["coverage"]
-    table = Table(title=f"{len(result['hits'])} hits ({result['mode']}) — {cov['shards_answered']}/"
-                        f"{cov['shards_total']} shards" + (" [red](degraded)[/]" if cov["degraded"] else ""))
-    hybrid = result["mode"] == "hybrid"
+    cov = result.coverage
+    table = Table(title=f"{len(result.hits)} hits ({result.mode}) — {cov.shards_answered}/"
+                        f"{cov.shards_total} shards" + (" [red](degraded)[/]" if cov.degraded else ""))
+    hybrid = result.mode == "hybrid"
     for col in ("#", "score", *(("dense #", "lexical #") if hybrid else ()), "shard", "id", "title / text"):
         table.add_column(col, overflow="fold")
-    for i, h in enumerate(result["hits"], 1):
-        snippet = (h["title"] + " — " if h["title"] else "") + h["text"][:100]
-        ranks = (str(h["dense_rank"] or "–"), str(h["lexical_rank"] or "–")) if hybrid else ()
-        table.add_row(str(i), f"{h['score']:.4f}", *ranks, str(h["shard"]), escape(h["id"]), escape(snippet))
+    for i, h in enumerate(result.hits, 1):
+        snippet = (h.title + " — " if h.title else "") + h.text[:100]
+        ranks = (str(h.dense_rank or "–"), str(h.lexical_rank or "–")) if hybrid else ()
+        table.add_row(str(i), f"{h.score:.4f}", *ranks, str(h.shard), escape(h.id), escape(snippet))
     return table

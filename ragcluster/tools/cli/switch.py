@@ -21,8 +21,10 @@ def cmd_switch(opts: SwitchOptions, ns: argparse.Namespace) -> int:
     with connect(opts) as client:
         result = client.switch(ns.name, force=opts.force)
     if opts.json:
-        print(json.dumps(result))
+        from ragcluster.convert import to_json
+
+        print(json.dumps(to_json(result)))
     else:
-        print(f"active collection: {result['previous']} -> {result['active']} ({result['documents']} documents, "
-              f"{result['embedding_model']})")
+        print(f"active collection: {result.previous} -> {result.active} ({result.documents} documents, "
+              f"{result.embedding_model})")
     return 0
