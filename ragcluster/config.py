@@ -149,6 +149,10 @@ class ServerConfig:
                                       "(default: the host of each address; set it when dialling pod IPs)")
     insecure: bool = option(False, "serve and call without TLS or authentication; without it a server refuses "
                                    "to bind a non-loopback address without --tls-cert")
+    max_connection_age_seconds: float = option(0.0, "close client connections after this long (0 = never): they "
+                                                    "reconnect, with a new TLS handshake, so a certificate or CA "
+                                                    "taken out of --tls-ca stops being accepted within this time "
+                                                    "(calls in flight finish on the old connection)")
 
     def tls_files(self) -> TlsFiles:
         from ragcluster.security import TlsFiles

@@ -180,15 +180,25 @@ class ClientTls:
     def enabled(self) -> bool:
         return self.files.enabled
 
+    def paths(self) -> list[str]:
+        """The files the credentials are read from (watched for rotation by ragcluster.channels)."""
+        return [p for p in (self.files.cert, self.files.key, self.files.ca) if p]
+
+    def stamp(self) -> tuple:
+        """Changes whenever one of ``paths()`` is replaced or rewritten."""
+        return _stamp(self.paths())
+
     def credentials(self) -> grpc.ChannelCredentials | None:
+        """Credentials from the files as they are now (a certificate and a key that do not belong together,
+        e.g. read half way through a rotation, raise ValueError)."""
         if not self.enabled:
             return None
         f = self.files
+        cert, key = (_read(f.cert), _read(f.key)) if f.cert else (None, None)
+        if cert is not None and key is not None:
+            check_pair(cert, key)
         creds = grpc.ssl_channel_credentials(
-            root_certificates=_read(f.ca) if f.ca else None,
-            private_key=_read(f.key) if f.key else None,
-            certificate_chain=_read(f.cert) if f.cert else None,
-        )
+            root_certificates=_read(f.ca) if f.ca else None, private_key=key, certificate_chain=cert)
         if self.token:
             creds = grpc.composite_channel_credentials(creds, grpc.access_token_call_credentials(self.token))
         return creds

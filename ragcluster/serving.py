@@ -123,6 +123,8 @@ class GrpcServer:
             ("grpc.so_reuseport", 0),
             *KEEPALIVE_OPTIONS,
         ]
+        if cfg.max_connection_age_seconds > 0:  # GOAWAY, then clients reconnect; streams in flight live on
+            options.append(("grpc.max_connection_age_ms", max(1, int(cfg.max_connection_age_seconds * 1000))))
         self.server = grpc.aio.server(interceptors=[ServerInterceptor(cfg.access_log, self.authorize)],
                                       options=options)
         for spec in self.services:

@@ -55,6 +55,7 @@ async def watch(backend: Backend, kind: str) -> None:
     backoff = 0.1
     stub = health_stub(backend.channel)
     while True:
+        generation = getattr(backend.channel, "generation", 0)
         try:
             async for response in stub.Watch(health_pb2.HealthCheckRequest()):
                 serving = response.status == health_pb2.HealthCheckResponse.SERVING
@@ -66,8 +67,14 @@ async def watch(backend: Backend, kind: str) -> None:
                 backend.serving = serving
                 backend.known.set()
                 backoff = 0.1
-        except grpc.aio.AioRpcError:
-            pass
+        except (grpc.aio.AioRpcError, asyncio.CancelledError) as exc:
+            # a channel rebuilt for rotated certificates closes its old channel, which cancels this stream (as
+            # CancelledError): watch again on the new one; a cancellation of this task itself goes on up
+            task = asyncio.current_task()
+            if getattr(backend.channel, "generation", 0) != generation and not (task and task.cancelling()):
+                continue
+            if isinstance(exc, asyncio.CancelledError):
+                raise
         if backend.serving:
             logger.warning("%s %s unreachable; no traffic until it is SERVING again", kind, backend.address)
         backend.serving = False
