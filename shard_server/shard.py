@@ -147,6 +147,15 @@ class TermStats:
     config: str
 
 
+MAX_VERSION = 2**63 - 1  # versions are stored as SQLite INTEGER (signed 64-bit)
+
+
+def _check_versions(versions: list[int] | None, where: str) -> None:
+    for i, version in enumerate(versions or ()):
+        if version > MAX_VERSION:
+            raise InvalidArgument(f"{where}[{i}]: {version} is above the largest version {MAX_VERSION}")
+
+
 class Shard:
     def __init__(self, data_dir: Path, shard_id: int = 0, dim: int = 384, metric: str = "ip",
                  index_factory: str = "Flat", embedding_model: str = "", max_k: int = 1000,
@@ -392,6 +401,7 @@ class Shard:
                     )
             if versions is not None and len(versions) != len(docs):
                 raise InvalidArgument(f"documents.version: {len(versions)} versions for {len(docs)} documents")
+            _check_versions(versions, "documents.version")
             prepared = self.index.prepare(vectors)
             iids, replaced, sequence = self.store.upsert(docs, prepared, versions)
             written = iids >= 0  # older versions were skipped
@@ -414,6 +424,7 @@ class Shard:
             validate_id(doc_id, f"ids[{i}]")
         if versions is not None and len(versions) != len(ids):
             raise InvalidArgument(f"versions: {len(versions)} versions for {len(ids)} ids")
+        _check_versions(versions, "versions")
         start = time.perf_counter()
         with self._write_lock:
             removed, sequence = self.store.delete(ids, versions)
