@@ -149,6 +149,9 @@ class ServerConfig:
                                       "(default: the host of each address; set it when dialling pod IPs)")
     insecure: bool = option(False, "serve and call without TLS or authentication; without it a server refuses "
                                    "to bind a non-loopback address without --tls-cert")
+    health_port: int = option(-1, "also serve grpc.health.v1 alone, in plaintext, on this port (-1 = off, 0 = pick "
+                                  "one): for probes that cannot speak TLS, e.g. the kubelet's grpc probe; it "
+                                  "tells SERVING or not and nothing else")
     max_connection_age_seconds: float = option(0.0, "close client connections after this long (0 = never): they "
                                                     "reconnect, with a new TLS handshake, so a certificate or CA "
                                                     "taken out of --tls-ca stops being accepted within this time "

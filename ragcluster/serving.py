@@ -73,7 +73,9 @@ class GrpcServer:
         self._close = close
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
+        self.health_server: grpc.aio.Server | None = None  # --health-port: health alone, plaintext, for probes
         self.port = 0
+        self.health_port = 0
         self.metrics_port = 0
         self._metrics_httpd: ThreadingHTTPServer | None = None
         self._stopped = asyncio.Event()
@@ -144,6 +146,13 @@ class GrpcServer:
             self.port = self.server.add_secure_port(f"{host}:{cfg.port}", credentials)
         if self.port == 0:
             raise RuntimeError(f"could not bind {cfg.host}:{cfg.port}")
+        if cfg.health_port >= 0:
+            self.health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
+            self.health_port = self.health_server.add_insecure_port(f"{host}:{cfg.health_port}")
+            if self.health_port == 0:
+                raise RuntimeError(f"could not bind {cfg.host}:{cfg.health_port} (--health-port)")
+            await self.health_server.start()
         await self.server.start()
         logger.info("listening on %s (%s; metrics on :%s); loading", self.address,
                     "TLS" if credentials is not None else "plaintext", self.metrics_port)
@@ -180,6 +189,8 @@ class GrpcServer:
         await self.health.enter_graceful_shutdown()
         if self.server is not None:
             await self.server.stop(grace)
+        if self.health_server is not None:
+            await self.health_server.stop(None)
         if self._close is not None:
             await self._close()
         if self._metrics_httpd is not None:

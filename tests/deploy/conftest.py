@@ -16,6 +16,8 @@ VALUE_SETS = {
     "default": [],
     "production": [CHART / "values-production.yaml"],
     "kind": [ROOT / "deploy" / "kind" / "values.yaml"],
+    "tls-off": [ROOT / "tests" / "deploy" / "values" / "tls-off.yaml"],
+    "existing-secrets": [ROOT / "tests" / "deploy" / "values" / "existing-secrets.yaml"],
 }
 NAMESPACE = "rag"
 

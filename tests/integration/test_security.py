@@ -173,3 +173,37 @@ def test_generator_accepts_only_the_router(pki, tmp_path):
         assert info(pki.shard0) == grpc.StatusCode.PERMISSION_DENIED
     finally:
         node.terminate()
+
+
+def test_health_port_answers_probes_in_plaintext(pki, tmp_path):
+    """--health-port: the kubelet's grpc probe speaks no TLS; the health service alone answers it in plaintext,
+    while the TLS port still refuses plaintext."""
+    import asyncio
+
+    from ragcluster.config import ServerConfig
+    from ragcluster.serving import GrpcServer
+
+    async def scenario() -> None:
+        config = ServerConfig(port=0, metrics_port=-1, health_port=0, tls_cert=pki.shard0.cert,
+                              tls_key=pki.shard0.key, tls_ca=pki.ca)
+        server = GrpcServer(config, [])
+        await server.start()
+        try:
+            assert server.health_port not in (0, server.port)
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.health_port}") as channel:
+                check = await health_stub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+                assert check.status == health_pb2.HealthCheckResponse.SERVING
+                await server.set_serving(False)
+                check = await health_stub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+                assert check.status == health_pb2.HealthCheckResponse.NOT_SERVING
+                with pytest.raises(grpc.aio.AioRpcError) as err:  # nothing but health on that port
+                    await shard_pb2_grpc.ShardServiceStub(channel).Info(shard_pb2.ShardInfoRequest(), timeout=10)
+                assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            async with grpc.aio.insecure_channel(server.address) as channel:
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await health_stub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+                assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        finally:
+            await server.stop(0)
+
+    asyncio.run(scenario())

@@ -135,3 +135,138 @@ imagePullSecrets:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end -}}
+
+{{/* --- Transport security and API keys ---------------------------------------------------------------- */}}
+
+{{/* Refuse combinations the servers would refuse at start. */}}
+{{- define "ragcluster.checkSecurity" -}}
+{{- if and .Values.tls.enabled (not .Values.auth.enabled) -}}
+{{- fail "auth.enabled=false with tls.enabled=true: the router refuses a non-loopback address without API keys unless it runs --insecure, which also turns TLS off; set tls.enabled=false too to run without both on purpose" -}}
+{{- end -}}
+{{- if and .Values.tls.enabled (not .Values.tls.certManager.enabled) -}}
+{{- if not (and .Values.tls.existingSecrets.router .Values.tls.existingSecrets.shardPrefix) -}}
+{{- fail "tls.certManager.enabled=false needs tls.existingSecrets.router and tls.existingSecrets.shardPrefix (and .generator when generators.enabled)" -}}
+{{- end -}}
+{{- if and .Values.generators.enabled (not .Values.tls.existingSecrets.generator) -}}
+{{- fail "tls.certManager.enabled=false needs tls.existingSecrets.generator when generators.enabled" -}}
+{{- end -}}
+{{- end -}}
+{{- if and .Values.tls.enabled .Values.auth.existingSecret (not .Values.auth.clientTokenSecret) -}}
+{{- fail "auth.existingSecret needs auth.clientTokenSecret: a Secret with key `token` holding a write key for the chart's ingest Job and helm test" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The TLS Secret of a tier: (dict "root" $ "tier" "router"|"generator"|"shard" "shard" N) */}}
+{{- define "ragcluster.tlsSecret" -}}
+{{- $tls := .root.Values.tls -}}
+{{- if eq .tier "shard" -}}
+{{- if $tls.certManager.enabled -}}
+{{- printf "%s-tls" (include "ragcluster.shardName" (dict "root" .root "shard" .shard)) -}}
+{{- else -}}
+{{- printf "%s-%d" $tls.existingSecrets.shardPrefix (int .shard) -}}
+{{- end -}}
+{{- else if $tls.certManager.enabled -}}
+{{- printf "%s-%s-tls" (include "ragcluster.fullname" .root) .tier -}}
+{{- else -}}
+{{- index $tls.existingSecrets .tier -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Server environment for TLS: (dict "root" $) */}}
+{{- define "ragcluster.tlsEnv" -}}
+{{- $tls := .root.Values.tls -}}
+{{- if $tls.enabled }}
+- name: RAGCLUSTER_TLS_CERT
+  value: {{ printf "%s/tls.crt" $tls.mountPath | quote }}
+- name: RAGCLUSTER_TLS_KEY
+  value: {{ printf "%s/tls.key" $tls.mountPath | quote }}
+- name: RAGCLUSTER_TLS_CA
+  value: {{ printf "%s/ca.crt" $tls.mountPath | quote }}
+- name: RAGCLUSTER_TLS_SERVER_NAME
+  value: {{ $tls.internalServerName | quote }}
+- name: RAGCLUSTER_MAX_CONNECTION_AGE_SECONDS
+  value: {{ $tls.maxConnectionAgeSeconds | quote }}
+- name: RAGCLUSTER_HEALTH_PORT
+  value: {{ $tls.healthPort | quote }}
+{{- else }}
+- name: RAGCLUSTER_INSECURE
+  value: "true"
+{{- end }}
+{{- end -}}
+
+{{/* The port the kubelet probes: the plaintext health port with TLS, else the gRPC port. (dict "root" $ "port" N) */}}
+{{- define "ragcluster.probePort" -}}
+{{- if .root.Values.tls.enabled -}}{{ .root.Values.tls.healthPort }}{{- else -}}{{ .port }}{{- end -}}
+{{- end -}}
+
+{{- define "ragcluster.healthContainerPort" -}}
+{{- if .Values.tls.enabled }}
+- name: health
+  containerPort: {{ .Values.tls.healthPort }}
+  protocol: TCP
+{{- end }}
+{{- end -}}
+
+{{- define "ragcluster.tlsMount" -}}
+{{- if .Values.tls.enabled }}
+- name: tls
+  mountPath: {{ .Values.tls.mountPath }}
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{/* The certificate volume: (dict "root" $ "tier" ... "shard" N) */}}
+{{- define "ragcluster.tlsVolume" -}}
+{{- if .root.Values.tls.enabled }}
+- name: tls
+  secret:
+    secretName: {{ include "ragcluster.tlsSecret" . }}
+    defaultMode: 0440
+{{- end }}
+{{- end -}}
+
+{{- define "ragcluster.clientTokenSecret" -}}
+{{- default (printf "%s-admin-token" (include "ragcluster.fullname" .)) .Values.auth.clientTokenSecret -}}
+{{- end -}}
+
+{{/* The chart's client pods (ingest Job, helm test): trust the router's CA, send the client key. */}}
+{{- define "ragcluster.clientEnv" -}}
+{{- if .Values.tls.enabled }}
+- name: RAGCLUSTER_TLS_CA
+  value: /etc/ragcluster/router-ca/ca.crt
+- name: RAGCLUSTER_TOKEN
+  value: /etc/ragcluster/token/token
+{{- else }}
+- name: RAGCLUSTER_INSECURE
+  value: "true"
+{{- end }}
+{{- end -}}
+
+{{- define "ragcluster.clientMounts" -}}
+{{- if .Values.tls.enabled }}
+- name: router-ca
+  mountPath: /etc/ragcluster/router-ca
+  readOnly: true
+- name: token
+  mountPath: /etc/ragcluster/token
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{/* Only the CA of the router's Secret (never its private key) and the client key. */}}
+{{- define "ragcluster.clientVolumes" -}}
+{{- if .Values.tls.enabled }}
+- name: router-ca
+  secret:
+    secretName: {{ include "ragcluster.tlsSecret" (dict "root" . "tier" "router") }}
+    items:
+      - key: ca.crt
+        path: ca.crt
+- name: token
+  secret:
+    secretName: {{ include "ragcluster.clientTokenSecret" . }}
+    items:
+      - key: token
+        path: token
+{{- end }}
+{{- end -}}

@@ -1,0 +1,192 @@
+"""The chart's TLS and API-key wiring: secure by default (cert-manager Certificates with the identities the
+servers check, mounted where RAGCLUSTER_TLS_* point, probes on the plaintext health port, router keys from a
+Secret of hashes), explicitly off, or from existing Secrets — parsed through the servers' real configs. The
+value sets "tls-off" and "existing-secrets" also go through every check of test_chart.py (kubernetes-validate,
+checkov, structure)."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from ragcluster.config import add_config_arguments, config_from_args
+from ragcluster.security import hash_token
+from tests.deploy import chart_checks as cc
+from tests.deploy.conftest import NAMESPACE, render
+
+SERVER_TIERS = ("router", "shard", "generator")
+MOUNT = "/etc/ragcluster/tls"
+
+
+def _env(container: dict) -> dict[str, str]:
+    return {e["name"]: e.get("value", "") for e in container.get("env", [])}
+
+
+def _servers(objs: list[dict]) -> list[tuple[str, dict, dict]]:
+    """(tier, owner, pod template) of every server workload."""
+    out = []
+    for owner, tpl in cc.pod_templates(objs):
+        tier = tpl["metadata"]["labels"].get("app.kubernetes.io/component")
+        if tier in SERVER_TIERS:
+            out.append((tier, owner, tpl))
+    return out
+
+
+def _clients(objs: list[dict]) -> list[dict]:
+    """Pod specs of the chart's own client pods (ingest Job, helm test Pod)."""
+    return [tpl["spec"] for _, tpl in cc.pod_templates(objs)
+            if tpl["metadata"]["labels"].get("app.kubernetes.io/component") == "client"]
+
+
+def _volume(spec: dict, name: str) -> dict:
+    return next(v for v in spec["volumes"] if v["name"] == name)
+
+
+def _config(tier: str, env: dict[str, str]):
+    from generator_node.config import GeneratorConfig
+    from router.config import RouterConfig
+    from shard_server.config import ShardConfig
+
+    cls = {"router": RouterConfig, "shard": ShardConfig, "generator": GeneratorConfig}[tier]
+    env = {k: v for k, v in env.items() if k not in ("RAGCLUSTER_MODEL", "RAGCLUSTER_VLLM_ARGS")}
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, cls, env=env)
+    return config_from_args(cls, parser.parse_args([]))
+
+
+def _identity(tier: str, owner: dict) -> str:
+    if tier == "shard":
+        return f"spiffe://ragcluster/shard/{owner['spec']['template']['metadata']['labels']['ragcluster.io/shard']}"
+    return f"spiffe://ragcluster/{tier}"
+
+
+def test_secure_by_default(rendered_sets):
+    objs = rendered_sets["default"]["objects"]
+    certs = {c["spec"]["secretName"]: c for c in cc.of_kind(objs, "Certificate")}
+    servers = _servers(objs)
+    assert {tier for tier, _, _ in servers} == set(SERVER_TIERS)
+    for tier, owner, tpl in servers:
+        c = tpl["spec"]["containers"][0]
+        env = _env(c)
+        assert "RAGCLUSTER_INSECURE" not in env, cc.name(owner)
+        assert (env["RAGCLUSTER_TLS_CERT"], env["RAGCLUSTER_TLS_KEY"], env["RAGCLUSTER_TLS_CA"]) == (
+            f"{MOUNT}/tls.crt", f"{MOUNT}/tls.key", f"{MOUNT}/ca.crt")
+        mount = next(m for m in c["volumeMounts"] if m["name"] == "tls")
+        assert mount["mountPath"] == MOUNT and mount["readOnly"] is True
+        # the mounted Secret is the one cert-manager writes for this tier's identity
+        cert = certs[_volume(tpl["spec"], "tls")["secret"]["secretName"]]
+        assert cert["spec"]["uris"] == [_identity(tier, owner)], cc.name(owner)
+        assert "ragcluster-internal" in cert["spec"]["dnsNames"]
+        assert {"server auth", "client auth"} <= set(cert["spec"]["usages"])
+        assert cert["spec"]["privateKey"]["rotationPolicy"] == "Always"
+        # the kubelet's grpc probes cannot speak TLS: they go to the plaintext health port
+        health = next(p for p in c["ports"] if p["name"] == "health")
+        assert health["containerPort"] == int(env["RAGCLUSTER_HEALTH_PORT"])
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            assert c[probe]["grpc"]["port"] == health["containerPort"], (cc.name(owner), probe)
+        # what the server makes of it: TLS on, the internal name checked when dialling pod IPs
+        config = _config(tier, env)
+        assert config.tls_files().enabled and config.tls_server_name == "ragcluster-internal"
+        assert config.health_port == health["containerPort"] and config.max_connection_age_seconds > 0
+
+
+def test_router_keys_by_default(rendered_sets):
+    objs = rendered_sets["default"]["objects"]
+    router = next(tpl for tier, _, tpl in _servers(objs) if tier == "router")
+    env = _env(router["spec"]["containers"][0])
+    assert _config("router", env).auth_tokens == "/etc/ragcluster/keys"
+    secrets = {s["metadata"]["name"]: s for s in cc.of_kind(objs, "Secret")}
+    keys = secrets[_volume(router["spec"], "keys")["secret"]["secretName"]]
+    token = secrets["rag-ragcluster-admin-token"]["stringData"]["token"]
+    assert len(token) >= 40
+    lines = [line for line in keys["stringData"]["tokens"].splitlines() if not line.startswith("#")]
+    assert lines == [f"{hash_token(token)} admin chart-admin"]  # only the hash reaches the router
+    assert secrets["rag-ragcluster-admin-token"]["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+
+
+def test_client_pods_trust_the_router_and_send_a_key(rendered_sets):
+    objs = rendered_sets["kind"]["objects"]  # ingest Job enabled
+    clients = _clients(objs)
+    assert len(clients) == 2
+    for spec in clients:
+        c = spec["containers"][0]
+        env = _env(c)
+        mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+        assert env["RAGCLUSTER_TLS_CA"] == f"{mounts['router-ca']}/ca.crt"
+        assert env["RAGCLUSTER_TOKEN"] == f"{mounts['token']}/token"
+        ca = _volume(spec, "router-ca")["secret"]
+        assert ca["secretName"] == "rag-ragcluster-router-tls"
+        assert ca["items"] == [{"key": "ca.crt", "path": "ca.crt"}]  # never the router's private key
+        assert _volume(spec, "token")["secret"]["secretName"] == "rag-ragcluster-admin-token"
+        # what the CLI in the pod makes of its environment
+        from ragcluster.tools.cli.common import ConnectOptions
+
+        parser = argparse.ArgumentParser()
+        add_config_arguments(parser, ConnectOptions, env=env)
+        opts = config_from_args(ConnectOptions, parser.parse_args([]))
+        assert (opts.tls_ca, opts.token, opts.insecure) == (env["RAGCLUSTER_TLS_CA"], env["RAGCLUSTER_TOKEN"], False)
+
+
+def test_tls_off_only_on_purpose(rendered_sets):
+    objs = rendered_sets["tls-off"]["objects"]
+    assert not cc.of_kind(objs, "Certificate") and not cc.of_kind(objs, "Issuer") and not cc.of_kind(objs, "Secret")
+    for tier, owner, tpl in _servers(objs):
+        c = tpl["spec"]["containers"][0]
+        env = _env(c)
+        assert env["RAGCLUSTER_INSECURE"] == "true" and "RAGCLUSTER_TLS_CERT" not in env, cc.name(owner)
+        assert not any(v["name"] == "tls" for v in tpl["spec"]["volumes"])
+        assert c["readinessProbe"]["grpc"]["port"] == int(env["RAGCLUSTER_PORT"])
+        assert _config(tier, env).insecure is True
+    with_job = render.render([], sets=["tls.enabled=false,auth.enabled=false", "ingest.enabled=true"],
+                             namespace=NAMESPACE)
+    for spec in _clients(render.objects(with_job)):
+        assert _env(spec["containers"][0])["RAGCLUSTER_INSECURE"] == "true"
+
+
+def test_existing_secrets(rendered_sets):
+    objs = rendered_sets["existing-secrets"]["objects"]
+    assert not cc.of_kind(objs, "Certificate") and not cc.of_kind(objs, "Secret")
+    for tier, owner, tpl in _servers(objs):
+        secret = _volume(tpl["spec"], "tls")["secret"]["secretName"]
+        if tier == "shard":
+            shard = owner["spec"]["template"]["metadata"]["labels"]["ragcluster.io/shard"]
+            assert secret == f"my-shard-tls-{shard}"
+        else:
+            assert secret == f"my-{tier}-tls"
+        if tier == "router":
+            assert _volume(tpl["spec"], "keys")["secret"]["secretName"] == "my-api-key-hashes"
+    for spec in _clients(objs):
+        assert _volume(spec, "token")["secret"]["secretName"] == "my-ingest-key"
+        assert _volume(spec, "router-ca")["secret"]["secretName"] == "my-router-tls"
+
+
+def test_own_issuer():
+    objs = render.objects(render.render([], sets=["tls.certManager.issuerRef.name=corp-ca",
+                                                  "tls.certManager.issuerRef.kind=ClusterIssuer"]))
+    assert not cc.of_kind(objs, "Issuer")  # no self-signed bootstrap
+    certs = cc.of_kind(objs, "Certificate")
+    assert certs and all(c["spec"]["issuerRef"] == {"name": "corp-ca", "kind": "ClusterIssuer",
+                                                    "group": "cert-manager.io"} for c in certs)
+
+
+def test_bootstrap_ca_signs_the_tiers(rendered_sets):
+    objs = rendered_sets["default"]["objects"]
+    issuers = {i["metadata"]["name"]: i["spec"] for i in cc.of_kind(objs, "Issuer")}
+    ca = next(c for c in cc.of_kind(objs, "Certificate") if c["spec"].get("isCA"))
+    assert "selfSigned" in issuers[ca["spec"]["issuerRef"]["name"]]
+    tiers = [c for c in cc.of_kind(objs, "Certificate") if not c["spec"].get("isCA")]
+    for cert in tiers:
+        assert issuers[cert["spec"]["issuerRef"]["name"]] == {"ca": {"secretName": ca["spec"]["secretName"]}}
+    assert len(tiers) == 2 + 1 + 1  # 2 shards, the router, the generators
+
+
+@pytest.mark.parametrize("sets,message", [
+    (["auth.enabled=false"], "auth.enabled=false with tls.enabled=true"),
+    (["tls.certManager.enabled=false"], "tls.existingSecrets.router"),
+    (["auth.existingSecret=keys"], "auth.clientTokenSecret"),
+])
+def test_refused_combinations(sets, message):
+    with pytest.raises(Exception, match=message):
+        render.render([], sets=sets)
+
