@@ -1,20 +1,39 @@
-"""Ask through the router vs Generate directly on the generator node: 8 concurrent requests.
+"""Ask through the router vs Generate sent straight to the generator node, at 1 and 8 streams.
 
-Starts a local cluster (1 shard, 1 generator with --model), ingests the sample corpus, then for the same
-questions measures (a) the router's Ask (embed + fan-out + prompt budgeting + generation, streamed back
-through the router) and (b) Generate sent straight to the node with the same passages in the same
-template. Reports time-to-first-token overhead (ms) and aggregate tokens/s ratio.
+Starts a local cluster (1 shard, 1 generator with --model, no TLS), ingests the sample corpus, then for the
+same questions measures (a) the router's Ask (embed + fan-out + prompt budgeting + generation, streamed back
+through the router) and (b) Generate sent straight to the node with the same passages in the same template
+(the baseline, in the same run). Rounds alternate direct / Ask so that the load of a shared machine hits
+both alike. Reports per concurrency:
 
-    .venv/bin/python bench/generation_overhead.py --model tiny|smollm2 [--concurrency 8] [--rounds 3]
+- time-to-first-token p50 direct and through Ask, the overhead (Ask - direct), the router's own
+  embed + retrieve time for those requests (AskComplete timings) and the overhead beyond it;
+- tokens/s: completion tokens over the round's wall time (``round``: includes the time to first token),
+  and the streaming rate (``stream``: tokens after the first over the time from first to last delta,
+  summed over the streams) — the per-token cost of relaying through the router;
+- the spread (min-max of the per-round figures) of every ratio.
+
+    .venv/bin/python bench/generation_overhead.py --model tiny|smollm2 [--concurrency 1 8] [--rounds 5] [--json]
+    .venv/bin/python bench/generation_overhead.py --py-spy router.txt  # + profile the router under 8 Ask streams
+
+``--py-spy FILE`` records the router with py-spy (``pip install py-spy``; as root) for ``--py-spy-seconds``
+while Ask runs at the highest concurrency, and writes the collapsed stacks to FILE and a summary (share of
+samples per frame, inclusive) to stdout / the JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
+import os
+import re
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,95 +45,226 @@ QUESTIONS = ["What is FAISS?", "How do honeybees communicate?", "What does the r
              "What are tardigrades?"]
 
 
+class Stream:
+    """What one streamed request measured (seconds from its start)."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.first = 0.0
+        self.last = 0.0
+        self.tokens = 0
+        self.embed_retrieve = 0.0
+
+    def delta(self) -> None:
+        now = time.perf_counter() - self.start
+        if not self.first:
+            self.first = now
+        self.last = now
+
+
+def summarise(rounds: list[dict]) -> dict:
+    ttfts = [s.first for r in rounds for s in r["streams"]]
+    out = {"ttft_p50_ms": statistics.median(ttfts) * 1000,
+           "round_tokens_per_second": statistics.median(r["round_rate"] for r in rounds),
+           "stream_tokens_per_second": statistics.median(r["stream_rate"] for r in rounds)}
+    retrieval = [s.embed_retrieve for r in rounds for s in r["streams"] if s.embed_retrieve]
+    if retrieval:
+        out["embed_retrieve_p50_ms"] = statistics.median(retrieval) * 1000
+    return out
+
+
+def round_figures(streams: list[Stream], wall: float) -> dict:
+    # streaming rate: tokens after the first over first..last delta, summed over streams (aggregate rate)
+    stream_rate = sum((s.tokens - 1) / (s.last - s.first) for s in streams if s.tokens > 1 and s.last > s.first)
+    return {"streams": streams, "round_rate": sum(s.tokens for s in streams) / wall, "stream_rate": stream_rate}
+
+
+def log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def spread(values: list[float]) -> list[float]:
+    return [min(values), max(values)]
+
+
+def profile_summary(collapsed: str, top: int = 25) -> list[tuple[str, float]]:
+    """Inclusive share of samples per frame (function + file) from py-spy's collapsed stacks."""
+    totals: collections.Counter[str] = collections.Counter()
+    samples = 0
+    for line in collapsed.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        samples += n
+        seen = set()
+        for frame in stack.split(";"):
+            match = re.fullmatch(r"(.*) \((?:.*/)?([^/]+/[^/]+?)(?::\d+)?\)", frame)
+            name = f"{match[1]} ({match[2]})" if match else frame
+            if name not in seen:
+                seen.add(name)
+                totals[name] += n
+    return [(name, n / max(samples, 1)) for name, n in totals.most_common(top)]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny")
-    parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--rounds", type=int, default=4, help="rounds per concurrency and path (alternating)")
+    parser.add_argument("--requests", type=int, default=8, help="requests per round (at least the concurrency)")
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--py-spy", default="", help="record the router with py-spy into this file (collapsed)")
+    parser.add_argument("--py-spy-seconds", type=float, default=30.0)
+    parser.add_argument("--profile-only", action="store_true", help="with --py-spy: skip the measurements")
+    parser.add_argument("--router-arg", action="append", default=[], help="extra router flag (repeatable)")
+    parser.add_argument("--generator-arg", action="append", default=[], help="extra generator flag (repeatable)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
     import grpc
 
-    from ragcluster.client import RouterClient
+    from ragcluster.convert import document_to_pb
     from ragcluster.corpus import sample_corpus_path
     from ragcluster.tools.cluster import ClusterSpec, LocalCluster
     from ragcluster.tools.sources import read_jsonl
-    from ragcluster.types import AnswerDelta, AskComplete
-    from ragcluster.v1 import common_pb2, generator_pb2, generator_pb2_grpc
+    from ragcluster.v1 import common_pb2, generator_pb2, generator_pb2_grpc, router_pb2, router_pb2_grpc
     from router.prompt import Passage, PromptTemplate
 
     template = PromptTemplate()
-    questions = (QUESTIONS * ((args.concurrency // len(QUESTIONS)) + 1))[: args.concurrency]
+    results: dict = {"model": args.model, "max_tokens": args.max_tokens, "rounds": args.rounds,
+                     "requests_per_round": args.requests, "load_average_before": os.getloadavg(), "by_concurrency": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        spec = ClusterSpec(data_dir=tmp, shards=1, generators=1, model=args.model, port=0, insecure=True)
+        spec = ClusterSpec(data_dir=tmp, shards=1, generators=1, model=args.model, port=0, insecure=True,
+                           router_args=[a for flag in args.router_arg for a in flag.split()],
+                           generator_args=[a for flag in args.generator_arg for a in flag.split()])
         with LocalCluster(spec) as cluster:
+            log("starting the cluster")
             cluster.start(timeout=900)
             generator = next(m.grpc for m in cluster.members if m.role == "generator")
-            router = RouterClient(cluster.router_address, timeout=300)
-            router.ingest([r.document for r in read_jsonl([str(sample_corpus_path())]) if r.document])
+            router_pid = next(m.pid for m in cluster.members if m.role == "router")
+            router_channel = grpc.insecure_channel(cluster.router_address)
+            router = router_pb2_grpc.RouterServiceStub(router_channel)
+            docs = [document_to_pb(r.document) for r in read_jsonl([str(sample_corpus_path())]) if r.document]
+            list(router.Ingest(iter([router_pb2.IngestRequest(documents=docs[i:i + 64])
+                                     for i in range(0, len(docs), 64)]), timeout=300))
             # the passages the router would use, for the direct requests
             prompts = {}
-            for q in set(questions):
-                hits = router.search(q, k=5).hits
-                passages = [Passage(h.id, h.text, h.title, h.score) for h in hits]
+            for q in QUESTIONS:
+                hits = router.Search(router_pb2.SearchRequest(text=q, k=5), timeout=60).hits
+                passages = [Passage(h.document.id, h.document.text, h.document.title, h.score) for h in hits]
                 prompts[q] = template.messages(q, [template.format_passage(i + 1, p) for i, p in enumerate(passages)])
-            channel = grpc.insecure_channel(generator)
-            gen = generator_pb2_grpc.GeneratorServiceStub(channel)
+            gen_channel = grpc.insecure_channel(generator)
+            gen = generator_pb2_grpc.GeneratorServiceStub(gen_channel)
+            sampling = common_pb2.SamplingParams(max_tokens=args.max_tokens, temperature=0.0)
 
-            def direct(q):
-                start = time.perf_counter()
-                ttft, tokens = None, 0
+            def direct(q: str) -> Stream:
+                s = Stream()
                 request = generator_pb2.GenerateRequest(
                     chat=generator_pb2.ChatMessages(messages=[generator_pb2.ChatMessage(**m) for m in prompts[q]]),
-                    sampling=common_pb2.SamplingParams(max_tokens=args.max_tokens, temperature=0.0))
+                    sampling=sampling)
                 for event in gen.Generate(request, timeout=300):
-                    if event.WhichOneof("event") == "delta" and ttft is None:
-                        ttft = time.perf_counter() - start
-                    elif event.WhichOneof("event") == "complete":
-                        tokens = event.complete.completion_tokens
-                return ttft or 0.0, tokens
+                    if event.HasField("delta"):
+                        s.delta()
+                    elif event.HasField("complete"):
+                        s.tokens = event.complete.completion_tokens
+                return s
 
-            def through_router(q):
+            def through_router(q: str) -> Stream:
+                s = Stream()
+                for event in router.Ask(router_pb2.AskRequest(question=q, k=5, sampling=sampling), timeout=300):
+                    if event.HasField("delta"):
+                        s.delta()
+                    elif event.HasField("complete"):
+                        s.tokens = event.complete.completion_tokens
+                        s.embed_retrieve = event.complete.timings.embed_seconds + \
+                            event.complete.timings.retrieve_seconds
+                return s
+
+            paths = {"direct": direct, "ask": through_router}
+
+            def run_round(fn, pool: ThreadPoolExecutor, n: int) -> dict:
+                questions = (QUESTIONS * (n // len(QUESTIONS) + 1))[:n]
                 start = time.perf_counter()
-                ttft, tokens = None, 0
-                for event in router.ask_events(q, k=5, max_tokens=args.max_tokens, temperature=0.0):
-                    if isinstance(event, AnswerDelta) and ttft is None:
-                        ttft = time.perf_counter() - start
-                    elif isinstance(event, AskComplete):
-                        tokens = event.completion_tokens
-                return ttft or 0.0, tokens
+                streams = list(pool.map(fn, questions))
+                return round_figures(streams, time.perf_counter() - start)
 
-            results = {}
-            with ThreadPoolExecutor(args.concurrency) as pool:
-                list(pool.map(direct, questions))  # warm-up
-                list(pool.map(through_router, questions))
-                for name, fn in (("direct", direct), ("router", through_router)):
-                    ttfts, rates = [], []
+            for concurrency in [] if args.profile_only else args.concurrency:
+                log(f"{concurrency} stream(s): warm-up, then {args.rounds} rounds per path")
+                with ThreadPoolExecutor(concurrency) as pool:
+                    for fn in paths.values():  # warm-up (first Info, tokenizer, caches)
+                        run_round(fn, pool, max(concurrency, 8))
+                    rounds: dict[str, list[dict]] = {name: [] for name in paths}
                     for _ in range(args.rounds):
-                        start = time.perf_counter()
-                        out = list(pool.map(fn, questions))
-                        wall = time.perf_counter() - start
-                        ttfts += [t for t, _ in out]
-                        rates.append(sum(n for _, n in out) / wall)
-                    results[name] = {"ttft_p50_ms": statistics.median(ttfts) * 1000,
-                                     "tokens_per_second": statistics.median(rates)}
-            channel.close()
-            router.close()
-    results["model"] = args.model
-    results["concurrency"] = args.concurrency
-    results["ttft_overhead_ms"] = results["router"]["ttft_p50_ms"] - results["direct"]["ttft_p50_ms"]
-    results["tokens_per_second_ratio"] = results["router"]["tokens_per_second"] / results["direct"]["tokens_per_second"]
+                        for name, fn in paths.items():
+                            rounds[name].append(run_round(fn, pool, max(args.requests, concurrency)))
+                            log(f"  {name}: TTFT p50 {summarise(rounds[name][-1:])['ttft_p50_ms']:.1f} ms")
+                d, a = (summarise(rounds[name]) for name in paths)
+                overheads = [summarise([ra])["ttft_p50_ms"] - summarise([rd])["ttft_p50_ms"]
+                             for rd, ra in zip(rounds["direct"], rounds["ask"])]
+                round_ratios = [ra["round_rate"] / rd["round_rate"] for rd, ra in zip(rounds["direct"], rounds["ask"])]
+                stream_ratios = [ra["stream_rate"] / rd["stream_rate"]
+                                 for rd, ra in zip(rounds["direct"], rounds["ask"])]
+                overhead = a["ttft_p50_ms"] - d["ttft_p50_ms"]
+                results["by_concurrency"][str(concurrency)] = {
+                    "direct": d, "ask": a,
+                    "ttft_overhead_ms": overhead, "ttft_overhead_spread_ms": spread(overheads),
+                    "embed_retrieve_ms": a.get("embed_retrieve_p50_ms", 0.0),
+                    "overhead_beyond_retrieval_ms": overhead - a.get("embed_retrieve_p50_ms", 0.0),
+                    "round_tokens_per_second_ratio": statistics.median(round_ratios),
+                    "round_tokens_per_second_ratio_spread": spread(round_ratios),
+                    "stream_tokens_per_second_ratio": statistics.median(stream_ratios),
+                    "stream_tokens_per_second_ratio_spread": spread(stream_ratios),
+                }
+
+            if args.py_spy:
+                concurrency = max(args.concurrency)
+                log(f"py-spy on the router (pid {router_pid}): {args.py_spy_seconds:.0f} s, {concurrency} Ask streams")
+                py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+                stop = threading.Event()
+
+                def load() -> None:
+                    with ThreadPoolExecutor(concurrency) as pool:
+                        for _ in range(10_000):  # bounded; stopped when the recording ends
+                            if stop.is_set():
+                                return
+                            run_round(through_router, pool, concurrency)
+
+                loader = threading.Thread(target=load)
+                loader.start()
+                try:
+                    subprocess.run([py_spy, "record", "-p", str(router_pid), "-d", str(int(args.py_spy_seconds)),
+                                    "-r", "200", "-f", "raw", "-o", args.py_spy, "--nonblocking"],
+                                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   timeout=args.py_spy_seconds + 120)
+                finally:
+                    stop.set()
+                    loader.join(timeout=600)
+                results["profile"] = profile_summary(Path(args.py_spy).read_text())
+            gen_channel.close()
+            router_channel.close()
+    results["load_average_after"] = os.getloadavg()
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
-    print(f"{args.model}, {args.concurrency} concurrent, max_tokens {args.max_tokens}, {args.rounds} rounds")
-    for name in ("direct", "router"):
-        r = results[name]
-        print(f"  {name:<7} TTFT p50 {r['ttft_p50_ms']:8.1f} ms   {r['tokens_per_second']:8.1f} tokens/s")
-    print(f"  router overhead: TTFT +{results['ttft_overhead_ms']:.1f} ms, tokens/s ratio "
-          f"{results['tokens_per_second_ratio']:.2f}")
+    print(f"{args.model}, max_tokens {args.max_tokens}, {args.rounds} rounds x {args.requests} requests per path; "
+          f"load average {results['load_average_before'][0]:.2f} -> {results['load_average_after'][0]:.2f}")
+    for concurrency, r in results["by_concurrency"].items():
+        print(f"{concurrency} stream(s):")
+        for name in ("direct", "ask"):
+            x = r[name]
+            print(f"  {name:<7} TTFT p50 {x['ttft_p50_ms']:8.1f} ms   {x['round_tokens_per_second']:8.1f} tokens/s "
+                  f"(round)   {x['stream_tokens_per_second']:8.1f} tokens/s (stream)")
+        lo, hi = r["ttft_overhead_spread_ms"]
+        print(f"  Ask TTFT overhead +{r['ttft_overhead_ms']:.1f} ms (rounds {lo:+.1f}..{hi:+.1f}); embed + retrieve "
+              f"{r['embed_retrieve_ms']:.1f} ms; beyond retrieval {r['overhead_beyond_retrieval_ms']:+.1f} ms")
+        for kind in ("round", "stream"):
+            lo, hi = r[f"{kind}_tokens_per_second_ratio_spread"]
+            print(f"  tokens/s ratio ({kind}) {r[f'{kind}_tokens_per_second_ratio']:.2f} ({lo:.2f}..{hi:.2f})")
+    if "profile" in results:
+        print(f"router profile under {max(args.concurrency)} Ask streams (inclusive share of samples):")
+        for name, share in results["profile"]:
+            print(f"  {share * 100:5.1f}%  {name}")
     return 0
 
 

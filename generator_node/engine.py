@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from generator_node import metrics
 from ragcluster.errors import InvalidArgument, ResourceExhausted, Unavailable
+from ragcluster.tokens import TokenCounter, fingerprint, tokenizer_files
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -86,6 +87,9 @@ class Engine:
         metrics.MAX_PENDING.set(max_pending)
         self.llm: AsyncLLM | None = None
         self.tokenizer: PreTrainedTokenizerBase | None = None
+        self.counter: TokenCounter | None = None
+        self.tokenizer_files: dict[str, bytes] = {}  # served to routers (Tokenizer RPC); {} if it cannot be saved
+        self.vocab_size = 0
         self.max_model_len = 0
         self.active = 0
         self._ipc_dir = ""
@@ -102,9 +106,17 @@ class Engine:
 
         self.llm = AsyncLLM.from_engine_args(self.engine_args)
         self.max_model_len = int(self.llm.model_config.max_model_len)
-        self.tokenizer = await asyncio.to_thread(
+        tokenizer: PreTrainedTokenizerBase = await asyncio.to_thread(
             AutoTokenizer.from_pretrained, self.engine_args.tokenizer or self.engine_args.model
         )
+        try:
+            self.tokenizer_files = await asyncio.to_thread(tokenizer_files, tokenizer)
+        except Exception:  # routers fall back to CountTokens calls
+            logger.exception("cannot save the tokenizer for routers; they will count tokens by RPC")
+            self.tokenizer_files = {}
+        self.counter = TokenCounter(tokenizer, fingerprint(self.tokenizer_files) if self.tokenizer_files else "")
+        self.vocab_size = len(tokenizer)
+        self.tokenizer = tokenizer
         logger.info("engine up: %s, context %d", self.model_name, self.max_model_len)
 
     def shutdown(self) -> None:
@@ -119,31 +131,27 @@ class Engine:
 
     @property
     def has_chat_template(self) -> bool:
-        return bool(getattr(self.tokenizer, "chat_template", None))
+        return self._counter().has_chat_template
 
     def chat_prompt(self, messages: list[dict[str, str]]) -> str:
-        for i, m in enumerate(messages):
-            if m["role"] not in ("system", "user", "assistant"):
-                raise InvalidArgument(f"chat.messages[{i}].role: must be system, user or assistant, got {m['role']!r}")
-        if not messages:
-            raise InvalidArgument("chat.messages: empty")
-        if not self.has_chat_template:
-            return "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
-        prompt: str = self._loaded_tokenizer().apply_chat_template(messages, add_generation_prompt=True,
-                                                                   tokenize=False)
-        return prompt
+        return self._counter().chat_prompt(messages)
 
-    def _loaded_tokenizer(self) -> PreTrainedTokenizerBase:
-        if self.tokenizer is None:
+    def _counter(self) -> TokenCounter:
+        if self.counter is None:
             raise Unavailable("generator engine is not running")
-        return self.tokenizer
+        return self.counter
 
     def encode(self, text: str) -> list[int]:
-        ids: list[int] = self._loaded_tokenizer().encode(text, add_special_tokens=False)
-        return ids
+        return self._counter().encode(text)
 
     def count_tokens(self, texts: list[str]) -> list[int]:
-        return [len(self.encode(t)) for t in texts]
+        return self._counter().count(texts)
+
+    def check_token_ids(self, ids: list[int]) -> None:
+        if not ids:
+            raise InvalidArgument("token_ids.ids: empty")
+        if max(ids) >= self.vocab_size:
+            raise InvalidArgument(f"token_ids.ids: {max(ids)} is outside the vocabulary of {self.vocab_size}")
 
     def _sampling_params(self, s: Sampling) -> SamplingParams:
         _, SamplingParams, _, RequestOutputKind = _import_vllm()

@@ -37,9 +37,15 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
             text = request.prompt
         elif kind == "chat":
             text = engine.chat_prompt(_messages(request.chat))
+        elif kind == "token_ids":  # templated and tokenized by the caller with this node's tokenizer
+            text = ""
         else:
-            raise InvalidArgument("input: set prompt or chat")
-        prompt_ids = await asyncio.to_thread(engine.encode, text)
+            raise InvalidArgument("input: set prompt, chat or token_ids")
+        if kind == "token_ids":
+            prompt_ids = list(request.token_ids.ids)
+            engine.check_token_ids(prompt_ids)
+        else:
+            prompt_ids = await asyncio.to_thread(engine.encode, text)
         s = request.sampling
         sampling = Sampling(
             max_tokens=s.max_tokens if s.HasField("max_tokens") else self.default_max_tokens,
@@ -70,7 +76,15 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
         return generator_pb2.GeneratorInfoResponse(
             model=engine.model_name, max_context_length=engine.max_model_len,
             has_chat_template=engine.has_chat_template, max_tokens_default=self.default_max_tokens,
+            tokenizer_fingerprint=engine.counter.fingerprint if engine.counter is not None else "",
         )
+
+    async def Tokenizer(self, request: generator_pb2.TokenizerRequest,
+                        context: ServicerContext) -> generator_pb2.TokenizerResponse:
+        engine = self._ready()
+        if engine.counter is None or not engine.tokenizer_files:
+            raise Unavailable("this node cannot serve its tokenizer; count tokens with CountTokens")
+        return generator_pb2.TokenizerResponse(fingerprint=engine.counter.fingerprint, files=engine.tokenizer_files)
 
     async def CountTokens(self, request: generator_pb2.CountTokensRequest,
                           context: ServicerContext) -> generator_pb2.CountTokensResponse:

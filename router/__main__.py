@@ -37,7 +37,8 @@ def build_server(config: RouterConfig) -> GrpcServer:
     collections = parse_collections(config.collection, shards, config.embedding_model, config.collection_shard,
                                     config.collection_model, policy, security)
     groups = [g for col in collections.values() for g in col.groups]
-    pool = GeneratorPool(config.generator, config.generator_eject_seconds, security)
+    pool = GeneratorPool(config.generator, config.generator_eject_seconds, security,
+                         local_tokenizer=config.generator_tokenizer)
     template = PromptTemplate(config.prompt_system, config.prompt_passage, config.prompt_user)
     template.check()
     servicer = RouterServicer(config, [], pool, template=template, collections=collections,

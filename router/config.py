@@ -68,6 +68,8 @@ class RouterConfig(ServerConfig):
     deadline_margin_ms: float = option(20.0, "answer this long before the caller's deadline (partial results "
                                              "rather than DEADLINE_EXCEEDED)")
     generator_eject_seconds: float = option(5.0, "a generator that failed a call gets no traffic for this long")
+    generator_tokenizer: bool = option(True, "count Ask prompt tokens here with each generator's tokenizer (fetched "
+                                             "once per model) and send it token ids; off: a CountTokens call per Ask")
     auth_tokens: str = option("", "API keys: a file of 'sha256:HEX ROLE NAME' lines (or a directory, e.g. a mounted "
                                   "Secret, of such files), re-read when it changes; roles read/write/admin. Empty = "
                                   "no authentication (refused on a non-loopback address unless --insecure)")

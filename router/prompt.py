@@ -61,6 +61,7 @@ class Prompt:
     messages: list[dict[str, str]]
     citations: list[str] = field(default_factory=list)  # ids of included passages, numbered from 1
     prompt_tokens: int = 0
+    token_ids: list[int] | None = None  # the templated prompt's ids, when counted with the node's own tokenizer
 
 
 def order_passages(passages: list[Passage]) -> list[Passage]:

@@ -25,33 +25,43 @@ _sym_db = _symbol_database.Default()
 from ragcluster.v1 import common_pb2 as ragcluster_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dragcluster/v1/generator.proto\x12\rragcluster.v1\x1a\x1aragcluster/v1/common.proto\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"<\n\x0c\x43hatMessages\x12,\n\x08messages\x18\x01 \x03(\x0b\x32\x1a.ragcluster.v1.ChatMessage\"\x9e\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12+\n\x04\x63hat\x18\x03 \x01(\x0b\x32\x1b.ragcluster.v1.ChatMessagesH\x00\x12/\n\x08sampling\x18\x04 \x01(\x0b\x32\x1d.ragcluster.v1.SamplingParamsB\x07\n\x05input\"\x19\n\tTextDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\"\xae\x01\n\x10GenerateComplete\x12\x15\n\rfinish_reason\x18\x01 \x01(\t\x12\x15\n\rprompt_tokens\x18\x02 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\r\x12\x15\n\rqueue_seconds\x18\x04 \x01(\x01\x12#\n\x1btime_to_first_token_seconds\x18\x05 \x01(\x01\x12\x15\n\rtotal_seconds\x18\x06 \x01(\x01\"x\n\rGenerateEvent\x12)\n\x05\x64\x65lta\x18\x01 \x01(\x0b\x32\x18.ragcluster.v1.TextDeltaH\x00\x12\x33\n\x08\x63omplete\x18\x02 \x01(\x0b\x32\x1f.ragcluster.v1.GenerateCompleteH\x00\x42\x07\n\x05\x65vent\"\x16\n\x14GeneratorInfoRequest\"y\n\x15GeneratorInfoResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x1a\n\x12max_context_length\x18\x02 \x01(\r\x12\x19\n\x11has_chat_template\x18\x03 \x01(\x08\x12\x1a\n\x12max_tokens_default\x18\x04 \x01(\r\"N\n\x12\x43ountTokensRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12)\n\x04\x63hat\x18\x02 \x01(\x0b\x32\x1b.ragcluster.v1.ChatMessages\":\n\x13\x43ountTokensResponse\x12\x0e\n\x06\x63ounts\x18\x01 \x03(\r\x12\x13\n\x0b\x63hat_tokens\x18\x02 \x01(\r2\x87\x02\n\x10GeneratorService\x12J\n\x08Generate\x12\x1e.ragcluster.v1.GenerateRequest\x1a\x1c.ragcluster.v1.GenerateEvent0\x01\x12Q\n\x04Info\x12#.ragcluster.v1.GeneratorInfoRequest\x1a$.ragcluster.v1.GeneratorInfoResponse\x12T\n\x0b\x43ountTokens\x12!.ragcluster.v1.CountTokensRequest\x1a\".ragcluster.v1.CountTokensResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dragcluster/v1/generator.proto\x12\rragcluster.v1\x1a\x1aragcluster/v1/common.proto\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"<\n\x0c\x43hatMessages\x12,\n\x08messages\x18\x01 \x03(\x0b\x32\x1a.ragcluster.v1.ChatMessage\"\xcc\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12+\n\x04\x63hat\x18\x03 \x01(\x0b\x32\x1b.ragcluster.v1.ChatMessagesH\x00\x12,\n\ttoken_ids\x18\x05 \x01(\x0b\x32\x17.ragcluster.v1.TokenIdsH\x00\x12/\n\x08sampling\x18\x04 \x01(\x0b\x32\x1d.ragcluster.v1.SamplingParamsB\x07\n\x05input\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"\x19\n\tTextDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\"\xae\x01\n\x10GenerateComplete\x12\x15\n\rfinish_reason\x18\x01 \x01(\t\x12\x15\n\rprompt_tokens\x18\x02 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\r\x12\x15\n\rqueue_seconds\x18\x04 \x01(\x01\x12#\n\x1btime_to_first_token_seconds\x18\x05 \x01(\x01\x12\x15\n\rtotal_seconds\x18\x06 \x01(\x01\"x\n\rGenerateEvent\x12)\n\x05\x64\x65lta\x18\x01 \x01(\x0b\x32\x18.ragcluster.v1.TextDeltaH\x00\x12\x33\n\x08\x63omplete\x18\x02 \x01(\x0b\x32\x1f.ragcluster.v1.GenerateCompleteH\x00\x42\x07\n\x05\x65vent\"\x16\n\x14GeneratorInfoRequest\"\x98\x01\n\x15GeneratorInfoResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x1a\n\x12max_context_length\x18\x02 \x01(\r\x12\x19\n\x11has_chat_template\x18\x03 \x01(\x08\x12\x1a\n\x12max_tokens_default\x18\x04 \x01(\r\x12\x1d\n\x15tokenizer_fingerprint\x18\x05 \x01(\t\"N\n\x12\x43ountTokensRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12)\n\x04\x63hat\x18\x02 \x01(\x0b\x32\x1b.ragcluster.v1.ChatMessages\":\n\x13\x43ountTokensResponse\x12\x0e\n\x06\x63ounts\x18\x01 \x03(\r\x12\x13\n\x0b\x63hat_tokens\x18\x02 \x01(\r\"\x12\n\x10TokenizerRequest\"\x92\x01\n\x11TokenizerResponse\x12\x13\n\x0b\x66ingerprint\x18\x01 \x01(\t\x12:\n\x05\x66iles\x18\x02 \x03(\x0b\x32+.ragcluster.v1.TokenizerResponse.FilesEntry\x1a,\n\nFilesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x32\xd7\x02\n\x10GeneratorService\x12J\n\x08Generate\x12\x1e.ragcluster.v1.GenerateRequest\x1a\x1c.ragcluster.v1.GenerateEvent0\x01\x12Q\n\x04Info\x12#.ragcluster.v1.GeneratorInfoRequest\x1a$.ragcluster.v1.GeneratorInfoResponse\x12T\n\x0b\x43ountTokens\x12!.ragcluster.v1.CountTokensRequest\x1a\".ragcluster.v1.CountTokensResponse\x12N\n\tTokenizer\x12\x1f.ragcluster.v1.TokenizerRequest\x1a .ragcluster.v1.TokenizerResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ragcluster.v1.generator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_TOKENIZERRESPONSE_FILESENTRY']._loaded_options = None
+  _globals['_TOKENIZERRESPONSE_FILESENTRY']._serialized_options = b'8\001'
   _globals['_CHATMESSAGE']._serialized_start=76
   _globals['_CHATMESSAGE']._serialized_end=120
   _globals['_CHATMESSAGES']._serialized_start=122
   _globals['_CHATMESSAGES']._serialized_end=182
   _globals['_GENERATEREQUEST']._serialized_start=185
-  _globals['_GENERATEREQUEST']._serialized_end=343
-  _globals['_TEXTDELTA']._serialized_start=345
-  _globals['_TEXTDELTA']._serialized_end=370
-  _globals['_GENERATECOMPLETE']._serialized_start=373
-  _globals['_GENERATECOMPLETE']._serialized_end=547
-  _globals['_GENERATEEVENT']._serialized_start=549
-  _globals['_GENERATEEVENT']._serialized_end=669
-  _globals['_GENERATORINFOREQUEST']._serialized_start=671
-  _globals['_GENERATORINFOREQUEST']._serialized_end=693
-  _globals['_GENERATORINFORESPONSE']._serialized_start=695
-  _globals['_GENERATORINFORESPONSE']._serialized_end=816
-  _globals['_COUNTTOKENSREQUEST']._serialized_start=818
-  _globals['_COUNTTOKENSREQUEST']._serialized_end=896
-  _globals['_COUNTTOKENSRESPONSE']._serialized_start=898
-  _globals['_COUNTTOKENSRESPONSE']._serialized_end=956
-  _globals['_GENERATORSERVICE']._serialized_start=959
-  _globals['_GENERATORSERVICE']._serialized_end=1222
+  _globals['_GENERATEREQUEST']._serialized_end=389
+  _globals['_TOKENIDS']._serialized_start=391
+  _globals['_TOKENIDS']._serialized_end=414
+  _globals['_TEXTDELTA']._serialized_start=416
+  _globals['_TEXTDELTA']._serialized_end=441
+  _globals['_GENERATECOMPLETE']._serialized_start=444
+  _globals['_GENERATECOMPLETE']._serialized_end=618
+  _globals['_GENERATEEVENT']._serialized_start=620
+  _globals['_GENERATEEVENT']._serialized_end=740
+  _globals['_GENERATORINFOREQUEST']._serialized_start=742
+  _globals['_GENERATORINFOREQUEST']._serialized_end=764
+  _globals['_GENERATORINFORESPONSE']._serialized_start=767
+  _globals['_GENERATORINFORESPONSE']._serialized_end=919
+  _globals['_COUNTTOKENSREQUEST']._serialized_start=921
+  _globals['_COUNTTOKENSREQUEST']._serialized_end=999
+  _globals['_COUNTTOKENSRESPONSE']._serialized_start=1001
+  _globals['_COUNTTOKENSRESPONSE']._serialized_end=1059
+  _globals['_TOKENIZERREQUEST']._serialized_start=1061
+  _globals['_TOKENIZERREQUEST']._serialized_end=1079
+  _globals['_TOKENIZERRESPONSE']._serialized_start=1082
+  _globals['_TOKENIZERRESPONSE']._serialized_end=1228
+  _globals['_TOKENIZERRESPONSE_FILESENTRY']._serialized_start=1184
+  _globals['_TOKENIZERRESPONSE_FILESENTRY']._serialized_end=1228
+  _globals['_GENERATORSERVICE']._serialized_start=1231
+  _globals['_GENERATORSERVICE']._serialized_end=1574
 # @@protoc_insertion_point(module_scope)

@@ -50,6 +50,11 @@ class GeneratorServiceStub:
                 request_serializer=ragcluster_dot_v1_dot_generator__pb2.CountTokensRequest.SerializeToString,
                 response_deserializer=ragcluster_dot_v1_dot_generator__pb2.CountTokensResponse.FromString,
                 _registered_method=True)
+        self.Tokenizer = channel.unary_unary(
+                '/ragcluster.v1.GeneratorService/Tokenizer',
+                request_serializer=ragcluster_dot_v1_dot_generator__pb2.TokenizerRequest.SerializeToString,
+                response_deserializer=ragcluster_dot_v1_dot_generator__pb2.TokenizerResponse.FromString,
+                _registered_method=True)
 
 
 class GeneratorServiceServicer:
@@ -78,6 +83,14 @@ class GeneratorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Tokenizer(self, request, context):
+        """The model's tokenizer as files, so that a router counts prompt tokens itself (fetched once per
+        tokenizer_fingerprint, not per request) and sends token ids.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GeneratorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -95,6 +108,11 @@ def add_GeneratorServiceServicer_to_server(servicer, server):
                     servicer.CountTokens,
                     request_deserializer=ragcluster_dot_v1_dot_generator__pb2.CountTokensRequest.FromString,
                     response_serializer=ragcluster_dot_v1_dot_generator__pb2.CountTokensResponse.SerializeToString,
+            ),
+            'Tokenizer': grpc.unary_unary_rpc_method_handler(
+                    servicer.Tokenizer,
+                    request_deserializer=ragcluster_dot_v1_dot_generator__pb2.TokenizerRequest.FromString,
+                    response_serializer=ragcluster_dot_v1_dot_generator__pb2.TokenizerResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -179,6 +197,33 @@ class GeneratorService:
             '/ragcluster.v1.GeneratorService/CountTokens',
             ragcluster_dot_v1_dot_generator__pb2.CountTokensRequest.SerializeToString,
             ragcluster_dot_v1_dot_generator__pb2.CountTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Tokenizer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ragcluster.v1.GeneratorService/Tokenizer',
+            ragcluster_dot_v1_dot_generator__pb2.TokenizerRequest.SerializeToString,
+            ragcluster_dot_v1_dot_generator__pb2.TokenizerResponse.FromString,
             options,
             channel_credentials,
             insecure,

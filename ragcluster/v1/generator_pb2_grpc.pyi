@@ -41,6 +41,10 @@ class GeneratorServiceStub:
     """Model name and context length."""
     CountTokens: _grpc.UnaryUnaryMultiCallable[_generator_pb2.CountTokensRequest, _generator_pb2.CountTokensResponse]
     """Token counts with the model's tokenizer, for prompt budgeting."""
+    Tokenizer: _grpc.UnaryUnaryMultiCallable[_generator_pb2.TokenizerRequest, _generator_pb2.TokenizerResponse]
+    """The model's tokenizer as files, so that a router counts prompt tokens itself (fetched once per
+    tokenizer_fingerprint, not per request) and sends token ids.
+    """
 
 @_typing.type_check_only
 class GeneratorServiceAsyncStub(GeneratorServiceStub):
@@ -55,6 +59,10 @@ class GeneratorServiceAsyncStub(GeneratorServiceStub):
     """Model name and context length."""
     CountTokens: _aio.UnaryUnaryMultiCallable[_generator_pb2.CountTokensRequest, _generator_pb2.CountTokensResponse]  # type: ignore[assignment]
     """Token counts with the model's tokenizer, for prompt budgeting."""
+    Tokenizer: _aio.UnaryUnaryMultiCallable[_generator_pb2.TokenizerRequest, _generator_pb2.TokenizerResponse]  # type: ignore[assignment]
+    """The model's tokenizer as files, so that a router counts prompt tokens itself (fetched once per
+    tokenizer_fingerprint, not per request) and sends token ids.
+    """
 
 class GeneratorServiceServicer(metaclass=_abc_1.ABCMeta):
     """A generator node: a vLLM engine behind gRPC."""
@@ -84,5 +92,15 @@ class GeneratorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_generator_pb2.CountTokensResponse, _abc.Awaitable[_generator_pb2.CountTokensResponse]]:
         """Token counts with the model's tokenizer, for prompt budgeting."""
+
+    @_abc_1.abstractmethod
+    def Tokenizer(
+        self,
+        request: _generator_pb2.TokenizerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_generator_pb2.TokenizerResponse, _abc.Awaitable[_generator_pb2.TokenizerResponse]]:
+        """The model's tokenizer as files, so that a router counts prompt tokens itself (fetched once per
+        tokenizer_fingerprint, not per request) and sends token ids.
+        """
 
 def add_GeneratorServiceServicer_to_server(servicer: GeneratorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

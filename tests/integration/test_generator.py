@@ -63,6 +63,35 @@ async def test_info_and_count_tokens(node):
     assert counts.chat_tokens == len(engine.encode(engine.chat_prompt([{"role": "user", "content": "hello world"}])))
 
 
+async def test_tokenizer_rpc_rebuilds_the_nodes_counting_and_token_ids_generate_alike(node):
+    """A router counts prompt tokens with the node's tokenizer fetched once (Tokenizer RPC): the copy templates
+    and counts exactly as the node does, and its token ids generate what the chat messages generate."""
+    from ragcluster.tokens import TokenCounter, fingerprint
+
+    stub, _ = node
+    info = await stub.Info(generator_pb2.GeneratorInfoRequest())
+    response = await stub.Tokenizer(generator_pb2.TokenizerRequest())
+    files = dict(response.files)
+    assert info.tokenizer_fingerprint == response.fingerprint == fingerprint(files)
+    assert "tokenizer.json" in files
+    counter = await asyncio.to_thread(TokenCounter.from_files, files)
+    for chat in ([{"role": "user", "content": "hello world"}],
+                 [{"role": "system", "content": "Cite [1]."}, {"role": "user", "content": "Passages:\n[1] Bees\n"
+                                                                                        "dance. Ünïcode… ok?"}]):
+        request = generator_pb2.ChatMessages(messages=[generator_pb2.ChatMessage(**m) for m in chat])
+        texts = [m["content"] for m in chat]
+        counted = await stub.CountTokens(generator_pb2.CountTokensRequest(texts=texts, chat=request))
+        assert len(counter.encode(counter.chat_prompt(chat))) == counted.chat_tokens
+        assert counter.count(texts) == list(counted.counts)
+        ids = counter.encode(counter.chat_prompt(chat))
+        by_chat = await _collect(stub, generator_pb2.GenerateRequest(
+            chat=request, sampling=common_pb2.SamplingParams(max_tokens=8, temperature=0.0)))
+        by_ids = await _collect(stub, generator_pb2.GenerateRequest(
+            token_ids=generator_pb2.TokenIds(ids=ids), sampling=common_pb2.SamplingParams(max_tokens=8,
+                                                                                          temperature=0.0)))
+        assert by_ids[1] == by_chat[1] and by_ids[0][-1].complete.prompt_tokens == counted.chat_tokens
+
+
 async def test_chat_template_is_applied(node):
     stub, engine = node
     request = _chat("What is a shard?", max_tokens=2)
@@ -165,6 +194,9 @@ async def test_admission_control_rejects_at_once_and_serves_the_rest(node):
     (generator_pb2.GenerateRequest(chat=generator_pb2.ChatMessages(
         messages=[generator_pb2.ChatMessage(role="robot", content="x")])), "role"),
     (generator_pb2.GenerateRequest(prompt="word " * 1100), "prompt"),
+    (generator_pb2.GenerateRequest(token_ids=generator_pb2.TokenIds()), "token_ids"),
+    (generator_pb2.GenerateRequest(token_ids=generator_pb2.TokenIds(ids=[5, 10**6])), "token_ids"),
+    (generator_pb2.GenerateRequest(token_ids=generator_pb2.TokenIds(ids=[5] * 1100)), "prompt"),
 ])
 async def test_bad_requests_are_invalid_argument(node, request_, field):
     stub, _ = node

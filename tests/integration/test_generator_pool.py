@@ -35,14 +35,17 @@ def start_node(run_dir, name, port=0) -> ServerProcess:
     return ServerProcess("generator_node", ["--port", str(port), *NODE_ARGS], run_dir, name, env=generator_env())
 
 
-def generate_calls(node: ServerProcess) -> float:
+def metric(node: ServerProcess, name: str, **labels: str) -> float:
     text = urllib.request.urlopen(f"http://{node.metrics}/metrics", timeout=10).read().decode()
     for family in text_string_to_metric_families(text):
         for s in family.samples:
-            if (s.name == "ragcluster_grpc_server_handled_total" and s.labels.get("method") == "Generate"
-                    and s.labels.get("code") == "OK"):
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
                 return s.value
     return 0.0
+
+
+def generate_calls(node: ServerProcess, method: str = "Generate") -> float:
+    return metric(node, "ragcluster_grpc_server_handled_total", method=method, code="OK")
 
 
 class CountingServicer(generator_pb2_grpc.GeneratorServiceServicer):
@@ -61,6 +64,10 @@ class CountingServicer(generator_pb2_grpc.GeneratorServiceServicer):
         await context.abort(grpc.StatusCode.UNAVAILABLE, "loading")
 
     async def CountTokens(self, request, context):
+        self.calls += 1
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "loading")
+
+    async def Tokenizer(self, request, context):
         self.calls += 1
         await context.abort(grpc.StatusCode.UNAVAILABLE, "loading")
 
@@ -120,11 +127,31 @@ async def test_unready_node_gets_no_traffic_and_load_spreads(pool_cluster):
     assert {d.generator for d in done} == {nodes[0].grpc, nodes[1].grpc}
 
 
-async def test_prompt_is_trimmed_to_fit_the_context(pool_cluster):
-    stub, _, _, _ = pool_cluster
+async def test_prompt_tokens_are_counted_in_the_router_with_the_tokenizer_fetched_once(pool_cluster):
+    """No CountTokens round trip per Ask: the router fetched the nodes' (identical) tokenizer once."""
+    stub, nodes, _, _ = pool_cluster
+    deadline = time.monotonic() + 60
+    while True:  # bounded: the router loads the tokenizer in the background once a node is SERVING
+        before = [generate_calls(n, "CountTokens") for n in nodes]
+        await ask(stub)
+        if [generate_calls(n, "CountTokens") for n in nodes] == before:
+            break
+        assert time.monotonic() < deadline, "the router still counts tokens by RPC"
+    generated = sum(generate_calls(n) for n in nodes)
+    done = await asyncio.gather(*(ask(stub) for _ in range(4)))
+    assert all(d.completion_tokens > 0 and d.prompt_tokens > 0 for d in done)
+    assert [generate_calls(n, "CountTokens") for n in nodes] == before
+    assert sum(generate_calls(n) for n in nodes) == generated + 4
+    assert sum(generate_calls(n, "Tokenizer") for n in nodes) == 1  # one fetch for both nodes (one fingerprint)
+
+
+async def test_prompt_is_trimmed_to_fit_the_context(pool_cluster, embedder):
+    stub, nodes, _, _ = pool_cluster
     sampling = common_pb2.SamplingParams(max_tokens=850, temperature=0.0)
     request = router_pb2.AskRequest(question="what does the river feed?", k=5, sampling=sampling)
+    counted = [generate_calls(n, "CountTokens") for n in nodes]
     events = [e async for e in stub.Ask(request, timeout=60)]
+    assert [generate_calls(n, "CountTokens") for n in nodes] == counted  # trimmed with the local tokenizer
     hits = [h.document.id for h in events[0].hits.hits]
     done = events[-1].complete
     assert len(hits) == 5
@@ -133,6 +160,42 @@ async def test_prompt_is_trimmed_to_fit_the_context(pool_cluster):
     assert list(done.citations) == [h for h in hits if h in set(done.citations)]
     assert done.citations[0] == hits[0] or len(done.citations) < 5
     assert done.prompt_tokens + 850 <= 1024
+    # a router counting by RPC (--no-generator-tokenizer: older nodes) trims to the same passages
+    status = await stub.ClusterStatus(router_pb2.ClusterStatusRequest(), timeout=30)
+    shard_address = status.shards[0].replicas[0].address
+    by_rpc = build_router(RouterConfig(port=0, metrics_port=-1, shard=[f"0={shard_address}"],
+                                       generator=[n.grpc for n in nodes], generator_tokenizer=False))
+    by_rpc.servicer(RouterServicer).embedder = embedder
+    await by_rpc.start()
+    try:
+        async with grpc.aio.insecure_channel(by_rpc.address) as channel:
+            events = [e async for e in router_pb2_grpc.RouterServiceStub(channel).Ask(request, timeout=120)]
+    finally:
+        await by_rpc.stop(grace=1)
+    assert [generate_calls(n, "CountTokens") for n in nodes] > counted
+    assert list(events[-1].complete.citations) == list(done.citations)
+    assert events[-1].complete.prompt_tokens == done.prompt_tokens
+
+
+async def test_cancelled_ask_aborts_the_generation_in_the_engine(pool_cluster):
+    stub, nodes, _, _ = pool_cluster
+    aborted = sum(metric(n, "ragcluster_generator_aborted_requests_total") for n in nodes)
+    sampling = common_pb2.SamplingParams(max_tokens=800, temperature=0.0)
+    call = stub.Ask(router_pb2.AskRequest(question="what does the river feed?", k=3, sampling=sampling), timeout=60)
+    deltas = 0
+    async for event in call:
+        deltas += event.WhichOneof("event") == "delta"
+        if deltas == 3:
+            break
+    call.cancel()
+    assert deltas == 3
+    deadline = time.monotonic() + 30
+    while True:  # bounded: the cancellation travels client -> router -> node -> engine
+        active = sum(metric(n, "ragcluster_generator_active_requests") for n in nodes)
+        if not active and sum(metric(n, "ragcluster_generator_aborted_requests_total") for n in nodes) > aborted:
+            break
+        assert time.monotonic() < deadline, f"generation not aborted ({active} requests still in the engines)"
+        await asyncio.sleep(0.05)
 
 
 async def test_killed_node_is_routed_around_then_probed_back(pool_cluster):
