@@ -122,7 +122,7 @@ def main() -> int:
             queries.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
             report["throughput"] = {}
             for mode in ("dense", "hybrid", "lexical"):
-                out = json.loads(cli("loadtest", "--router", router, "--mode", "search", "--retrieval", mode,
+                out = json.loads(cli("loadtest", "--router", router, "--workload", "search", "--retrieval", mode,
                                      "--concurrency", str(args.concurrency), "--duration", str(args.seconds),
                                      "--queries", str(queries), "-k", "10", "--json"))
                 report["throughput"][mode] = {"qps": out["throughput_per_second"],

@@ -2,7 +2,8 @@
 also settable by an environment variable ``RAGCLUSTER_<FIELD_NAME>`` (for Kubernetes manifests).
 
 A field's ``metadata`` holds ``help`` (shown in --help with the env var and default) and optionally
-``flag`` (a different flag name) or ``short`` (e.g. ``-k``). Lists are repeatable flags; in the
+``flag`` (a different flag name), ``short`` (e.g. ``-k``) or ``env=False`` (a flag only: not read from the
+environment, e.g. a deprecated alias whose name now means something else elsewhere). Lists are repeatable flags; in the
 environment they are comma-separated (``;``-separated when an item itself holds commas).
 """
 
@@ -62,7 +63,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type[DataclassIns
         if name in parser._option_string_actions:  # already defined (e.g. by vLLM's engine flags): share it
             continue
         names = [name] + ([field.metadata["short"]] if "short" in field.metadata else [])
-        var = env_name(field.name)
+        var = env_name(field.name) if field.metadata.get("env", True) else ""
         if field.default is not dataclasses.MISSING:
             default = field.default
         elif field.default_factory is not dataclasses.MISSING:
@@ -71,7 +72,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type[DataclassIns
             default = None
         help_text = field.metadata.get("help", "")
         kwargs: dict[str, Any] = {"dest": field.name}
-        raw = env.get(var)
+        raw = env.get(var) if var else None
+        shown_env = f" [env: {var}]" if var else ""
         if base is bool:
             if raw is not None:
                 default = _parse_bool(raw)
@@ -81,7 +83,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type[DataclassIns
             if raw is not None:
                 default = [item(x) for x in _split_list(raw)]
             kwargs.update(action="append", type=item, default=None)
-            kwargs["help"] = f"{help_text} (repeatable) [env: {var}] (default: {default or 'none'})"
+            kwargs["help"] = f"{help_text} (repeatable){shown_env} (default: {default or 'none'})"
             parser.add_argument(*names, **kwargs)
             parser.set_defaults(**{f"_{field.name}_list_default": default})
             continue
@@ -94,7 +96,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type[DataclassIns
             if "metavar" in field.metadata:
                 kwargs["metavar"] = field.metadata["metavar"]
         kwargs["default"] = default
-        kwargs["help"] = f"{help_text} [env: {var}] (default: {default if default not in (None, '') else 'none'})"
+        kwargs["help"] = f"{help_text}{shown_env} (default: {default if default not in (None, '') else 'none'})"
         parser.add_argument(*names, **kwargs)
 
 

@@ -31,7 +31,7 @@ class Sample:
 
 @dataclass
 class LoadReport:
-    mode: str
+    workload: str  # search | ask
     loop: str
     concurrency: int
     rate: float
@@ -48,12 +48,13 @@ class LoadReport:
         if self.dropped:
             errors["CLIENT_DROPPED"] = self.dropped
         out = {
-            "mode": self.mode, "loop": self.loop, "concurrency": self.concurrency, "rate": self.rate,
+            "workload": self.workload, "mode": self.workload,  # "mode": the same, for scripts written before
+            "loop": self.loop, "concurrency": self.concurrency, "rate": self.rate,
             "duration_seconds": self.duration, "requests": len(self.samples), "ok": len(ok), "errors": errors,
             "throughput_per_second": len(ok) / self.duration if self.duration else 0.0,
             "latency_ms": _percentiles([s.latency for s in ok]),
         }
-        if self.mode == "ask":
+        if self.workload == "ask":
             out["ttft_ms"] = _percentiles([s.ttft for s in ok if s.ttft is not None])
         return out
 
@@ -72,7 +73,7 @@ class LoadReport:
                         label="error")
         ax1.set_xlabel("time since start (s)")
         ax1.set_ylabel("latency (ms)")
-        ax1.set_title(f"{self.mode} latency over time ({self.loop} loop)")
+        ax1.set_title(f"{self.workload} latency over time ({self.loop} loop)")
         ax1.legend()
         if ok:
             ax2.hist([s.latency * 1000 for s in ok], bins=50)
@@ -98,11 +99,11 @@ def _percentiles(values: list[float]) -> dict[str, float]:
     return out
 
 
-async def _one(stub: router_pb2_grpc.RouterServiceAsyncStub, mode: str, text: str, k: int, max_tokens: int,
+async def _one(stub: router_pb2_grpc.RouterServiceAsyncStub, workload: str, text: str, k: int, max_tokens: int,
                timeout: float, scheduled: float, t0: float, retrieval: str = "") -> Sample:
     ttft = None
     try:
-        if mode == "search":
+        if workload == "search":
             search = router_pb2.SearchRequest(text=text, k=k)
             set_retrieval(search, retrieval)
             await stub.Search(search, timeout=timeout)
@@ -119,18 +120,18 @@ async def _one(stub: router_pb2_grpc.RouterServiceAsyncStub, mode: str, text: st
     return Sample(scheduled - t0, time.perf_counter() - scheduled, code, ttft)
 
 
-async def run_load(address: str, mode: str, queries: list[str], duration: float, concurrency: int = 0,
+async def run_load(address: str, workload: str, queries: list[str], duration: float, concurrency: int = 0,
                    rate: float = 0.0, k: int = 10, max_tokens: int = 32, timeout: float = 30.0,
                    max_requests: int = 1_000_000, max_outstanding: int = 1000, seed: int = 0,
                    retrieval: str = "", security: ClientTls | None = None) -> LoadReport:
-    """``retrieval``: dense | lexical | hybrid ('' = the router's default)."""
-    if mode not in ("search", "ask"):
-        raise ValueError("mode must be search or ask")
+    """``workload``: search | ask; ``retrieval``: dense | lexical | hybrid ('' = the router's default)."""
+    if workload not in ("search", "ask"):
+        raise ValueError(f"workload must be search or ask, got {workload!r}")
     if not queries:
         raise ValueError("no queries")
     loop_kind = "open" if rate > 0 else "closed"
     concurrency = concurrency or (0 if rate > 0 else 8)
-    report = LoadReport(mode, loop_kind, concurrency, rate, duration)
+    report = LoadReport(workload, loop_kind, concurrency, rate, duration)
     async with aio_channel(address, security) as channel:
         stub = router_pb2_grpc.RouterServiceStub(channel)
         t0 = time.perf_counter()
@@ -141,7 +142,7 @@ async def run_load(address: str, mode: str, queries: list[str], duration: float,
             async def client(n: int) -> None:
                 i = n
                 while time.perf_counter() < end and next(counter, None) is not None:
-                    report.samples.append(await _one(stub, mode, queries[i % len(queries)], k, max_tokens,
+                    report.samples.append(await _one(stub, workload, queries[i % len(queries)], k, max_tokens,
                                                      timeout, time.perf_counter(), t0, retrieval))
                     i += concurrency
 
@@ -165,7 +166,7 @@ async def run_load(address: str, mode: str, queries: list[str], duration: float,
                 if len(tasks) >= max_outstanding:
                     report.dropped += 1
                     continue
-                task = asyncio.create_task(_one(stub, mode, queries[i % len(queries)], k, max_tokens, timeout,
+                task = asyncio.create_task(_one(stub, workload, queries[i % len(queries)], k, max_tokens, timeout,
                                                 scheduled, t0, retrieval))
                 task.add_done_callback(done)
                 tasks.add(task)

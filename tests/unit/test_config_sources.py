@@ -71,3 +71,26 @@ def test_jsonl_reports_bad_lines_with_file_and_line(tmp_path):
     assert "metadata['bad']" in bad[3][1] and "JSON object" in bad[4][1]
     assert records[1].where == f"{f}:3"
     assert next(iter(read_jsonl([str(tmp_path / "missing.jsonl")]))).error == "no such file"
+
+
+def test_retrieval_mode_env_does_not_leak_into_loadtest(monkeypatch, capsys):
+    """RAGCLUSTER_MODE is the retrieval mode of search/ask/eval; loadtest's search|ask is --workload
+    (RAGCLUSTER_WORKLOAD), and its deprecated --mode alias is a flag only."""
+    from ragcluster.tools.cli import COMMANDS, build_parser
+
+    def opts(argv: list[str]):
+        ns = build_parser().parse_args(argv)
+        return config_from_args(COMMANDS[ns.command].options, ns)
+
+    monkeypatch.setenv("RAGCLUSTER_MODE", "hybrid")
+    assert opts(["search", "q"]).mode == "hybrid" and opts(["ask", "q"]).mode == "hybrid"
+    load = opts(["loadtest"])
+    assert (load.workload, load.mode, load.retrieval) == ("search", "", "")
+    monkeypatch.setenv("RAGCLUSTER_WORKLOAD", "ask")
+    assert opts(["loadtest"]).workload == "ask"
+    assert opts(["loadtest", "--workload", "search"]).workload == "search"
+    assert opts(["loadtest", "--mode", "ask"]).mode == "ask"  # the deprecated alias still parses
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["loadtest", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "[env: RAGCLUSTER_WORKLOAD]" in shown and "RAGCLUSTER_MODE" not in shown

@@ -13,7 +13,10 @@ from ragcluster.tools.cli.common import ConnectOptions, client_security, console
 
 @dataclass
 class LoadtestOptions(ConnectOptions):
-    mode: str = option("search", "what to send", choices=["search", "ask"])
+    workload: str = option("search", "what to send: searches or asks", choices=["search", "ask"])
+    # --mode means the retrieval mode (dense|lexical|hybrid) in search, ask and eval, and so does env
+    # RAGCLUSTER_MODE: here it is only a deprecated flag for --workload, never read from the environment
+    mode: str = option("", "deprecated: use --workload", choices=["", "search", "ask"], env=False)
     retrieval: str = option("", "retrieval mode of the requests: dense, lexical or hybrid (default: the router's)",
                             choices=["", "dense", "lexical", "hybrid"])
     concurrency: int = option(0, "closed loop: clients, each sending when its last request finished (default 8)")
@@ -36,6 +39,10 @@ def cmd_loadtest(opts: LoadtestOptions, ns: argparse.Namespace) -> int:
     from ragcluster.tools.evaluation import load_query_texts
     from ragcluster.tools.loadtest import run_load
 
+    if opts.mode:
+        print("ragcluster: warning: loadtest --mode is deprecated, use --workload (and --retrieval for "
+              "dense|lexical|hybrid)", file=sys.stderr)
+    workload = opts.mode or opts.workload
     if opts.concurrency and opts.rate:
         return fail("give --concurrency (closed loop) or --rate (open loop), not both")
     if opts.duration <= 0 or opts.rate < 0 or opts.concurrency < 0:
@@ -46,8 +53,8 @@ def cmd_loadtest(opts: LoadtestOptions, ns: argparse.Namespace) -> int:
         return fail(f"--queries {opts.queries}: {exc}")
     if not opts.json:
         loop = f"open loop at {opts.rate:g}/s" if opts.rate else f"closed loop, {opts.concurrency or 8} clients"
-        print(f"loadtest: {opts.mode}, {loop}, {opts.duration:g}s against {opts.router}…", file=sys.stderr)
-    report = asyncio.run(run_load(opts.router, opts.mode, queries, opts.duration, opts.concurrency, opts.rate,
+        print(f"loadtest: {workload}, {loop}, {opts.duration:g}s against {opts.router}…", file=sys.stderr)
+    report = asyncio.run(run_load(opts.router, workload, queries, opts.duration, opts.concurrency, opts.rate,
                                   opts.k, opts.max_tokens, opts.timeout, opts.max_requests,
                                   retrieval=opts.retrieval, security=client_security(opts)))
     summary = report.summary()
@@ -59,7 +66,7 @@ def cmd_loadtest(opts: LoadtestOptions, ns: argparse.Namespace) -> int:
         return 0
     from rich.table import Table
 
-    table = Table(title=f"{summary['mode']} — {summary['requests']} requests, {summary['ok']} ok, "
+    table = Table(title=f"{summary['workload']} — {summary['requests']} requests, {summary['ok']} ok, "
                         f"{summary['throughput_per_second']:.1f}/s")
     columns = ["p50", "p90", "p99", "p99.9", "max"]
     table.add_column("ms")
