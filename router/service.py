@@ -108,6 +108,15 @@ def higher_is_better(responses: list[shard_pb2.ShardSearchResponse]) -> bool:
     return metrics_seen != {common_pb2.METRIC_L2}
 
 
+def no_shard_answered(failures: list[common_pb2.ShardFailure]) -> DeadlineExceeded | Unavailable:
+    """The error when no shard answered: DEADLINE_EXCEEDED when every shard ran out of the caller's budget
+    (the shard calls get what is left of it), else UNAVAILABLE."""
+    reasons = "; ".join(f"shard {f.shard}: {f.message}" for f in failures)
+    if failures and all(f.reason == common_pb2.SHARD_FAILURE_REASON_TIMEOUT for f in failures):
+        return DeadlineExceeded(f"no shard answered within the request's deadline: {reasons}")
+    return Unavailable(f"no shard answered: {reasons}")
+
+
 def _timing_fields(timings: router_pb2.Timings) -> dict[str, float]:
     """A request's timings for its access-log line, in milliseconds (those that were measured)."""
     return {f"{field.name.removesuffix('_seconds')}_ms": round(value * 1000, 3)
@@ -306,8 +315,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                                         r.total_length, r.lexical_config))
             answered.append(group)
         if not parts:
-            reasons = "; ".join(f"shard {f.shard}: {f.message}" for f in failures)
-            raise Unavailable(f"no shard answered: {reasons}")
+            raise no_shard_answered(failures)
         return combine_term_stats(parts), answered, failures
 
     async def _fetch_missing(self, col: Collection, wanted: list[tuple[int, int]],
@@ -402,8 +410,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                  documents_searched=coverage.documents_searched)
         metrics.COVERAGE_RATIO.observe(coverage.shards_answered / max(coverage.shards_total, 1))
         if coverage.shards_answered == 0:
-            reasons = "; ".join(f"shard {f.shard}: {f.message}" for f in coverage.failures)
-            raise Unavailable(f"no shard answered: {reasons}")
+            raise no_shard_answered(list(coverage.failures))
         unknown_everywhere = set.intersection(*(set(r.unknown_fields) for r in answered))
         if unknown_everywhere:
             raise InvalidArgument(f"filter: unknown metadata field(s) {', '.join(sorted(unknown_everywhere))}")

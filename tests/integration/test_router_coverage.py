@@ -97,6 +97,34 @@ async def test_no_shard_answering_is_unavailable(embedder):
     await router.stop(grace=1)
 
 
+async def test_no_shard_answering_in_time_is_deadline_exceeded(tmp_path, embedder):
+    """A shard that hangs (SIGSTOP): its calls run out of the request's budget (the router's --timeout-seconds;
+    the client sets no deadline): DEADLINE_EXCEEDED, not UNAVAILABLE (found by tests/integration/test_fuzz.py)."""
+    import signal
+
+    from tests.helpers import shard_process
+
+    shard = shard_process(tmp_path, 0, 0).wait_ready(120)
+    router = build_router(RouterConfig(port=0, metrics_port=-1, shard=[f"0={shard.grpc}"], timeout_seconds=1.0))
+    router.servicer(RouterServicer).embedder = embedder
+    await router.start()
+    try:
+        async with grpc.aio.insecure_channel(router.address) as channel:
+            stub = router_pb2_grpc.RouterServiceStub(channel)
+            await stub.Search(router_pb2.SearchRequest(text="anything", k=3))  # the shard answers
+            shard.proc.send_signal(signal.SIGSTOP)
+            try:
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await stub.Search(router_pb2.SearchRequest(text="anything", k=3))
+            finally:
+                shard.proc.send_signal(signal.SIGCONT)
+            assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, err.value.details()
+            assert "no shard answered within the request's deadline" in (err.value.details() or "")
+    finally:
+        await router.stop(grace=1)
+        shard.terminate()
+
+
 async def test_dns_names_expand_to_replicas(half_cluster, embedder):
     _, shard, _ = half_cluster
     port = shard.address.rsplit(":", 1)[1]
