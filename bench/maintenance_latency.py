@@ -72,6 +72,7 @@ def main() -> int:
     from ragcluster.documents import Document
     from ragcluster.tools.cluster import wait_for_serving
     from ragcluster.v1 import shard_pb2, shard_pb2_grpc
+    from shard_server.config import ShardOptions
     from shard_server.shard import Shard
 
     rng = np.random.default_rng(0)
@@ -79,7 +80,7 @@ def main() -> int:
                      "clients": args.clients}
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "shard"
-        shard = Shard(data, dim=args.dim, index_factory=args.factory)
+        shard = Shard(ShardOptions(str(data), dim=args.dim, index_factory=args.factory))
         for start in range(0, args.vectors, 4096):
             n = min(4096, args.vectors - start)
             x = rng.standard_normal((n, args.dim)).astype(np.float32)

@@ -74,13 +74,7 @@ class ShardNode:
         from shard_server.shard import Shard
 
         config = self.config
-        shard = await asyncio.to_thread(
-            Shard, self.data_dir, config.shard_id, config.dim, config.metric, config.index_factory,
-            config.embedding_model, config.max_k, config.max_batch, config.max_upsert_batch, config.nprobe,
-            config.ef_search, config.max_store_bytes, config.rebuild_tombstone_share,
-            ef_construction=config.ef_construction, lexical_stemmer=config.lexical_stemmer,
-            lexical_stopwords=config.lexical_stopwords, bm25_k1=config.bm25_k1, bm25_b=config.bm25_b,
-        )
+        shard = await asyncio.to_thread(Shard, config)
         self.shard = self.servicer.shard = shard
         self.maintenance = Maintenance(shard, config.checkpoint_interval_seconds, self.upkeep)
         self.maintenance.start()

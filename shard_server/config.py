@@ -1,4 +1,8 @@
-"""Shard server configuration; every field is a flag and a RAGCLUSTER_* env var."""
+"""Shard server configuration; every field is a flag and a RAGCLUSTER_* env var.
+
+ShardOptions is what the pure core (shard_server/shard.py:Shard) is opened with; ShardConfig adds what the
+server process needs around it (ports, TLS, checkpoints, restore, snapshots).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,9 @@ from ragcluster.config import ServerConfig, option
 
 
 @dataclass
-class ShardConfig(ServerConfig):
+class ShardOptions:
+    """A shard's store, index and limits: ``Shard(options)`` (no grpc, no server settings)."""
+
     data_dir: str = option("./data/shard-0", "directory of the shard's durable store")
     shard_id: int = option(0, "this shard's number in the cluster (0-based)")
     dim: int = option(384, "vector dimension (384 for all-MiniLM-L6-v2)")
@@ -22,11 +28,26 @@ class ShardConfig(ServerConfig):
     nprobe: int = option(16, "default nprobe for IVF indexes")
     ef_search: int = option(64, "default efSearch for HNSW indexes")
     ef_construction: int = option(200, "efConstruction for building HNSW indexes")
-    checkpoint_interval_seconds: float = option(60.0, "write an index checkpoint this often when there were writes "
-                                                      "(and on shutdown); 0 = only on shutdown")
     rebuild_tombstone_share: float = option(0.2, "rebuild the index in the background once tombstones (removed ids "
                                                  "an index like HNSW cannot delete) exceed this share")
     max_store_bytes: int = option(0, "refuse writes (RESOURCE_EXHAUSTED) beyond this store size; 0 = no limit")
+    lexical_stemmer: str = option("english", "lexical (BM25) index: Snowball stemmer (english, porter, french, "
+                                             "german, ... or none); every shard of a collection must use the same")
+    lexical_stopwords: str = option("english", "lexical index: stop words removed before indexing: english (Lucene's "
+                                               "list), none, or a comma-separated list")
+    bm25_k1: float = option(1.5, "BM25 term-frequency saturation k1")
+    bm25_b: float = option(0.75, "BM25 length normalisation b (0..1)")
+    exact_filter_limit: int = option(200_000, "filtered search on an approximate index (IVF, HNSW) that found fewer "
+                                              "than k matches: score the matching vectors exactly when at most this "
+                                              "many match")
+
+
+@dataclass
+class ShardConfig(ShardOptions, ServerConfig):
+    """The shard server: ShardOptions for its Shard plus the process's own settings."""
+
+    checkpoint_interval_seconds: float = option(60.0, "write an index checkpoint this often when there were writes "
+                                                      "(and on shutdown); 0 = only on shutdown")
     restore_from: str = option("", "host:port of a shard replica to copy (Snapshot) when --data-dir holds no store")
     tls_allowed_callers: list[str] = option(["spiffe://ragcluster/router"], "with mTLS: certificate identities (URI "
                                              "SAN) that may call this shard")
@@ -37,12 +58,6 @@ class ShardConfig(ServerConfig):
     restore_peers_file: str = option("", "file of further allowed Restore sources, one host:port per line, re-read "
                                          "when it changes (e.g. a ConfigMap)")
     search_delay_ms: float = option(0.0, "testing only: add this much latency to every Search (a slow replica)")
-    lexical_stemmer: str = option("english", "lexical (BM25) index: Snowball stemmer (english, porter, french, "
-                                             "german, ... or none); every shard of a collection must use the same")
-    lexical_stopwords: str = option("english", "lexical index: stop words removed before indexing: english (Lucene's "
-                                               "list), none, or a comma-separated list")
-    bm25_k1: float = option(1.5, "BM25 term-frequency saturation k1")
-    bm25_b: float = option(0.75, "BM25 length normalisation b (0..1)")
     maintenance_threads: int = option(2, "threads for background checkpoints and rebuilds (their FAISS work uses one "
                                          "core each); searches and writes never wait for these threads")
     max_concurrent_snapshots: int = option(2, "Snapshot streams served at once (each holds a read transaction on the "

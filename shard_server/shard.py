@@ -33,11 +33,10 @@ from ragcluster.errors import FailedPrecondition, InvalidArgument
 from ragcluster.hashing import id_key
 from shard_server import metrics
 from shard_server.checkpoint import CorruptCheckpoint, read_checkpoint, write_checkpoint
+from shard_server.config import ShardOptions
 from shard_server.filters import Filter, compile_filter
 from shard_server.index import VectorIndex, parse_metric
 from shard_server.lexical import (
-    DEFAULT_B,
-    DEFAULT_K1,
     Analyzer,
     AnalyzerConfig,
     CorpusStats,
@@ -157,21 +156,19 @@ def _check_versions(versions: list[int] | None, where: str) -> None:
 
 
 class Shard:
-    def __init__(self, data_dir: Path, shard_id: int = 0, dim: int = 384, metric: str = "ip",
-                 index_factory: str = "Flat", embedding_model: str = "", max_k: int = 1000,
-                 max_batch: int = 1024, max_upsert_batch: int = 4096, nprobe: int = 16, ef_search: int = 64,
-                 max_store_bytes: int = 0, rebuild_tombstone_share: float = 0.2, exact_filter_limit: int = 200_000,
-                 ef_construction: int = 200, lexical_stemmer: str = "english", lexical_stopwords: str = "english",
-                 bm25_k1: float = DEFAULT_K1, bm25_b: float = DEFAULT_B):
-        self.data_dir = Path(data_dir)
-        self.shard_id = shard_id
-        self.max_k, self.max_batch, self.max_upsert_batch = max_k, max_batch, max_upsert_batch
-        self.metric = parse_metric(metric)
-        self.dim = dim
-        self.index_factory = index_factory
-        self.nprobe, self.ef_search, self.ef_construction = nprobe, ef_search, ef_construction
-        self.rebuild_tombstone_share = rebuild_tombstone_share
-        self.exact_filter_limit = exact_filter_limit
+    def __init__(self, options: ShardOptions):
+        self.options = options
+        self.data_dir = Path(options.data_dir)
+        self.shard_id = shard_id = options.shard_id
+        self.max_k, self.max_batch, self.max_upsert_batch = options.max_k, options.max_batch, options.max_upsert_batch
+        self.metric = parse_metric(options.metric)
+        self.dim = dim = options.dim
+        self.index_factory = options.index_factory
+        self.nprobe, self.ef_search, self.ef_construction = options.nprobe, options.ef_search, options.ef_construction
+        self.rebuild_tombstone_share = options.rebuild_tombstone_share
+        self.exact_filter_limit = options.exact_filter_limit
+        max_store_bytes, embedding_model = options.max_store_bytes, options.embedding_model
+        bm25_k1, bm25_b = options.bm25_k1, options.bm25_b
         self.exact_filter_block = 4096  # vectors scored at once by the filtered exact fallback
         self.store = DocumentStore(self.data_dir / STORE_FILE, dim, max_store_bytes)
         self._check_layout(dim, self.metric)
@@ -184,7 +181,7 @@ class Shard:
         self.checkpoint_time = 0.0
         self.index_bytes = 0
         self.index = self._open_index()
-        self.analyzer = Analyzer(AnalyzerConfig(lexical_stemmer, lexical_stopwords))
+        self.analyzer = Analyzer(AnalyzerConfig(options.lexical_stemmer, options.lexical_stopwords))
         if bm25_k1 < 0 or not 0 <= bm25_b <= 1:
             raise InvalidArgument(f"bm25: k1 must be >= 0 and b in [0, 1], got k1={bm25_k1} b={bm25_b}")
         self.bm25_k1, self.bm25_b = bm25_k1, bm25_b

@@ -165,10 +165,11 @@ def test_snapshot_stream_is_self_checking(tmp_path):
 def test_restart_with_100k_vectors_takes_seconds(tmp_path, record_property):
     """Build a 100k x 384 shard, stop it (final checkpoint), restart it and time until SERVING."""
     from ragcluster.documents import Document
+    from shard_server.config import ShardOptions
     from shard_server.shard import Shard
 
     data = tmp_path / "big"
-    shard = Shard(data, dim=384)
+    shard = Shard(ShardOptions(str(data), dim=384))
     rng = np.random.default_rng(0)
     for first in range(0, 100_000, 4000):
         x = rng.standard_normal((4000, 384)).astype(np.float32)

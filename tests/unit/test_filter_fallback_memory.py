@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from ragcluster.documents import Document
+from shard_server.config import ShardOptions
 from shard_server.shard import Shard
 
 DIM = 64
@@ -20,7 +21,7 @@ N = 40_000
 def test_exact_fallback_is_exact_and_bounded(tmp_path, metric):
     rng = np.random.default_rng(7)
     x = rng.standard_normal((N, DIM)).astype(np.float32)
-    shard = Shard(tmp_path, dim=DIM, metric=metric)
+    shard = Shard(ShardOptions(str(tmp_path), dim=DIM, metric=metric))
     for start in range(0, N, 4096):
         n = min(4096, N - start)
         shard.upsert([Document(f"d{start + i}", "", metadata={"g": 1}) for i in range(n)], x[start:start + n])

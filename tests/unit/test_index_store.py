@@ -3,6 +3,7 @@ import pytest
 
 from ragcluster.documents import Document
 from ragcluster.errors import FailedPrecondition, InvalidArgument
+from shard_server.config import ShardOptions
 from shard_server.index import VectorIndex
 from shard_server.shard import Shard
 
@@ -20,7 +21,7 @@ def _docs(n, prefix="d"):
 
 @pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF4,Flat"])
 def test_upsert_replaces_and_delete_removes(tmp_path, factory):
-    shard = Shard(tmp_path, dim=DIM, index_factory=factory)
+    shard = Shard(ShardOptions(str(tmp_path), dim=DIM, index_factory=factory))
     shard.index.train_min = 200  # train the IVF index inside this small test
     x = _vecs(300)
     shard.upsert(_docs(300), x)
@@ -46,14 +47,14 @@ def test_upsert_replaces_and_delete_removes(tmp_path, factory):
 
 
 def test_reopen_keeps_everything(tmp_path):
-    shard = Shard(tmp_path, dim=DIM)
+    shard = Shard(ShardOptions(str(tmp_path), dim=DIM))
     x = _vecs(50)
     shard.upsert(_docs(50), x)
     shard.delete(["d3"])
     before = shard.search(x[:5], 5, include_documents=True)
     seq = shard.info().sequence
     shard.close()
-    again = Shard(tmp_path, dim=DIM)
+    again = Shard(ShardOptions(str(tmp_path), dim=DIM))
     after = again.search(x[:5], 5, include_documents=True)
     assert again.info().documents == 49 and again.info().sequence == seq == 2
     for a, b in zip(before.ids, after.ids):
@@ -63,9 +64,9 @@ def test_reopen_keeps_everything(tmp_path):
 
 
 def test_reopen_with_other_dim_is_refused(tmp_path):
-    Shard(tmp_path, dim=DIM).close()
+    Shard(ShardOptions(str(tmp_path), dim=DIM)).close()
     with pytest.raises(FailedPrecondition, match="dim"):
-        Shard(tmp_path, dim=DIM * 2)
+        Shard(ShardOptions(str(tmp_path), dim=DIM * 2))
 
 
 @pytest.mark.parametrize("bad,match", [
@@ -74,7 +75,7 @@ def test_reopen_with_other_dim_is_refused(tmp_path):
     (lambda x: np.where(np.arange(DIM) == 3, np.inf, x).astype(np.float32), "NaN or infinity"),
 ])
 def test_bad_vectors(tmp_path, bad, match):
-    shard = Shard(tmp_path, dim=DIM)
+    shard = Shard(ShardOptions(str(tmp_path), dim=DIM))
     with pytest.raises(InvalidArgument, match=match):
         shard.upsert(_docs(2), bad(_vecs(2)))
     with pytest.raises(InvalidArgument, match=match):
@@ -83,7 +84,7 @@ def test_bad_vectors(tmp_path, bad, match):
 
 
 def test_guards(tmp_path):
-    shard = Shard(tmp_path, dim=DIM, max_k=50, max_upsert_batch=10)
+    shard = Shard(ShardOptions(str(tmp_path), dim=DIM, max_k=50, max_upsert_batch=10))
     with pytest.raises(InvalidArgument, match="k: must be between 1 and 50"):
         shard.search(_vecs(1), 0)
     with pytest.raises(InvalidArgument, match="k: must be between 1 and 50"):

@@ -13,6 +13,7 @@ from ragcluster.corpus import make_documents
 from ragcluster.documents import Document
 from ragcluster.errors import InvalidArgument
 from ragcluster.hashing import shard_for
+from shard_server.config import ShardOptions
 from shard_server.lexical import Analyzer, AnalyzerConfig, CorpusStats, LexicalIndex, LexicalQuery, document_text
 from shard_server.shard import Shard
 
@@ -126,7 +127,7 @@ def test_updates_and_deletes_change_statistics_and_results():
 
 
 def open_shard(path, **kw):
-    return Shard(path, dim=DIM, **kw)
+    return Shard(ShardOptions(str(path), dim=DIM, **kw))
 
 
 def vecs(n, seed=0):

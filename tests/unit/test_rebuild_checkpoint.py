@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from ragcluster.documents import Document
+from shard_server.config import ShardOptions
 from shard_server.shard import Shard
 
 DIM = 16
@@ -22,7 +23,7 @@ def vectors(n: int, seed: int) -> np.ndarray:
 
 @pytest.mark.parametrize("factory", ["Flat", "HNSW16"])
 def test_checkpoint_during_rebuild_leaves_no_ghosts(tmp_path, factory):
-    shard = Shard(tmp_path, dim=DIM, index_factory=factory)
+    shard = Shard(ShardOptions(str(tmp_path), dim=DIM, index_factory=factory))
     x = vectors(300, 1)
     shard.upsert([Document(f"d{i}", f"text {i}") for i in range(300)], x)
     snapshot_taken, go_on = threading.Event(), threading.Event()

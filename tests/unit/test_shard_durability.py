@@ -6,6 +6,7 @@ import pytest
 from ragcluster.documents import Document
 from ragcluster.errors import InvalidArgument, ResourceExhausted
 from shard_server import metrics
+from shard_server.config import ShardOptions
 from shard_server.filters import Condition, Filter
 from shard_server.shard import CHECKPOINT_FILE, Shard
 
@@ -27,7 +28,7 @@ def docs(n, start=0, prefix="d"):
 
 
 def open_shard(path, factory, **kw):
-    shard = Shard(path, dim=DIM, index_factory=factory, **kw)
+    shard = Shard(ShardOptions(str(path), dim=DIM, index_factory=factory, **kw))
     shard.index.train_min = 500
     return shard
 
@@ -151,7 +152,7 @@ def test_filtered_exact_results_match_brute_force(tmp_path):
 
 
 def test_store_quota_refuses_writes_and_loses_nothing(tmp_path):
-    shard = Shard(tmp_path, dim=DIM, max_store_bytes=256 * 1024)
+    shard = Shard(ShardOptions(str(tmp_path), dim=DIM, max_store_bytes=256 * 1024))
     x = clustered(2000)
     acked = 0
     with pytest.raises(ResourceExhausted, match="storage full"):
@@ -178,7 +179,7 @@ def test_recall_against_brute_force(tmp_path, factory, params, floor, record_pro
     n, dim = 4000, 64
     x = clustered(n, seed=11, centers=50, dim=dim)
     q = clustered(200, seed=12, centers=50, dim=dim)
-    shard = Shard(tmp_path, dim=dim, index_factory=factory)
+    shard = Shard(ShardOptions(str(tmp_path), dim=dim, index_factory=factory))
     shard.index.train_min = 3000
     for start in range(0, n, 1000):
         shard.upsert(docs(1000, start), x[start:start + 1000])

@@ -11,6 +11,7 @@ import numpy as np
 
 from ragcluster.documents import Document
 from router.versions import HybridClock
+from shard_server.config import ShardOptions
 from shard_server.shard import Shard
 
 DIM = 8
@@ -28,7 +29,7 @@ def test_versioned_writes_commute(tmp_path):
     vector = np.ones((1, DIM), np.float32)
     digests = []
     for n, order in enumerate((ops, rng.sample(ops, len(ops)))):
-        shard = Shard(tmp_path / f"s{n}", dim=DIM)
+        shard = Shard(ShardOptions(str(tmp_path / f"s{n}"), dim=DIM))
         for kind, item, version in order:
             if kind == "delete":
                 shard.delete([item], [version])
@@ -47,7 +48,7 @@ def test_versioned_writes_commute(tmp_path):
 
 
 def test_an_older_write_never_overwrites_or_resurrects(tmp_path):
-    shard = Shard(tmp_path, dim=DIM)
+    shard = Shard(ShardOptions(str(tmp_path), dim=DIM))
     v = np.ones((1, DIM), np.float32)
     shard.upsert([Document("a", "new")], v, versions=[10])
     shard.upsert([Document("a", "old")], v, versions=[5])
