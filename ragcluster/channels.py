@@ -106,6 +106,10 @@ class ReloadingChannel(grpc.aio.Channel):
         now = time.monotonic()
         if now - self._checked < self.check_seconds:
             return False
+        try:
+            loop = asyncio.get_running_loop()  # the old channel closes on it
+        except RuntimeError:
+            return False  # outside the channel's loop (e.g. get_state from another thread): next call
         self._checked = now
         stamp = self.security.stamp()
         if stamp == self._stamp:
@@ -120,7 +124,7 @@ class ReloadingChannel(grpc.aio.Channel):
         self._callables.clear()
         self.generation += 1
         logger.info("TLS files changed: new connections to %s use the new certificate", self.address)
-        task = asyncio.get_running_loop().create_task(old.close(grace=self.drain_seconds))
+        task = loop.create_task(old.close(grace=self.drain_seconds))
         self._retiring[task] = old
         task.add_done_callback(lambda t: self._retiring.pop(t, None))
         return True
