@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 logger = logging.getLogger(__name__)
 
@@ -61,3 +61,18 @@ class Resolver:
         """The union of every spec's addresses, sorted."""
         parts = await asyncio.gather(*(self.resolve(s) for s in specs))
         return sorted({a for part in parts for a in part})
+
+
+def refresh_periodically(refresh: Callable[[], Awaitable[None]], every: float, what: str) -> asyncio.Task[None]:
+    """A task that awaits ``refresh`` every ``every`` seconds until cancelled (its owner cancels it on close).
+    A failed refresh is logged (as ``what``) and keeps what the last one found; the next tick tries again."""
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(every)  # periodic re-resolution (a timer)
+            try:
+                await refresh()
+            except Exception:
+                logger.exception("%s failed", what)
+
+    return asyncio.create_task(loop())

@@ -20,7 +20,7 @@ from ragcluster.security import ClientTls
 from ragcluster.tokens import TokenCounter, fingerprint
 from ragcluster.v1 import common_pb2, generator_pb2, generator_pb2_grpc
 from router import metrics
-from router.discovery import Resolver
+from router.discovery import Resolver, refresh_periodically
 from router.health import Backend, Watchers
 from router.prompt import Passage, Prompt, PromptTemplate, answer_budget, order_passages, select_passages
 
@@ -105,15 +105,7 @@ class GeneratorPool:
         self._add(await self.resolver.resolve_all(self.specs))
         await self._watchers.start(self.nodes, "generator", wait_seconds)
         if any(s.startswith("dns:") for s in self.specs):
-            self._refresh_task = asyncio.create_task(self._refresh_loop(refresh_seconds))
-
-    async def _refresh_loop(self, every: float) -> None:
-        while True:
-            await asyncio.sleep(every)  # periodic DNS refresh (a timer)
-            try:
-                await self.refresh()
-            except Exception:  # keep the nodes we have; try again at the next refresh
-                logger.exception("generator refresh failed")
+            self._refresh_task = refresh_periodically(self.refresh, refresh_seconds, "generator refresh")
 
     async def refresh(self) -> None:
         """Re-resolve: watch new nodes, stop watching and close the channels of those that left (a failed

@@ -34,7 +34,7 @@ from ragcluster.errors import FailedPrecondition, InvalidArgument, Unavailable
 from ragcluster.security import ClientTls
 from ragcluster.v1 import common_pb2, shard_pb2, shard_pb2_grpc
 from router import metrics
-from router.discovery import Resolver
+from router.discovery import Resolver, refresh_periodically
 from router.health import Backend, Watchers
 from router.versions import HybridClock
 
@@ -124,7 +124,8 @@ class ShardGroup:
         await self._watchers.start(self.replicas, f"shard {self.shard} replica")
         await self.sync()  # compare the replicas before the first read
         if any(s.startswith("dns:") for s in self.specs):
-            self._refresh_task = asyncio.create_task(self._refresh_loop(refresh_seconds))
+            self._refresh_task = refresh_periodically(self.refresh, refresh_seconds,
+                                                      f"shard {self.shard}: replica refresh")
         if self.policy.anti_entropy_seconds > 0:  # catches what other routers' failed writes left behind
             self._anti_entropy_task = asyncio.create_task(self._anti_entropy_loop(self.policy.anti_entropy_seconds))
 
@@ -133,14 +134,6 @@ class ShardGroup:
         added = [self._new_replica(a) for a in addresses if a not in known]
         self.replicas.extend(added)
         return added
-
-    async def _refresh_loop(self, every: float) -> None:
-        while True:
-            await asyncio.sleep(every)  # periodic DNS refresh (a timer)
-            try:
-                await self.refresh()
-            except Exception:  # keep the replicas we have; try again at the next refresh
-                logger.exception("shard %d: replica refresh failed", self.shard)
 
     async def refresh(self) -> None:
         """Re-resolve the replica addresses: watch new ones, stop watching and close the channels of

@@ -9,22 +9,12 @@ import sys
 from dataclasses import dataclass
 
 from ragcluster.config import option
-from ragcluster.tools.cli.common import (
-    WHERE_HELP,
-    ConnectOptions,
-    RetrievalOptions,
-    connect,
-    console,
-    escape,
-    parse_where,
-    retrieval_kwargs,
-)
+from ragcluster.tools.cli.common import QueryOptions, connect, console, escape, query_kwargs
 
 
 @dataclass
-class AskOptions(RetrievalOptions, ConnectOptions):
+class AskOptions(QueryOptions):
     k: int = option(5, "passages to retrieve", short="-k")
-    where: list[str] = option([], WHERE_HELP, metavar="COND")
     max_tokens: int = option(256, "longest answer in tokens")
     temperature: float = option(0.0, "sampling temperature (0 = greedy)")
     timeout: float = option(180.0, "deadline in seconds")
@@ -33,11 +23,10 @@ class AskOptions(RetrievalOptions, ConnectOptions):
 
 def cmd_ask(opts: AskOptions, ns: argparse.Namespace) -> int:
     out = console()
-    where = parse_where(opts.where)
+    query = query_kwargs(opts)
     with connect(opts) as client:
         ask = functools.partial(client.ask, ns.question, k=opts.k, max_tokens=opts.max_tokens,
-                                temperature=opts.temperature, timeout=opts.timeout, where=where,
-                                **retrieval_kwargs(opts))
+                                temperature=opts.temperature, timeout=opts.timeout, **query)
         if opts.json:
             from ragcluster.convert import to_json
 

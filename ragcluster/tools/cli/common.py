@@ -59,6 +59,19 @@ class ConnectOptions:
     insecure: bool = option(False, "plaintext, no API key (a cluster started with --insecure)")
 
 
+@dataclass
+class QueryOptions(RetrievalOptions, ConnectOptions):
+    """What search and ask share: the router, how to retrieve, and the metadata filter."""
+
+    where: list[str] = option([], WHERE_HELP, metavar="COND")
+
+
+def query_kwargs(opts: QueryOptions) -> dict[str, Any]:
+    """Client keyword arguments for --where and the retrieval options that were set (a bad --where is a
+    CliError, raised before anything is sent)."""
+    return {"where": parse_where(opts.where), **retrieval_kwargs(opts)}
+
+
 def client_security(opts: ConnectOptions) -> ClientTls | None:
     """The ClientTls for ``opts`` (None with --insecure); a CliError saying what to pass when none is found."""
     from ragcluster.security import ClientTls, TlsFiles

@@ -10,17 +10,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from ragcluster.config import option
-from ragcluster.tools.cli.common import (
-    WHERE_HELP,
-    ConnectOptions,
-    RetrievalOptions,
-    connect,
-    console,
-    escape,
-    fail,
-    parse_where,
-    retrieval_kwargs,
-)
+from ragcluster.tools.cli.common import QueryOptions, connect, console, escape, fail, query_kwargs
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -29,9 +19,8 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class SearchOptions(RetrievalOptions, ConnectOptions):
+class SearchOptions(QueryOptions):
     k: int = option(10, "number of hits", short="-k")
-    where: list[str] = option([], WHERE_HELP, metavar="COND")
     min_coverage: float = option(0.0, "fail unless this share of shards (0..1] answers; 0 = accept partial results")
     collection: str = option("", "collection to search (default: the active one)")
     timeout: float = option(30.0, "deadline in seconds")
@@ -43,11 +32,11 @@ def cmd_search(opts: SearchOptions, ns: argparse.Namespace) -> int:
     from ragcluster.client import coverage_from_error
     from ragcluster.convert import to_json
 
+    query = query_kwargs(opts)
     with connect(opts) as client:
         try:
-            result = client.search(ns.text, k=opts.k, timeout=opts.timeout, where=parse_where(opts.where),
-                                   min_coverage=opts.min_coverage or None, collection=opts.collection,
-                                   **retrieval_kwargs(opts))
+            result = client.search(ns.text, k=opts.k, timeout=opts.timeout, min_coverage=opts.min_coverage or None,
+                                   collection=opts.collection, **query)
         except grpc.RpcError as exc:
             coverage = coverage_from_error(exc)
             if coverage is None:
