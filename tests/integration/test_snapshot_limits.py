@@ -1,7 +1,8 @@
 """Snapshots (issue 16, item 6): a Snapshot streams the store's own file frozen by a read transaction (no
 copy on disk, writes go on meanwhile, the stream is still one consistent state), concurrent snapshots are
 bounded (RESOURCE_EXHAUSTED beyond the limit), and a restore onto a disk too small is refused clearly
-before anything is written. Real shard servers in process."""
+before anything is written (shard_server/restore.py's download, the one path a Restore and --restore-from
+take). Real shard servers in process."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from ragcluster.errors import ResourceExhausted
 from ragcluster.v1 import shard_pb2, shard_pb2_grpc
 from shard_server.__main__ import build_server as build_shard
 from shard_server.config import ShardConfig
-from shard_server.snapshot import restore_from
+from shard_server.restore import Expected, download, metric_pb
 from shard_server.store import DocumentStore
 
 DIM = 32
@@ -102,8 +103,9 @@ async def test_restore_onto_a_short_disk_is_refused_before_writing(shard):
                       capture_output=True).returncode != 0:
         pytest.skip("cannot mount a small tmpfs here (needs root)")
     try:
+        want = Expected(shard=0, dim=DIM, metric=metric_pb("ip"), embedding_model="")
         with pytest.raises(ResourceExhausted, match="free disk space first"):
-            await asyncio.to_thread(restore_from, server.address, small, 60.0)
+            await download(server.address, small, want, None, 60.0)
         assert not list(small.iterdir()), "a partial copy was left behind"
     finally:
         subprocess.run(["umount", str(small)], check=True)
