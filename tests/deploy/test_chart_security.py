@@ -1,17 +1,21 @@
 """The chart's TLS and API-key wiring: secure by default (cert-manager Certificates with the identities the
 servers check, mounted where RAGCLUSTER_TLS_* point, probes on the plaintext health port, router keys from a
-Secret of hashes), explicitly off, or from existing Secrets — parsed through the servers' real configs. The
-value sets "tls-off" and "existing-secrets" also go through every check of test_chart.py (kubernetes-validate,
-checkov, structure)."""
+Secret of hashes, each shard replica's Restore allow-list = the other replicas of its shard), explicitly off, or
+from existing Secrets — parsed through the servers' real configs. The value sets "tls-off" and
+"existing-secrets" also go through every check of test_chart.py (kubernetes-validate, checkov, structure)."""
 
 from __future__ import annotations
 
 import argparse
+import re
+from pathlib import Path
 
 import pytest
 
 from ragcluster.config import add_config_arguments, config_from_args
+from ragcluster.errors import PermissionDenied
 from ragcluster.security import hash_token
+from shard_server.restore import RestorePeers
 from tests.deploy import chart_checks as cc
 from tests.deploy.conftest import NAMESPACE, render
 
@@ -190,3 +194,106 @@ def test_refused_combinations(sets, message):
     with pytest.raises(Exception, match=message):
         render.render([], sets=sets)
 
+
+
+# --- the shards' Restore allow-list ----------------------------------------------------------------------
+def _kubelet_env(container: dict, pod: str) -> dict[str, str]:
+    """The container's environment as the kubelet builds it: fieldRef metadata.name, then $(VAR) references
+    to variables defined earlier in the list."""
+    env: dict[str, str] = {}
+    for e in container.get("env", []):
+        if "value" in e:
+            env[e["name"]] = re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m[1], m[0]), e["value"])
+        elif e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name":
+            env[e["name"]] = pod
+    return env
+
+
+def _mounted_file(objs: list[dict], tpl: dict, path: str, out: Path) -> Path:
+    """Where ``path`` inside the pod leads: the ConfigMap key behind the mount, written to ``out``."""
+    c = tpl["spec"]["containers"][0]
+    mount = next(m for m in c["volumeMounts"] if path.startswith(m["mountPath"] + "/"))
+    source = _volume(tpl["spec"], mount["name"])["configMap"]["name"]
+    cm = next(o for o in cc.of_kind(objs, "ConfigMap") if o["metadata"]["name"] == source)
+    key = path[len(mount["mountPath"]) + 1:]
+    out.write_text(cm["data"][key]) if key in cm.get("data", {}) else out.unlink(missing_ok=True)
+    return out
+
+
+def _replica_address(sts: dict, svc: dict, replica: int) -> str:
+    port = next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "grpc")
+    return f"{sts['metadata']['name']}-{replica}.{svc['metadata']['name']}.{NAMESPACE}.svc.cluster.local:{port}"
+
+
+def _restore_peers(objs: list[dict], tmp_path: Path) -> dict[tuple[int, int], tuple[RestorePeers, set[str], str]]:
+    """{(shard, replica): (the allow-list that replica's server builds, the other replicas of its shard, its own
+    address)}, from the rendered env parsed through the real ShardConfig and the mounted ConfigMap file."""
+    services = {s["metadata"]["name"]: s for s in cc.of_kind(objs, "Service")}
+    out = {}
+    for sts in cc.of_kind(objs, "StatefulSet"):
+        tpl = sts["spec"]["template"]
+        svc = services[sts["spec"]["serviceName"]]
+        replicas = sts["spec"]["replicas"]
+        for r in range(replicas):
+            pod = f"{sts['metadata']['name']}-{r}"
+            env = _kubelet_env(tpl["spec"]["containers"][0], pod)
+            config = _config("shard", env)
+            assert config.restore_peers_file, f"{cc.name(sts)}: no RAGCLUSTER_RESTORE_PEERS_FILE"
+            peers_file = _mounted_file(objs, tpl, config.restore_peers_file, tmp_path / pod)
+            # as shard_server/__main__.py builds it
+            peers = RestorePeers(config.restore_peers, str(peers_file), open_when_empty=not config.tls_files().enabled)
+            others = {_replica_address(sts, svc, p) for p in range(replicas) if p != r}
+            out[(config.shard_id, r)] = (peers, others, _replica_address(sts, svc, r))
+    return out
+
+
+def test_restore_allow_list_is_the_other_replicas_of_the_same_shard(rendered, tmp_path):
+    objs = rendered["objects"]
+    found = _restore_peers(objs, tmp_path)
+    assert found
+    everyone = {own for _, _, own in found.values()}
+    for (shard, replica), (peers, others, _own) in found.items():
+        assert peers.allowed() == others, (shard, replica)
+        for source in others:
+            peers.check(source)
+        if peers.allowed() or not peers.open_when_empty:  # never itself, never another shard's replica
+            for source in (everyone - others):
+                with pytest.raises(PermissionDenied):
+                    peers.check(source)
+    # the names are the ones the router dials
+    from router.config import parse_shards
+
+    router = next(d for d in cc.of_kind(objs, "Deployment") if d["metadata"]["name"].endswith("-router"))
+    dialled = parse_shards([_env(router["spec"]["template"]["spec"]["containers"][0])["RAGCLUSTER_SHARD"]])
+    assert {a.removeprefix("dns:///") for addrs in dialled.values() for a in addrs} == everyone
+
+
+def test_restore_allow_list_three_replicas(tmp_path):
+    """Production layout (4 shards x 3 replicas, TLS on): each replica may copy exactly its two peers."""
+    objs = render.objects(render.render([], sets=["shards.count=4,shards.replicas=3"]))
+    found = _restore_peers(objs, tmp_path)
+    assert sorted(found) == [(s, r) for s in range(4) for r in range(3)]
+    for (shard, _), (peers, others, own) in found.items():
+        assert len(peers.allowed()) == 2 and peers.allowed() == others
+        assert all(f"-shard-{shard}-" in a for a in peers.allowed())
+        with pytest.raises(PermissionDenied):
+            peers.check(own)
+        with pytest.raises(PermissionDenied):
+            peers.check(next(iter(found[((shard + 1) % 4, 0)][1])))
+
+
+def test_one_replica_with_tls_refuses_every_restore(rendered_sets, tmp_path):
+    for (_, _), (peers, others, own) in _restore_peers(rendered_sets["default"]["objects"], tmp_path).items():
+        assert not others and not peers.allowed()
+        with pytest.raises(PermissionDenied):
+            peers.check(own)
+
+
+def test_scaling_replicas_does_not_roll_the_shards():
+    """The allow-list lives in a ConfigMap the servers re-read, not in the pod template: changing
+    shards.replicas changes no shard pod template (no rolling restart), only the lists."""
+    def shard_templates(replicas: int) -> list[dict]:
+        objs = render.objects(render.render([], sets=[f"shards.replicas={replicas}"]))
+        return [s["spec"]["template"] for s in cc.of_kind(objs, "StatefulSet")]
+
+    assert shard_templates(2) == shard_templates(3)

@@ -64,6 +64,13 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s-shard-%d" (include "ragcluster.fullname" .root) (int .shard) -}}
 {{- end -}}
 
+{{/* A shard replica's stable address through its headless Service, host:port:
+     <sts>-<r>.<sts>.<ns>.svc.<domain>:<port>. (dict "root" $ "shard" N "replica" R) */}}
+{{- define "ragcluster.shardReplicaAddress" -}}
+{{- $sts := include "ragcluster.shardName" (dict "root" .root "shard" .shard) -}}
+{{- printf "%s-%d.%s.%s.svc.%s:%d" $sts (int .replica) $sts .root.Release.Namespace .root.Values.clusterDomain (int .root.Values.shards.port) -}}
+{{- end -}}
+
 {{/* RAGCLUSTER_SHARD for the router: every replica by its stable per-pod DNS name, re-resolved every
      dnsRefreshSeconds, so a pod that comes back with a new IP is reached without restarting the router:
      0=dns:///<sts>-0.<svc>.<ns>.svc.<domain>:<port>,dns:///<sts>-1...;1=... */}}
@@ -71,10 +78,9 @@ app.kubernetes.io/component: {{ .component }}
 {{- $root := . -}}
 {{- $shards := list -}}
 {{- range $i := until (int .Values.shards.count) -}}
-{{- $sts := include "ragcluster.shardName" (dict "root" $root "shard" $i) -}}
 {{- $addrs := list -}}
 {{- range $r := until (int $root.Values.shards.replicas) -}}
-{{- $addrs = append $addrs (printf "dns:///%s-%d.%s.%s.svc.%s:%d" $sts $r $sts $root.Release.Namespace $root.Values.clusterDomain (int $root.Values.shards.port)) -}}
+{{- $addrs = append $addrs (printf "dns:///%s" (include "ragcluster.shardReplicaAddress" (dict "root" $root "shard" $i "replica" $r))) -}}
 {{- end -}}
 {{- $shards = append $shards (printf "%d=%s" $i (join "," $addrs)) -}}
 {{- end -}}
