@@ -18,6 +18,7 @@ VALUE_SETS = {
     "kind": [ROOT / "deploy" / "kind" / "values.yaml"],
     "tls-off": [ROOT / "tests" / "deploy" / "values" / "tls-off.yaml"],
     "existing-secrets": [ROOT / "tests" / "deploy" / "values" / "existing-secrets.yaml"],
+    "trust-bundle": [ROOT / "tests" / "deploy" / "values" / "trust-bundle.yaml"],
 }
 NAMESPACE = "rag"
 

@@ -185,6 +185,43 @@ def test_bootstrap_ca_signs_the_tiers(rendered_sets):
     assert len(tiers) == 2 + 1 + 1  # 2 shards, the router, the generators
 
 
+def test_bootstrapped_ca_keeps_its_key_on_renewal(rendered_sets):
+    """Renewing the CA with the same key changes no trust (tests/integration/test_ca_rotation.py); cert-manager
+    >= 1.18 would otherwise make a new key, and tiers renewed at different times would refuse each other."""
+    ca = next(c for c in cc.of_kind(rendered_sets["default"]["objects"], "Certificate") if c["spec"].get("isCA"))
+    assert ca["spec"]["privateKey"]["rotationPolicy"] == "Never"
+
+
+def test_trust_bundle_replaces_each_secrets_ca(rendered_sets):
+    """tls.trustBundle: every server and the chart's client pods trust the bundle ConfigMap (old + new CA during
+    a CA change), not the ca.crt of their own Secret."""
+    objs = rendered_sets["trust-bundle"]["objects"]
+
+    def bundle_file(spec: dict, container: dict, path: str) -> None:
+        mount = next(m for m in container["volumeMounts"] if path == f"{m['mountPath']}/ca.crt")
+        assert mount["readOnly"] is True
+        assert _volume(spec, mount["name"])["configMap"] == {
+            "name": "ragcluster-ca-bundle", "items": [{"key": "bundle.pem", "path": "ca.crt"}]}
+
+    servers = _servers(objs)
+    assert {tier for tier, _, _ in servers} == set(SERVER_TIERS)
+    for tier, _owner, tpl in servers:
+        c = tpl["spec"]["containers"][0]
+        config = _config(tier, _env(c))
+        bundle_file(tpl["spec"], c, config.tls_files().ca)
+        assert config.tls_files().cert == f"{MOUNT}/tls.crt"  # its own certificate still comes from its Secret
+    clients = _clients(objs)
+    assert len(clients) == 2
+    for spec in clients:
+        from ragcluster.tools.cli.common import ConnectOptions
+
+        c = spec["containers"][0]
+        parser = argparse.ArgumentParser()
+        add_config_arguments(parser, ConnectOptions, env=_env(c))
+        bundle_file(spec, c, config_from_args(ConnectOptions, parser.parse_args([])).tls_ca)
+        assert not any(v["name"] == "router-ca" for v in spec["volumes"])
+
+
 @pytest.mark.parametrize("sets,message", [
     (["auth.enabled=false"], "auth.enabled=false with tls.enabled=true"),
     (["tls.certManager.enabled=false"], "tls.existingSecrets.router"),

@@ -187,7 +187,7 @@ imagePullSecrets:
 - name: RAGCLUSTER_TLS_KEY
   value: {{ printf "%s/tls.key" $tls.mountPath | quote }}
 - name: RAGCLUSTER_TLS_CA
-  value: {{ printf "%s/ca.crt" $tls.mountPath | quote }}
+  value: {{ include "ragcluster.trustedCA" .root | quote }}
 - name: RAGCLUSTER_TLS_SERVER_NAME
   value: {{ $tls.internalServerName | quote }}
 - name: RAGCLUSTER_MAX_CONNECTION_AGE_SECONDS
@@ -213,12 +213,42 @@ imagePullSecrets:
 {{- end }}
 {{- end -}}
 
+{{/* The CA file every server and client trusts: the tier Secret's ca.crt, or with tls.trustBundle.configMap
+     the bundle (e.g. trust-manager's, holding the old and the new CA during a CA change). */}}
+{{- define "ragcluster.trustedCA" -}}
+{{- if .Values.tls.trustBundle.configMap -}}
+{{- printf "%s/ca.crt" .Values.tls.trustBundle.mountPath -}}
+{{- else -}}
+{{- printf "%s/ca.crt" .Values.tls.mountPath -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "ragcluster.trustBundleMount" -}}
+{{- if and .Values.tls.enabled .Values.tls.trustBundle.configMap }}
+- name: trust-bundle
+  mountPath: {{ .Values.tls.trustBundle.mountPath }}
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "ragcluster.trustBundleVolume" -}}
+{{- if and .Values.tls.enabled .Values.tls.trustBundle.configMap }}
+- name: trust-bundle
+  configMap:
+    name: {{ .Values.tls.trustBundle.configMap }}
+    items:
+      - key: {{ .Values.tls.trustBundle.key }}
+        path: ca.crt
+{{- end }}
+{{- end -}}
+
 {{- define "ragcluster.tlsMount" -}}
 {{- if .Values.tls.enabled }}
 - name: tls
   mountPath: {{ .Values.tls.mountPath }}
   readOnly: true
 {{- end }}
+{{- include "ragcluster.trustBundleMount" . }}
 {{- end -}}
 
 {{/* The certificate volume: (dict "root" $ "tier" ... "shard" N) */}}
@@ -229,6 +259,7 @@ imagePullSecrets:
     secretName: {{ include "ragcluster.tlsSecret" . }}
     defaultMode: 0440
 {{- end }}
+{{- include "ragcluster.trustBundleVolume" .root }}
 {{- end -}}
 
 {{- define "ragcluster.clientTokenSecret" -}}
@@ -239,7 +270,7 @@ imagePullSecrets:
 {{- define "ragcluster.clientEnv" -}}
 {{- if .Values.tls.enabled }}
 - name: RAGCLUSTER_TLS_CA
-  value: /etc/ragcluster/router-ca/ca.crt
+  value: {{ if .Values.tls.trustBundle.configMap }}{{ include "ragcluster.trustedCA" . | quote }}{{ else }}/etc/ragcluster/router-ca/ca.crt{{ end }}
 - name: RAGCLUSTER_TOKEN
   value: /etc/ragcluster/token/token
 {{- else }}
@@ -250,9 +281,13 @@ imagePullSecrets:
 
 {{- define "ragcluster.clientMounts" -}}
 {{- if .Values.tls.enabled }}
+{{- if .Values.tls.trustBundle.configMap }}
+{{- include "ragcluster.trustBundleMount" . }}
+{{- else }}
 - name: router-ca
   mountPath: /etc/ragcluster/router-ca
   readOnly: true
+{{- end }}
 - name: token
   mountPath: /etc/ragcluster/token
   readOnly: true
@@ -262,12 +297,16 @@ imagePullSecrets:
 {{/* Only the CA of the router's Secret (never its private key) and the client key. */}}
 {{- define "ragcluster.clientVolumes" -}}
 {{- if .Values.tls.enabled }}
+{{- if .Values.tls.trustBundle.configMap }}
+{{- include "ragcluster.trustBundleVolume" . }}
+{{- else }}
 - name: router-ca
   secret:
     secretName: {{ include "ragcluster.tlsSecret" (dict "root" . "tier" "router") }}
     items:
       - key: ca.crt
         path: ca.crt
+{{- end }}
 - name: token
   secret:
     secretName: {{ include "ragcluster.clientTokenSecret" . }}
