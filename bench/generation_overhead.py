@@ -9,8 +9,8 @@ both alike. Reports per concurrency:
 - time-to-first-token p50 direct and through Ask, the overhead (Ask - direct), the router's own
   embed + retrieve time for those requests (AskComplete timings) and the overhead beyond it;
 - tokens/s: completion tokens over the round's wall time (``round``: includes the time to first token),
-  and the streaming rate (``stream``: tokens after the first over the time from first to last delta,
-  summed over the streams) — the per-token cost of relaying through the router;
+  and the streaming rate (``stream``: tokens after the first over the time from first to last delta, mean
+  per stream times the concurrency) — the per-token cost of relaying through the router;
 - the spread (min-max of the per-round figures) of every ratio.
 
     .venv/bin/python bench/generation_overhead.py --model tiny|smollm2 [--concurrency 1 8] [--rounds 5] [--json]
@@ -29,6 +29,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -73,9 +74,10 @@ def summarise(rounds: list[dict]) -> dict:
     return out
 
 
-def round_figures(streams: list[Stream], wall: float) -> dict:
-    # streaming rate: tokens after the first over first..last delta, summed over streams (aggregate rate)
-    stream_rate = sum((s.tokens - 1) / (s.last - s.first) for s in streams if s.tokens > 1 and s.last > s.first)
+def round_figures(streams: list[Stream], wall: float, concurrency: int) -> dict:
+    # streaming rate: tokens after the first over first..last delta, per stream, times the streams at once
+    rates = [(s.tokens - 1) / (s.last - s.first) for s in streams if s.tokens > 1 and s.last > s.first]
+    stream_rate = statistics.fmean(rates) * concurrency if rates else 0.0
     return {"streams": streams, "round_rate": sum(s.tokens for s in streams) / wall, "stream_rate": stream_rate}
 
 
@@ -111,7 +113,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--rounds", type=int, default=4, help="rounds per concurrency and path (alternating)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per concurrency and path (alternating)")
     parser.add_argument("--requests", type=int, default=8, help="requests per round (at least the concurrency)")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--py-spy", default="", help="record the router with py-spy into this file (collapsed)")
@@ -121,6 +123,8 @@ def main() -> int:
     parser.add_argument("--generator-arg", action="append", default=[], help="extra generator flag (repeatable)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    # a killed benchmark (e.g. by `timeout`) still stops its cluster: SystemExit unwinds LocalCluster
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     import grpc
 
@@ -156,7 +160,9 @@ def main() -> int:
                 prompts[q] = template.messages(q, [template.format_passage(i + 1, p) for i, p in enumerate(passages)])
             gen_channel = grpc.insecure_channel(generator)
             gen = generator_pb2_grpc.GeneratorServiceStub(gen_channel)
-            sampling = common_pb2.SamplingParams(max_tokens=args.max_tokens, temperature=0.0)
+            # sampled with a fixed seed: the random-weight tiny model then runs to max_tokens (greedy decoding
+            # often ends it after a few tokens), and both paths generate the same text from the same prompt
+            sampling = common_pb2.SamplingParams(max_tokens=args.max_tokens, temperature=1.0, seed=7)
 
             def direct(q: str) -> Stream:
                 s = Stream()
@@ -187,7 +193,7 @@ def main() -> int:
                 questions = (QUESTIONS * (n // len(QUESTIONS) + 1))[:n]
                 start = time.perf_counter()
                 streams = list(pool.map(fn, questions))
-                return round_figures(streams, time.perf_counter() - start)
+                return round_figures(streams, time.perf_counter() - start, pool._max_workers)
 
             for concurrency in [] if args.profile_only else args.concurrency:
                 log(f"{concurrency} stream(s): warm-up, then {args.rounds} rounds per path")

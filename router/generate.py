@@ -9,13 +9,13 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import grpc
 
 from ragcluster import tracing
 from ragcluster.channels import aio_channel
-from ragcluster.errors import InvalidArgument, Unavailable
+from ragcluster.errors import DeadlineExceeded, InvalidArgument, Unavailable
 from ragcluster.security import ClientTls
 from ragcluster.tokens import TokenCounter, fingerprint
 from ragcluster.v1 import common_pb2, generator_pb2, generator_pb2_grpc
@@ -227,7 +227,7 @@ class GeneratorPool:
 
     async def generate(self, question: str, passages: list[Passage], sampling: common_pb2.SamplingParams,
                        template: PromptTemplate, timeout: float, request_id: str = ""
-                       ) -> AsyncIterator[tuple[GeneratorNode, Prompt | None, generator_pb2.GenerateEvent | None]]:
+                       ) -> AsyncGenerator[tuple[GeneratorNode, Prompt | None, generator_pb2.GenerateEvent | None]]:
         """Yield (node, prompt, None) once a node is chosen, then (node, None, event) per event.
 
         A node that fails before its first event is skipped for the next; once an event was yielded,
@@ -274,6 +274,8 @@ class GeneratorPool:
                 if started or exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED):
                     if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
                         raise InvalidArgument(exc.details() or "") from exc
+                    if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:  # the generation outlived its budget
+                        raise DeadlineExceeded(f"generation on {node.address} did not finish in time") from exc
                     raise
                 logger.warning("generator %s: %s before the first token; ejected for %.0fs, trying another",
                                node.address, exc.code().name, self.eject_seconds)

@@ -526,42 +526,51 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         hits, coverage = await self.retrieve(col, vector, k, None, self._budget(context), flt, retrieval, question)
         self._check_coverage(coverage, request)
         timings.retrieve_seconds = time.perf_counter() - t
-        yield router_pb2.AskEvent(hits=router_pb2.AskHits(hits=hits, coverage=coverage, collection=col.name,
-                                                          embedding_model=col.model_name,
-                                                          mode=_MODE_PB[retrieval.mode]))
-
         passages = [Passage(h.document.id, h.document.text, h.document.title, h.score) for h in hits]
         gen_budget = context.time_remaining() if context.time_remaining() is not None else None
         gen_timeout = min(gen_budget, self.config.generate_timeout_seconds) if gen_budget else \
             self.config.generate_timeout_seconds
         t = time.perf_counter()
         prompt: Prompt | None = None
-        async for node, new_prompt, event in self.pool.generate(
-            question, passages, sampling, self.template, gen_timeout, request_id.get()
-        ):
-            if new_prompt is not None:
-                prompt = new_prompt
-                timings.prompt_seconds = time.perf_counter() - t
-                continue
-            if event is None:  # the pool yields either a prompt or an event
-                continue
-            kind = event.WhichOneof("event")
-            if kind == "delta":
-                if not timings.time_to_first_token_seconds:
-                    timings.time_to_first_token_seconds = time.perf_counter() - start
-                    metrics.TTFT_SECONDS.observe(timings.time_to_first_token_seconds)
-                yield router_pb2.AskEvent(delta=router_pb2.AnswerDelta(text=event.delta.text))
-            elif kind == "complete":
-                done = event.complete
-                timings.generate_seconds = time.perf_counter() - t
-                timings.total_seconds = time.perf_counter() - start
-                metrics.observe_completion(done.completion_tokens, timings)
-                annotate(completion_tokens=done.completion_tokens, generator=node.address, **_timing_fields(timings))
-                yield router_pb2.AskEvent(complete=router_pb2.AskComplete(
-                    citations=prompt.citations if prompt else [], finish_reason=done.finish_reason,
-                    prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens, timings=timings,
-                    generator=node.address, model=node.info.model if node.info else "",
-                ))
+        stream = self.pool.generate(question, passages, sampling, self.template, gen_timeout, request_id.get())
+        # the generation starts now (prompt fitted, Generate sent) while the hits go out to the client
+        first: asyncio.Future[tuple[GeneratorNode, Prompt | None, generator_pb2.GenerateEvent | None]] = \
+            asyncio.ensure_future(anext(stream))
+        try:
+            yield router_pb2.AskEvent(hits=router_pb2.AskHits(hits=hits, coverage=coverage, collection=col.name,
+                                                              embedding_model=col.model_name,
+                                                              mode=_MODE_PB[retrieval.mode]))
+            item: tuple[GeneratorNode, Prompt | None, generator_pb2.GenerateEvent | None] | None = await first
+            while item is not None:
+                node, new_prompt, event = item
+                if new_prompt is not None:
+                    prompt = new_prompt
+                    timings.prompt_seconds = time.perf_counter() - t
+                elif event is not None and event.HasField("delta"):
+                    if not timings.time_to_first_token_seconds:
+                        timings.time_to_first_token_seconds = time.perf_counter() - start
+                        metrics.TTFT_SECONDS.observe(timings.time_to_first_token_seconds)
+                    yield router_pb2.AskEvent(delta=router_pb2.AnswerDelta(text=event.delta.text))
+                elif event is not None and event.HasField("complete"):
+                    done = event.complete
+                    timings.generate_seconds = time.perf_counter() - t
+                    timings.total_seconds = time.perf_counter() - start
+                    metrics.observe_completion(done.completion_tokens, timings)
+                    annotate(completion_tokens=done.completion_tokens, generator=node.address,
+                             **_timing_fields(timings))
+                    yield router_pb2.AskEvent(complete=router_pb2.AskComplete(
+                        citations=prompt.citations if prompt else [], finish_reason=done.finish_reason,
+                        prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens, timings=timings,
+                        generator=node.address, model=node.info.model if node.info else "",
+                    ))
+                item = await anext(stream, None)
+        finally:
+            if not first.done():  # the client left (or the hits failed to go out) before the first token
+                first.cancel()  # unwinds the pool's generator: the Generate call is cancelled, the engine aborts
+                await asyncio.wait([first])
+            elif not first.cancelled():
+                first.exception()  # retrieved: it was raised above, or the client left after it failed
+            await stream.aclose()
 
     async def Ingest(self, request_iterator: AsyncIterator[router_pb2.IngestRequest],
                      context: ServicerContext) -> AsyncIterator[router_pb2.IngestResponse]:
