@@ -31,8 +31,10 @@ def build_server(config: RouterConfig) -> GrpcServer:
     shards = parse_shards(config.shard)
     if not shards:
         raise SystemExit("router: at least one --shard N=host:port is required")
+    if not 1 <= config.anti_entropy_buckets <= 65536:
+        raise SystemExit(f"router: --anti-entropy-buckets must be in 1..65536, got {config.anti_entropy_buckets}")
     policy = ReplicaPolicy(config.hedge_delay_ms, config.eject_after, config.eject_seconds, config.write_quorum,
-                           config.anti_entropy_seconds)
+                           config.anti_entropy_seconds, config.tombstone_grace_seconds, config.anti_entropy_buckets)
     security = config.client_tls()
     collections = parse_collections(config.collection, shards, config.embedding_model, config.collection_shard,
                                     config.collection_model, policy, security)

@@ -63,6 +63,14 @@ class RouterConfig(ServerConfig):
     anti_entropy_seconds: float = option(30.0, "compare shard replicas document by document this often and copy "
                                                "the newest version of each to replicas that lack it (0 = only "
                                                "when a replica returns or misses a write)")
+    tombstone_grace_seconds: float = option(86400.0, "a versioned delete is forgotten once a complete anti-entropy "
+                                                     "pass saw it on every compared replica and it is older than this "
+                                                     "(0 = keep every delete forever). Half of it must exceed the "
+                                                     "longest write in flight plus the clock skew between routers; a "
+                                                     "replica out of complete passes for longer than half of it is "
+                                                     "restored from a snapshot instead of merged. Same on every router")
+    anti_entropy_buckets: int = option(1024, "anti-entropy compares this many per-bucket hashes of each replica's "
+                                             "(id, version) digest, then reads only the buckets that differ")
     dns_refresh_seconds: float = option(30.0, "re-resolve dns:/// shard addresses this often")
     max_in_flight: int = option(512, "admission control: requests served at once; beyond it RESOURCE_EXHAUSTED")
     deadline_margin_ms: float = option(20.0, "answer this long before the caller's deadline (partial results "

@@ -36,7 +36,7 @@ from ragcluster.v1 import common_pb2, shard_pb2, shard_pb2_grpc
 from router import metrics
 from router.discovery import Resolver, refresh_periodically
 from router.health import Backend, Watchers
-from router.versions import HybridClock
+from router.versions import HybridClock, version_span
 
 logger = logging.getLogger(__name__)
 _Ack = TypeVar("_Ack")
@@ -59,6 +59,11 @@ class ReplicaPolicy:
     eject_seconds: float = 10.0
     write_quorum: str = "all"  # all (live replicas) | majority (of all replicas)
     anti_entropy_seconds: float = 30.0  # compare replicas this often (0 = only on events)
+    tombstone_grace_seconds: float = 86400.0  # prune versioned deletes older than this after a complete pass (0: never)
+    digest_buckets: int = 1024  # anti-entropy compares per-bucket hashes, then only the buckets that differ
+    # an empty replica is restored from a snapshot (not merged document by document) when another holds at
+    # least this many entries; below it the merge is as cheap and never replaces a store under a write
+    snapshot_min_entries: int = 1000
 
 
 _CLOCK: HybridClock | None = None
@@ -106,9 +111,11 @@ class ShardGroup:
         self.last_documents = 0
         self._sync_task: asyncio.Task | None = None
         self._sync_wanted = False
+        self._sync_lock = asyncio.Lock()  # one pass at a time (the background task, converge calls, start)
         self._refresh_task: asyncio.Task | None = None
         self._anti_entropy_task: asyncio.Task | None = None
         self.clock = clock or default_clock()
+        self.digest_bytes = 0  # bytes of Digest and DigestBuckets answers read by anti-entropy (for measurements)
         metrics.preinitialise_shard(shard)
         for spec in self.specs:
             if not spec.startswith("dns:"):
@@ -382,11 +389,18 @@ class ShardGroup:
             self._sync_task = asyncio.get_running_loop().create_task(self.sync())
 
     async def sync(self, attempts: int = 5) -> None:
-        """Compare the live replicas document by document (versions from ``Digest``) and copy each
-        document's newest version, or its versioned delete, to the replicas that lack it. Replicas marked
-        as possibly behind serve reads again only once compared with enough others to have seen every
-        acknowledged write (``_coverage_complete``); until then they take writes but no reads."""
+        """Compare the live replicas document by document (versions from ``Digest``, only for the buckets
+        whose ``DigestBuckets`` hashes differ) and copy each document's newest version, or its versioned
+        delete, to the replicas that lack it. Replicas marked as possibly behind serve reads again only once
+        compared with enough others to have seen every acknowledged write (``_coverage_complete``); until
+        then they take writes but no reads. An empty replica, or one that missed tombstone pruning (see
+        ``_restore_from_snapshot``), is first restored from a snapshot of an up-to-date replica. After a
+        complete pass, versioned deletes older than the grace period are pruned on every compared replica."""
         self._sync_wanted = True
+        async with self._sync_lock:
+            await self._sync(attempts)
+
+    async def _sync(self, attempts: int) -> None:
         for _ in range(attempts):
             if not self._sync_wanted:
                 return
@@ -394,17 +408,21 @@ class ShardGroup:
             live = [r for r in self.replicas if r.serving]
             if not live:
                 return
+            started = self.clock.now()  # the pass's version: writes older than this (and in flight) are compared
             try:
-                repaired = await self.reconcile(live)
+                summaries = await self._summaries(live)
+                live, summaries = await self._restore_from_snapshot(live, summaries)
+                repaired = await self.reconcile(live, summaries=summaries)
             except (grpc.aio.AioRpcError, Unavailable) as exc:
                 logger.warning("shard %d: comparing replicas failed (%s); will retry", self.shard, _describe(exc))
                 self._sync_wanted = True
                 continue
             if repaired:
-                metrics.CATCHUPS.labels(self.shard).inc()
+                logger.debug("shard %d: %d repair(s)", self.shard, repaired)
             if self._coverage_complete(live):
                 for r in live:
                     r.needs_sync = False
+                await self._prune(live, started)
             else:
                 waiting = [r.address for r in live if r.needs_sync]
                 if waiting:
@@ -412,18 +430,120 @@ class ShardGroup:
                                    "quorum %s)", self.shard, waiting, len(live), len(self.replicas),
                                    self.policy.write_quorum)
 
-    async def reconcile(self, replicas: list[Replica], page: int = 5000, timeout: float = 60.0) -> int:
-        """One anti-entropy pass over ``replicas``; returns the number of repairs sent."""
+    async def _summaries(self, replicas: list[Replica],
+                         timeout: float = 60.0) -> dict[Replica, shard_pb2.DigestBucketsResponse]:
+        request = shard_pb2.DigestBucketsRequest(buckets=self.policy.digest_buckets)
+        answers = await asyncio.gather(*(r.stub.DigestBuckets(request, timeout=timeout) for r in replicas))
+        for a in answers:
+            self.digest_bytes += a.ByteSize()
+            self.clock.observe(a.max_version)  # later writes of this router win over what it has seen
+        return dict(zip(replicas, answers))
+
+    async def _restore_from_snapshot(
+        self, live: list[Replica], summaries: dict[Replica, shard_pb2.DigestBucketsResponse],
+    ) -> tuple[list[Replica], dict[Replica, shard_pb2.DigestBucketsResponse]]:
+        """Restore from a snapshot (instead of merging document by document) a live replica that is
+
+        - **stale**: its last complete pass is older than the newest tombstone horizon plus half the grace
+          period. Deletes it may have missed could have been pruned elsewhere, so merging it could bring
+          deleted documents back; it must not merge. It cannot hold an acknowledged write the others lack:
+          a prune needs a complete pass (every replica with quorum ``all``, so none can miss one; a majority
+          with ``majority``, which holds every acknowledged write) and it took no writes while away;
+        - **empty** (no document, no tombstone) while another replica holds at least
+          ``snapshot_min_entries``: a snapshot is one stream instead of a replay document by document.
+
+        The source is the live replica with the most recent complete pass. A stale replica whose restore
+        fails is left out of the comparison (it serves no reads) and tried again at the next pass; an empty
+        one falls back to the merge. Returns the replicas to compare and their (refreshed) summaries."""
+        entries = {r: sum(s.counts) for r, s in summaries.items()}
+        horizon = max(s.tombstone_horizon for s in summaries.values())
+        half_grace = version_span(self.policy.tombstone_grace_seconds / 2)
+        stale = [r for r in live if horizon and summaries[r].synced_version < horizon + half_grace]
+        big = max(entries.values()) >= max(self.policy.snapshot_min_entries, 1)
+        empty = [r for r in live if r not in stale and entries[r] == 0] if big else []
+        sources = [r for r in live if r not in stale and r not in empty and entries[r] > 0]
+        if not (stale or empty) or not sources:
+            return [r for r in live if r not in stale], summaries
+        source = max(sources, key=lambda r: (not r.needs_sync, summaries[r].synced_version, entries[r]))
+        excluded: list[Replica] = []
+        for replica in stale + empty:
+            why = "empty" if replica in empty else "out longer than half the tombstone grace period (stale)"
+            logger.warning("shard %d: replica %s is %s: restoring it from a snapshot of %s", self.shard,
+                           replica.address, why, source.address)
+            replica.catching_up = True  # no reads, no writes from this router while its store is replaced
+            try:
+                await replica.stub.Restore(shard_pb2.RestoreRequest(source=source.address), timeout=600.0)
+                metrics.CATCHUPS.labels(self.shard).inc()
+            except grpc.aio.AioRpcError as exc:
+                metrics.CATCHUP_FAILURES.labels(self.shard).inc()
+                if replica in stale:
+                    logger.error("shard %d: restoring stale replica %s failed (%s); it serves no reads and is not "
+                                 "merged until a restore succeeds", self.shard, replica.address, _describe(exc))
+                    excluded.append(replica)
+                else:
+                    logger.warning("shard %d: restoring empty replica %s failed (%s); merging it document by "
+                                   "document instead", self.shard, replica.address, _describe(exc))
+            finally:
+                replica.catching_up = False
+                replica.needs_sync = True
+        compare = [r for r in live if r not in excluded]
+        return compare, await self._summaries(compare)
+
+    async def _prune(self, replicas: list[Replica], started: int) -> None:
+        """After a complete pass that began at version ``started``: every compared replica holds every
+        versioned delete any of them held, so deletes older than the grace period are forgotten; each
+        replica records the pass (``synced_version``) and its new tombstone horizon."""
+        grace = self.policy.tombstone_grace_seconds
+        before = started - version_span(grace)
+        if grace <= 0 or before <= 0:
+            return
+        request = shard_pb2.PruneTombstonesRequest(before_version=before, synced_version=started)
+        results = await asyncio.gather(*(r.stub.PruneTombstones(request, timeout=60.0) for r in replicas),
+                                       return_exceptions=True)
+        pruned = 0
+        for replica, result in zip(replicas, results):
+            if isinstance(result, BaseException):
+                logger.warning("shard %d: pruning tombstones on %s failed (%s)", self.shard, replica.address,
+                               _describe(result))
+            else:
+                pruned += result.pruned
+        if pruned:
+            logger.info("shard %d: pruned %d tombstone(s) older than %g s", self.shard, pruned, grace)
+
+    async def reconcile(self, replicas: list[Replica], page: int = 5000, timeout: float = 60.0, full: bool = False,
+                        summaries: dict[Replica, shard_pb2.DigestBucketsResponse] | None = None) -> int:
+        """One anti-entropy pass over ``replicas``; returns the number of repairs sent. Incremental: the
+        replicas' per-bucket hashes are compared and only the entries of differing buckets are read and
+        compared (``full``: every entry, the comparison before buckets, kept as the benchmark's baseline)."""
         if len(replicas) < 2:
             return 0
+        if full:
+            return await self._compare(replicas, page, timeout)
+        buckets = self.policy.digest_buckets
+        if summaries is None or any(r not in summaries for r in replicas):
+            summaries = await self._summaries(replicas, timeout)
+        answers = [summaries[r] for r in replicas]
+        if any(len(a.hashes) != buckets or len(a.counts) != buckets for a in answers):
+            return await self._compare(replicas, page, timeout)  # not summarised as asked: compare everything
+        differing = [b for b in range(buckets) if len({(a.hashes[b], a.counts[b]) for a in answers}) > 1]
+        repairs = 0
+        for start in range(0, len(differing), 4096):
+            repairs += await self._compare(replicas, page, timeout, buckets, differing[start:start + 4096])
+        return repairs
+
+    async def _compare(self, replicas: list[Replica], page: int, timeout: float, bucket_count: int = 0,
+                       buckets: list[int] | None = None) -> int:
+        """Read the Digest of ``replicas`` page by page (of ``buckets`` only, if given) and repair."""
         after, repairs = "", 0
         for _ in range(1_000_000):  # bounded: one page per round
-            pages = await asyncio.gather(*(r.stub.Digest(shard_pb2.DigestRequest(after_id=after, limit=page),
-                                                         timeout=timeout) for r in replicas))
+            request = shard_pb2.DigestRequest(after_id=after, limit=page, bucket_count=bucket_count,
+                                              buckets=buckets or [])
+            pages = await asyncio.gather(*(r.stub.Digest(request, timeout=timeout) for r in replicas))
             full = [p.ids[-1] for p in pages if len(p.ids) >= page]
             boundary = min(full) if full else None  # ids up to here are complete on every replica
             entries = []
             for p in pages:
+                self.digest_bytes += p.ByteSize()
                 entries.append({i: (v, h, d) for i, v, h, d in zip(p.ids, p.versions, p.content_hashes, p.deleted)
                                 if boundary is None or i <= boundary})
             for p in pages:

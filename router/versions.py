@@ -16,6 +16,12 @@ from collections.abc import Callable
 
 COUNTER_BITS = 12
 NODE_BITS = 8
+MS_SHIFT = COUNTER_BITS + NODE_BITS  # a version's milliseconds are version >> MS_SHIFT
+
+
+def version_span(seconds: float) -> int:
+    """A duration in version units (``version - version_span(s)`` is a version ``s`` seconds older)."""
+    return int(seconds * 1000) << MS_SHIFT
 
 
 class HybridClock:

@@ -166,9 +166,23 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         return response
 
     async def Digest(self, request: shard_pb2.DigestRequest, context: ServicerContext) -> shard_pb2.DigestResponse:
-        entries = await asyncio.to_thread(self.shard.digest, request.after_id, request.limit or 10_000)
+        entries = await asyncio.to_thread(self.shard.digest, request.after_id, request.limit or 10_000,
+                                          request.bucket_count, list(request.buckets))
         return shard_pb2.DigestResponse(ids=[e[0] for e in entries], versions=[e[1] for e in entries],
                                         content_hashes=[e[2] for e in entries], deleted=[e[3] for e in entries])
+
+    async def DigestBuckets(self, request: shard_pb2.DigestBucketsRequest,
+                            context: ServicerContext) -> shard_pb2.DigestBucketsResponse:
+        summary = await asyncio.to_thread(self.shard.bucket_digest, request.buckets)
+        return shard_pb2.DigestBucketsResponse(hashes=summary.hashes, counts=summary.counts,
+                                               tombstone_horizon=summary.tombstone_horizon,
+                                               synced_version=summary.synced_version, max_version=summary.max_version)
+
+    async def PruneTombstones(self, request: shard_pb2.PruneTombstonesRequest,
+                              context: ServicerContext) -> shard_pb2.PruneTombstonesResponse:
+        pruned, horizon = await asyncio.to_thread(self.shard.prune_tombstones, request.before_version,
+                                                  request.synced_version)
+        return shard_pb2.PruneTombstonesResponse(pruned=pruned, tombstone_horizon=horizon)
 
     async def Info(self, request: shard_pb2.ShardInfoRequest, context: ServicerContext) -> shard_pb2.ShardInfoResponse:
         info = await asyncio.to_thread(self.shard.info)

@@ -45,7 +45,7 @@ from shard_server.lexical import (
     QueryTerms,
     document_text,
 )
-from shard_server.store import DocumentStore
+from shard_server.store import BucketDigest, DocumentStore
 
 logger = logging.getLogger(__name__)
 
@@ -153,6 +153,11 @@ def _check_versions(versions: list[int] | None, where: str) -> None:
     for i, version in enumerate(versions or ()):
         if version > MAX_VERSION:
             raise InvalidArgument(f"{where}[{i}]: {version} is above the largest version {MAX_VERSION}")
+
+
+def _check_buckets(n: int, field: str) -> None:
+    if not 1 <= n <= 65536:
+        raise InvalidArgument(f"{field}: must be between 1 and 65536, got {n}")
 
 
 class Shard:
@@ -557,10 +562,24 @@ class Shard:
             raise InvalidArgument(f"iids: at most {self.max_k} per call")
         return self.store.get_by_iids(iids)
 
-    def digest(self, after_id: str = "", limit: int = 10_000) -> list[tuple[str, int, str, bool]]:
+    def digest(self, after_id: str = "", limit: int = 10_000, bucket_count: int = 0,
+               buckets: list[int] | None = None) -> list[tuple[str, int, str, bool]]:
         if not 1 <= limit <= 100_000:
             raise InvalidArgument(f"limit: must be between 1 and 100000, got {limit}")
-        return self.store.digest(after_id, limit)
+        if bucket_count:
+            _check_buckets(bucket_count, "bucket_count")
+            if not buckets or any(b >= bucket_count for b in buckets) or len(buckets) > 4096:
+                raise InvalidArgument(f"buckets: 1 to 4096 bucket numbers below bucket_count {bucket_count}")
+        return self.store.digest(after_id, limit, bucket_count, buckets or [])
+
+    def bucket_digest(self, buckets: int) -> BucketDigest:
+        """Per-bucket hashes of the digest (incremental anti-entropy: only differing buckets are compared)."""
+        _check_buckets(buckets, "buckets")
+        return self.store.bucket_digest(buckets)
+
+    def prune_tombstones(self, before_version: int, synced_version: int) -> tuple[int, int]:
+        """Forget versioned deletes below ``before_version`` (every replica holds them); (pruned, horizon)."""
+        return self.store.prune_tombstones(before_version, synced_version)
 
     def records(self, ids: list[str]) -> dict[str, tuple[Document, np.ndarray, int]]:
         for i, doc_id in enumerate(ids):

@@ -16,9 +16,12 @@ Metadata is also kept as (iid, key, string | number) rows with indexes, for filt
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import json
 import sqlite3
 import threading
+import zlib
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -70,6 +73,26 @@ def _kv(value: MetadataValue) -> tuple[str | None, float | None]:
     return str(value), None
 
 
+def bucket_of(doc_id: str, buckets: int) -> int:
+    """The anti-entropy bucket of an id: CRC-32 of its UTF-8 bytes mod ``buckets`` (the same on every replica)."""
+    return zlib.crc32(doc_id.encode()) % buckets
+
+
+def entry_hash(doc_id: str, version: int, content_hash: str, deleted: bool) -> int:
+    """A 64-bit hash of one digest entry; a bucket's hash is the sum (mod 2^64) of its entries'."""
+    data = f"{doc_id}\x1f{version}\x1f{content_hash}\x1f{int(deleted)}".encode()
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+
+
+@dataclasses.dataclass(frozen=True)
+class BucketDigest:
+    hashes: list[int]
+    counts: list[int]
+    max_version: int
+    tombstone_horizon: int = 0
+    synced_version: int = 0
+
+
 @contextlib.contextmanager
 def _storage_errors(op: str) -> Iterator[None]:
     """SQLite's "full" errors become RESOURCE_EXHAUSTED (nothing was acknowledged)."""
@@ -105,11 +128,16 @@ class DocumentStore:
         self._write_lock = threading.Lock()
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
+        # versioned writes below this are refused: deletes older than it were pruned (prune_tombstones)
+        self.tombstone_horizon = int(self.get_meta("tombstone_horizon", "0") or 0)
+        self._generation = 0  # bumped after every committed change of the digest (cache key of bucket_digest)
+        self._bucket_cache: tuple[int, int, BucketDigest] | None = None
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
+        conn.create_function("bucket_of", 2, bucket_of, deterministic=True)
         return conn
 
     def _reader(self) -> sqlite3.Connection:
@@ -160,6 +188,7 @@ class DocumentStore:
         new_iids = np.full(len(docs), -1, dtype=np.int64)
         replaced: list[int] = []
         with self._write_lock, _storage_errors("upsert"):
+            self._check_horizon(versions, "documents.version")  # under the lock: a prune may raise the horizon
             cur = self._write.cursor()
             cur.execute("BEGIN IMMEDIATE")
             try:
@@ -197,6 +226,7 @@ class DocumentStore:
                 if self._write.in_transaction:  # SQLite may already have rolled back (e.g. SQLITE_FULL)
                     cur.execute("ROLLBACK")
                 raise
+            self._generation += 1
         return new_iids, replaced, sequence
 
     def delete(self, ids: Sequence[str], versions: Sequence[int] | None = None) -> tuple[list[int], int]:
@@ -217,8 +247,9 @@ class DocumentStore:
                     if version:
                         if row and row[1] >= version:
                             continue  # written after this delete
-                        cur.execute("INSERT INTO tombstones(id, version) VALUES (?, ?) ON CONFLICT(id) DO UPDATE "
-                                    "SET version = max(version, excluded.version)", (doc_id, version))
+                        if version >= self.tombstone_horizon:  # below it: no write that old is accepted anyway
+                            cur.execute("INSERT INTO tombstones(id, version) VALUES (?, ?) ON CONFLICT(id) DO "
+                                        "UPDATE SET version = max(version, excluded.version)", (doc_id, version))
                     if row:
                         removed.append(row[0])
                         self._remove_row(cur, row[0], sequence)
@@ -227,7 +258,49 @@ class DocumentStore:
                 if self._write.in_transaction:  # SQLite may already have rolled back (e.g. SQLITE_FULL)
                     cur.execute("ROLLBACK")
                 raise
+            self._generation += 1
         return removed, sequence
+
+    def _check_horizon(self, versions: Sequence[int] | None, field: str) -> None:
+        """A versioned upsert older than the tombstone horizon may be a document whose delete was pruned:
+        refused, so a pruned delete can never be undone (the writer's clock is far behind, or the write
+        comes from a replica that missed the prune: it must be restored from a snapshot instead)."""
+        if versions is None or not self.tombstone_horizon:
+            return
+        old = [int(v) for v in versions if v and int(v) < self.tombstone_horizon]
+        if old:
+            raise FailedPrecondition(f"{field}: version {min(old)} is older than this replica's tombstone horizon "
+                                     f"{self.tombstone_horizon} (deletes before it were pruned); refused")
+
+    def prune_tombstones(self, before_version: int, synced_version: int = 0) -> tuple[int, int]:
+        """Forget versioned deletes older than ``before_version`` (the caller knows every replica holds
+        them) and raise the tombstone horizon to it; record ``synced_version`` (the caller's complete
+        anti-entropy pass). Returns (tombstones pruned, horizon)."""
+        with self._write_lock, _storage_errors("prune"):
+            cur = self._write.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                horizon = max(self.tombstone_horizon, int(before_version))
+                pruned = cur.execute("DELETE FROM tombstones WHERE version < ?", (horizon,)).rowcount
+                synced = max(int(self.get_meta("synced_version", "0") or 0), int(synced_version))
+                cur.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                                [("tombstone_horizon", str(horizon)), ("synced_version", str(synced))])
+                cur.execute("COMMIT")
+            except BaseException:
+                if self._write.in_transaction:
+                    cur.execute("ROLLBACK")
+                raise
+            self.tombstone_horizon = horizon
+            if pruned:
+                self._generation += 1
+        return pruned, horizon
+
+    @property
+    def synced_version(self) -> int:
+        return int(self.get_meta("synced_version", "0") or 0)
+
+    def tombstone_count(self) -> int:
+        return self._reader().execute("SELECT COUNT(*) FROM tombstones").fetchone()[0]
 
     @staticmethod
     def _remove_row(cur: sqlite3.Cursor, iid: int, sequence: int) -> None:
@@ -285,13 +358,44 @@ class DocumentStore:
             if rows:
                 yield self._rows_to_arrays(rows)
 
-    def digest(self, after_id: str = "", limit: int = 10_000) -> list[tuple[str, int, str, bool]]:
+    def digest(self, after_id: str = "", limit: int = 10_000, bucket_count: int = 0,
+               buckets: Sequence[int] = ()) -> list[tuple[str, int, str, bool]]:
         """(id, version, content hash, deleted) of documents and tombstones with id > ``after_id``, in id
-        order: what replicas compare to find and repair differences (anti-entropy)."""
-        sql = ("SELECT id, version, hash, 0 FROM docs WHERE id > ? UNION ALL "
-               "SELECT id, version, '', 1 FROM tombstones WHERE id > ? ORDER BY 1 LIMIT ?")
-        rows = self._reader().execute(sql, (after_id, after_id, limit)).fetchall()
+        order: what replicas compare to find and repair differences (anti-entropy). With ``bucket_count``,
+        only the entries of ``buckets`` (see ``bucket_of``)."""
+        where = "id > ?"
+        params: list[str | int] = [after_id]
+        if bucket_count:
+            where += f" AND bucket_of(id, ?) IN ({','.join('?' * len(buckets))})"
+            params += [bucket_count, *buckets]
+        sql = (f"SELECT id, version, hash, 0 FROM docs WHERE {where} UNION ALL "
+               f"SELECT id, version, '', 1 FROM tombstones WHERE {where} ORDER BY 1 LIMIT ?")
+        rows = self._reader().execute(sql, (*params, *params, limit)).fetchall()
         return [(r[0], int(r[1]), r[2], bool(r[3])) for r in rows]
+
+    def bucket_digest(self, buckets: int) -> BucketDigest:
+        """Per bucket, the sum of the entry hashes and the number of entries (documents and tombstones), and
+        the highest version held. Reads every entry once (cached until the next write)."""
+        horizon, synced = self.tombstone_horizon, self.synced_version
+        generation = self._generation
+        cached = self._bucket_cache
+        if cached is not None and cached[:2] == (generation, buckets):
+            return dataclasses.replace(cached[2], tombstone_horizon=horizon, synced_version=synced)
+        hashes, counts, top = [0] * buckets, [0] * buckets, 0
+        mask = (1 << 64) - 1
+        with self.consistent_read() as conn:
+            cursor = conn.execute("SELECT id, version, hash, 0 FROM docs UNION ALL "
+                                  "SELECT id, version, '', 1 FROM tombstones")
+            while rows := cursor.fetchmany(10_000):
+                for doc_id, version, content_hash, deleted in rows:
+                    b = bucket_of(doc_id, buckets)
+                    hashes[b] = (hashes[b] + entry_hash(doc_id, int(version), content_hash, bool(deleted))) & mask
+                    counts[b] += 1
+                    top = max(top, int(version))
+        result = BucketDigest(hashes, counts, top, horizon, synced)
+        if self._generation == generation:  # no write committed meanwhile: the result is that generation's
+            self._bucket_cache = (generation, buckets, result)
+        return result
 
     def records(self, ids: Sequence[str]) -> dict[str, tuple[Document, np.ndarray, int]]:
         """id -> (document, stored vector, version), for copying documents between replicas."""

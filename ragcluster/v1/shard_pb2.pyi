@@ -562,23 +562,137 @@ class DigestRequest(_message.Message):
 
     AFTER_ID_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
+    BUCKET_COUNT_FIELD_NUMBER: _builtins.int
+    BUCKETS_FIELD_NUMBER: _builtins.int
     after_id: _builtins.str
     """Entries with an id after this one ("" = from the start)."""
     limit: _builtins.int
     """Most entries in the page (1..100000; 0 = 10000)."""
+    bucket_count: _builtins.int
+    """With bucket_count > 0: only entries whose bucket (see DigestBuckets) is one of `buckets`."""
+    @_builtins.property
+    def buckets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     def __init__(
         self,
         *,
         after_id: _builtins.str = ...,
         limit: _builtins.int = ...,
+        bucket_count: _builtins.int = ...,
+        buckets: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_id", b"after_id", "limit", b"limit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_id", b"after_id", "bucket_count", b"bucket_count", "buckets", b"buckets", "limit", b"limit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DigestRequest: _TypeAlias = DigestRequest  # noqa: Y015
+
+@_typing.final
+class DigestBucketsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUCKETS_FIELD_NUMBER: _builtins.int
+    buckets: _builtins.int
+    """Number of buckets (1..65536)."""
+    def __init__(
+        self,
+        *,
+        buckets: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buckets", b"buckets"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DigestBucketsRequest: _TypeAlias = DigestBucketsRequest  # noqa: Y015
+
+@_typing.final
+class DigestBucketsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HASHES_FIELD_NUMBER: _builtins.int
+    COUNTS_FIELD_NUMBER: _builtins.int
+    TOMBSTONE_HORIZON_FIELD_NUMBER: _builtins.int
+    SYNCED_VERSION_FIELD_NUMBER: _builtins.int
+    MAX_VERSION_FIELD_NUMBER: _builtins.int
+    tombstone_horizon: _builtins.int
+    """Versioned writes below this version are refused (deletes older than it were pruned); 0 = none pruned."""
+    synced_version: _builtins.int
+    """The start version of the last complete anti-entropy pass this replica was part of (0 = none)."""
+    max_version: _builtins.int
+    """The highest version held (documents and versioned deletes), so a router's clock moves past it."""
+    @_builtins.property
+    def hashes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Per bucket: the sum (mod 2^64) of a 64-bit hash of each (id, version, content hash, deleted) entry."""
+
+    @_builtins.property
+    def counts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Per bucket: the number of entries (documents and versioned deletes)."""
+
+    def __init__(
+        self,
+        *,
+        hashes: _abc.Iterable[_builtins.int] | None = ...,
+        counts: _abc.Iterable[_builtins.int] | None = ...,
+        tombstone_horizon: _builtins.int = ...,
+        synced_version: _builtins.int = ...,
+        max_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "hashes", b"hashes", "max_version", b"max_version", "synced_version", b"synced_version", "tombstone_horizon", b"tombstone_horizon"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DigestBucketsResponse: _TypeAlias = DigestBucketsResponse  # noqa: Y015
+
+@_typing.final
+class PruneTombstonesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BEFORE_VERSION_FIELD_NUMBER: _builtins.int
+    SYNCED_VERSION_FIELD_NUMBER: _builtins.int
+    before_version: _builtins.int
+    """Forget versioned deletes with a lower version."""
+    synced_version: _builtins.int
+    """The start version of the complete anti-entropy pass that included this replica."""
+    def __init__(
+        self,
+        *,
+        before_version: _builtins.int = ...,
+        synced_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["before_version", b"before_version", "synced_version", b"synced_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PruneTombstonesRequest: _TypeAlias = PruneTombstonesRequest  # noqa: Y015
+
+@_typing.final
+class PruneTombstonesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRUNED_FIELD_NUMBER: _builtins.int
+    TOMBSTONE_HORIZON_FIELD_NUMBER: _builtins.int
+    pruned: _builtins.int
+    tombstone_horizon: _builtins.int
+    def __init__(
+        self,
+        *,
+        pruned: _builtins.int = ...,
+        tombstone_horizon: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pruned", b"pruned", "tombstone_horizon", b"tombstone_horizon"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PruneTombstonesResponse: _TypeAlias = PruneTombstonesResponse  # noqa: Y015
 
 @_typing.final
 class DigestResponse(_message.Message):

@@ -85,6 +85,16 @@ class ShardServiceStub:
                 request_serializer=ragcluster_dot_v1_dot_shard__pb2.TermStatsRequest.SerializeToString,
                 response_deserializer=ragcluster_dot_v1_dot_shard__pb2.TermStatsResponse.FromString,
                 _registered_method=True)
+        self.DigestBuckets = channel.unary_unary(
+                '/ragcluster.v1.ShardService/DigestBuckets',
+                request_serializer=ragcluster_dot_v1_dot_shard__pb2.DigestBucketsRequest.SerializeToString,
+                response_deserializer=ragcluster_dot_v1_dot_shard__pb2.DigestBucketsResponse.FromString,
+                _registered_method=True)
+        self.PruneTombstones = channel.unary_unary(
+                '/ragcluster.v1.ShardService/PruneTombstones',
+                request_serializer=ragcluster_dot_v1_dot_shard__pb2.PruneTombstonesRequest.SerializeToString,
+                response_deserializer=ragcluster_dot_v1_dot_shard__pb2.PruneTombstonesResponse.FromString,
+                _registered_method=True)
 
 
 class ShardServiceServicer:
@@ -168,6 +178,24 @@ class ShardServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DigestBuckets(self, request, context):
+        """A summary of the Digest in buckets (bucket of an id = CRC-32 of its UTF-8 bytes mod the bucket count):
+        per bucket, a hash of its (id, version, content hash, deleted) entries and their number. Replicas
+        compare summaries and then read the Digest of the buckets that differ only (incremental anti-entropy).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PruneTombstones(self, request, context):
+        """Forget versioned deletes older than a version, once the caller (a router, after a complete
+        anti-entropy pass) knows every replica holds them; records the horizon below which this replica
+        refuses versioned writes, and the caller's pass as this replica's last complete comparison.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ShardServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -220,6 +248,16 @@ def add_ShardServiceServicer_to_server(servicer, server):
                     servicer.TermStats,
                     request_deserializer=ragcluster_dot_v1_dot_shard__pb2.TermStatsRequest.FromString,
                     response_serializer=ragcluster_dot_v1_dot_shard__pb2.TermStatsResponse.SerializeToString,
+            ),
+            'DigestBuckets': grpc.unary_unary_rpc_method_handler(
+                    servicer.DigestBuckets,
+                    request_deserializer=ragcluster_dot_v1_dot_shard__pb2.DigestBucketsRequest.FromString,
+                    response_serializer=ragcluster_dot_v1_dot_shard__pb2.DigestBucketsResponse.SerializeToString,
+            ),
+            'PruneTombstones': grpc.unary_unary_rpc_method_handler(
+                    servicer.PruneTombstones,
+                    request_deserializer=ragcluster_dot_v1_dot_shard__pb2.PruneTombstonesRequest.FromString,
+                    response_serializer=ragcluster_dot_v1_dot_shard__pb2.PruneTombstonesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -493,6 +531,60 @@ class ShardService:
             '/ragcluster.v1.ShardService/TermStats',
             ragcluster_dot_v1_dot_shard__pb2.TermStatsRequest.SerializeToString,
             ragcluster_dot_v1_dot_shard__pb2.TermStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DigestBuckets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ragcluster.v1.ShardService/DigestBuckets',
+            ragcluster_dot_v1_dot_shard__pb2.DigestBucketsRequest.SerializeToString,
+            ragcluster_dot_v1_dot_shard__pb2.DigestBucketsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PruneTombstones(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ragcluster.v1.ShardService/PruneTombstones',
+            ragcluster_dot_v1_dot_shard__pb2.PruneTombstonesRequest.SerializeToString,
+            ragcluster_dot_v1_dot_shard__pb2.PruneTombstonesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -65,6 +65,16 @@ class ShardServiceStub:
     sends them back with the lexical query, so every shard scores with corpus-wide statistics
     (dfs_query_then_fetch) and the merged ranking equals one index over the whole corpus.
     """
+    DigestBuckets: _grpc.UnaryUnaryMultiCallable[_shard_pb2.DigestBucketsRequest, _shard_pb2.DigestBucketsResponse]
+    """A summary of the Digest in buckets (bucket of an id = CRC-32 of its UTF-8 bytes mod the bucket count):
+    per bucket, a hash of its (id, version, content hash, deleted) entries and their number. Replicas
+    compare summaries and then read the Digest of the buckets that differ only (incremental anti-entropy).
+    """
+    PruneTombstones: _grpc.UnaryUnaryMultiCallable[_shard_pb2.PruneTombstonesRequest, _shard_pb2.PruneTombstonesResponse]
+    """Forget versioned deletes older than a version, once the caller (a router, after a complete
+    anti-entropy pass) knows every replica holds them; records the horizon below which this replica
+    refuses versioned writes, and the caller's pass as this replica's last complete comparison.
+    """
 
 @_typing.type_check_only
 class ShardServiceAsyncStub(ShardServiceStub):
@@ -102,6 +112,16 @@ class ShardServiceAsyncStub(ShardServiceStub):
     shard, and the shard's document count and total length. The router sums them over all shards and
     sends them back with the lexical query, so every shard scores with corpus-wide statistics
     (dfs_query_then_fetch) and the merged ranking equals one index over the whole corpus.
+    """
+    DigestBuckets: _aio.UnaryUnaryMultiCallable[_shard_pb2.DigestBucketsRequest, _shard_pb2.DigestBucketsResponse]  # type: ignore[assignment]
+    """A summary of the Digest in buckets (bucket of an id = CRC-32 of its UTF-8 bytes mod the bucket count):
+    per bucket, a hash of its (id, version, content hash, deleted) entries and their number. Replicas
+    compare summaries and then read the Digest of the buckets that differ only (incremental anti-entropy).
+    """
+    PruneTombstones: _aio.UnaryUnaryMultiCallable[_shard_pb2.PruneTombstonesRequest, _shard_pb2.PruneTombstonesResponse]  # type: ignore[assignment]
+    """Forget versioned deletes older than a version, once the caller (a router, after a complete
+    anti-entropy pass) knows every replica holds them; records the horizon below which this replica
+    refuses versioned writes, and the caller's pass as this replica's last complete comparison.
     """
 
 class ShardServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -197,6 +217,28 @@ class ShardServiceServicer(metaclass=_abc_1.ABCMeta):
         shard, and the shard's document count and total length. The router sums them over all shards and
         sends them back with the lexical query, so every shard scores with corpus-wide statistics
         (dfs_query_then_fetch) and the merged ranking equals one index over the whole corpus.
+        """
+
+    @_abc_1.abstractmethod
+    def DigestBuckets(
+        self,
+        request: _shard_pb2.DigestBucketsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_shard_pb2.DigestBucketsResponse, _abc.Awaitable[_shard_pb2.DigestBucketsResponse]]:
+        """A summary of the Digest in buckets (bucket of an id = CRC-32 of its UTF-8 bytes mod the bucket count):
+        per bucket, a hash of its (id, version, content hash, deleted) entries and their number. Replicas
+        compare summaries and then read the Digest of the buckets that differ only (incremental anti-entropy).
+        """
+
+    @_abc_1.abstractmethod
+    def PruneTombstones(
+        self,
+        request: _shard_pb2.PruneTombstonesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_shard_pb2.PruneTombstonesResponse, _abc.Awaitable[_shard_pb2.PruneTombstonesResponse]]:
+        """Forget versioned deletes older than a version, once the caller (a router, after a complete
+        anti-entropy pass) knows every replica holds them; records the horizon below which this replica
+        refuses versioned writes, and the caller's pass as this replica's last complete comparison.
         """
 
 def add_ShardServiceServicer_to_server(servicer: ShardServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -49,6 +49,8 @@ def pair(tmp_path, embedder):
     config = RouterConfig(port=0, metrics_port=-1, timeout_seconds=10.0, eject_seconds=1.0, anti_entropy_seconds=0,
                           shard=[f"0={procs[0].grpc},{procs[1].grpc}"])
     router = RouterInThread(config, embedder)
+    # the router compares the replicas once both are seen SERVING (a write before that is refused)
+    wait_until(lambda: all(r.serving and not r.needs_sync for r in group_of(router).replicas), what="first sync")
     yield tmp_path, procs, router, config
     router.stop()
     for p in procs:
