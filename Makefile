@@ -80,7 +80,7 @@ chaos: $(STAMP)
 	$(PY) -m tests.chaos.run_chaos --seconds $${CHAOS_SECONDS:-600}
 
 soak: $(STAMP)
-	$(PY) -m tests.chaos.run_chaos --soak --seconds $${SOAK_SECONDS:-600}
+	$(PY) -m tests.chaos.run_chaos --soak --fixed-ids 500 --seconds $${SOAK_SECONDS:-600}
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -116,6 +116,8 @@ class ShardGroup:
         self._anti_entropy_task: asyncio.Task | None = None
         self.clock = clock or default_clock()
         self.digest_bytes = 0  # bytes of Digest and DigestBuckets answers read by anti-entropy (for measurements)
+        self.tombstones_pruned = 0  # by this router's passes (for measurements; logged too)
+        self.snapshot_restores = 0  # replicas this router restored from a snapshot (also ragcluster_router_catchups)
         metrics.preinitialise_shard(shard)
         for spec in self.specs:
             if not spec.startswith("dns:"):
@@ -444,11 +446,11 @@ class ShardGroup:
     ) -> tuple[list[Replica], dict[Replica, shard_pb2.DigestBucketsResponse]]:
         """Restore from a snapshot (instead of merging document by document) a live replica that is
 
-        - **stale**: its last complete pass is older than the newest tombstone horizon plus half the grace
-          period. Deletes it may have missed could have been pruned elsewhere, so merging it could bring
-          deleted documents back; it must not merge. It cannot hold an acknowledged write the others lack:
-          a prune needs a complete pass (every replica with quorum ``all``, so none can miss one; a majority
-          with ``majority``, which holds every acknowledged write) and it took no writes while away;
+        - **stale**: it holds entries and its last complete pass is older than the newest tombstone horizon
+          plus half the grace period. Deletes it may have missed could have been pruned elsewhere, so merging
+          it could bring deleted documents back; it must not merge. It cannot hold an acknowledged write the
+          others lack: a prune needs a complete pass (every replica with quorum ``all``, so none can miss one;
+          a majority with ``majority``, which holds every acknowledged write) and it took no writes while away;
         - **empty** (no document, no tombstone) while another replica holds at least
           ``snapshot_min_entries``: a snapshot is one stream instead of a replay document by document.
 
@@ -458,10 +460,11 @@ class ShardGroup:
         entries = {r: sum(s.counts) for r, s in summaries.items()}
         horizon = max(s.tombstone_horizon for s in summaries.values())
         half_grace = version_span(self.policy.tombstone_grace_seconds / 2)
-        stale = [r for r in live if horizon and summaries[r].synced_version < horizon + half_grace]
+        # an empty replica holds nothing that could come back: it is never stale (e.g. a new replica)
+        stale = [r for r in live if horizon and entries[r] and summaries[r].synced_version < horizon + half_grace]
         big = max(entries.values()) >= max(self.policy.snapshot_min_entries, 1)
-        empty = [r for r in live if r not in stale and entries[r] == 0] if big else []
-        sources = [r for r in live if r not in stale and r not in empty and entries[r] > 0]
+        empty = [r for r in live if entries[r] == 0] if big else []
+        sources = [r for r in live if r not in stale and r not in empty]
         if not (stale or empty) or not sources:
             return [r for r in live if r not in stale], summaries
         source = max(sources, key=lambda r: (not r.needs_sync, summaries[r].synced_version, entries[r]))
@@ -474,6 +477,7 @@ class ShardGroup:
             try:
                 await replica.stub.Restore(shard_pb2.RestoreRequest(source=source.address), timeout=600.0)
                 metrics.CATCHUPS.labels(self.shard).inc()
+                self.snapshot_restores += 1
             except grpc.aio.AioRpcError as exc:
                 metrics.CATCHUP_FAILURES.labels(self.shard).inc()
                 if replica in stale:
@@ -507,6 +511,7 @@ class ShardGroup:
                                _describe(result))
             else:
                 pruned += result.pruned
+        self.tombstones_pruned += pruned
         if pruned:
             logger.info("shard %d: pruned %d tombstone(s) older than %g s", self.shard, pruned, grace)
 

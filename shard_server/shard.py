@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import shutil
 import sqlite3
@@ -25,11 +26,12 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
 from ragcluster.documents import Document, validate_batch, validate_id
-from ragcluster.errors import FailedPrecondition, InvalidArgument
+from ragcluster.errors import FailedPrecondition, InvalidArgument, Unavailable
 from ragcluster.hashing import id_key
 from shard_server import metrics
 from shard_server.checkpoint import CorruptCheckpoint, read_checkpoint, write_checkpoint
@@ -155,6 +157,31 @@ def _check_versions(versions: list[int] | None, where: str) -> None:
             raise InvalidArgument(f"{where}[{i}]: {version} is above the largest version {MAX_VERSION}")
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _in_use(method: _F) -> _F:
+    """The call uses the shard's store and indexes: ``close`` waits for it to finish, and a call after
+    ``close`` is refused (UNAVAILABLE). A restore replaces the shard while requests that already took it
+    may still run in worker threads; closing SQLite connections under them crashed the process."""
+
+    @functools.wraps(method)
+    def wrapper(self: Shard, *args: Any, **kwargs: Any) -> Any:
+        with self._users:
+            if self._closed:
+                raise Unavailable("shard is being replaced or shut down; retry")
+            self._active += 1
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            with self._users:
+                self._active -= 1
+                if not self._active:
+                    self._users.notify_all()
+
+    return cast(_F, wrapper)
+
+
 def _check_buckets(n: int, field: str) -> None:
     if not 1 <= n <= 65536:
         raise InvalidArgument(f"{field}: must be between 1 and 65536, got {n}")
@@ -181,6 +208,7 @@ class Shard:
         self._write_lock = threading.Lock()  # one writer at a time: store commit + index update
         self._index_lock = RWLock()
         self._rebuild_lock = threading.Lock()
+        self._users, self._active, self._closed = threading.Condition(), 0, False  # see _in_use
         self._rebuild_since: int | None = None  # a running rebuild replays removals after this sequence
         self.checkpoint_sequence = 0
         self.checkpoint_time = 0.0
@@ -332,6 +360,7 @@ class Shard:
             return True
         return self.index.tombstones > 0 and self.index.tombstone_share >= self.rebuild_tombstone_share
 
+    @_in_use
     def rebuild(self, train: bool = False) -> float:
         """Rebuild the vector and lexical indexes from the store (dropping tombstones and removed documents'
         postings; ``train`` forces training now).
@@ -367,6 +396,10 @@ class Shard:
             return seconds
 
     def close(self, checkpoint: bool = True) -> None:
+        with self._users:  # refuse new calls, let running ones finish (bounded) before the store closes
+            self._closed = True
+            if not self._users.wait_for(lambda: self._active == 0, timeout=120):
+                logger.warning("closing the shard with %d call(s) still running", self._active)
         if checkpoint:
             self.checkpoint()
         self.store.close()
@@ -381,6 +414,7 @@ class Shard:
             raise InvalidArgument(f"{field}[{bad}]: contains NaN or infinity")
 
     # --- writes -----------------------------------------------------------------------------------
+    @_in_use
     def upsert(self, docs: list[Document], vectors: np.ndarray, embedding_model: str = "",
                versions: list[int] | None = None) -> tuple[int, int]:
         """Durably store and index ``docs``; returns (count, sequence) once durable. With ``versions``,
@@ -417,6 +451,7 @@ class Shard:
         metrics.WRITE_SECONDS.labels(self.shard_id, "upsert").observe(time.perf_counter() - start)
         return len(docs), sequence
 
+    @_in_use
     def delete(self, ids: list[str], versions: list[int] | None = None) -> tuple[int, int]:
         if not ids:
             raise InvalidArgument("ids: empty")
@@ -441,6 +476,7 @@ class Shard:
         return self.lexical.analyze(document_text(d.title, d.text) for d in docs)
 
     # --- reads ------------------------------------------------------------------------------------
+    @_in_use
     def term_stats(self, texts: list[str]) -> TermStats:
         """Each text's analysed terms with their local document frequencies, and this shard's corpus
         statistics: what the router sums over all shards for corpus-wide BM25."""
@@ -462,6 +498,7 @@ class Shard:
             if q.stats is not None and q.stats.total_length < 0:
                 raise InvalidArgument(f"lexical[{i}].total_length: negative")
 
+    @_in_use
     def search(self, queries: np.ndarray, k: int, nprobe: int | None = None, ef_search: int | None = None,
                include_documents: bool = False, flt: Filter | None = None,
                unknown_fields_match_nothing: bool = False, lexical: list[LexicalQuery] | None = None,
@@ -551,17 +588,20 @@ class Shard:
         for j, q in enumerate(short):
             out_ids[q], out_scores[q] = best_ids[j], (sign * best_keys[j]).astype(np.float32)
 
+    @_in_use
     def fetch(self, ids: list[str]) -> list[Document]:
         for i, doc_id in enumerate(ids):
             validate_id(doc_id, f"ids[{i}]")
         found = self.store.get_by_ids(ids)
         return [found[i] for i in ids if i in found]
 
+    @_in_use
     def fetch_by_iids(self, iids: list[int]) -> dict[int, Document]:
         if len(iids) > self.max_k:
             raise InvalidArgument(f"iids: at most {self.max_k} per call")
         return self.store.get_by_iids(iids)
 
+    @_in_use
     def digest(self, after_id: str = "", limit: int = 10_000, bucket_count: int = 0,
                buckets: list[int] | None = None) -> list[tuple[str, int, str, bool]]:
         if not 1 <= limit <= 100_000:
@@ -572,25 +612,30 @@ class Shard:
                 raise InvalidArgument(f"buckets: 1 to 4096 bucket numbers below bucket_count {bucket_count}")
         return self.store.digest(after_id, limit, bucket_count, buckets or [])
 
+    @_in_use
     def bucket_digest(self, buckets: int) -> BucketDigest:
         """Per-bucket hashes of the digest (incremental anti-entropy: only differing buckets are compared)."""
         _check_buckets(buckets, "buckets")
         return self.store.bucket_digest(buckets)
 
+    @_in_use
     def prune_tombstones(self, before_version: int, synced_version: int) -> tuple[int, int]:
         """Forget versioned deletes below ``before_version`` (every replica holds them); (pruned, horizon)."""
         return self.store.prune_tombstones(before_version, synced_version)
 
+    @_in_use
     def records(self, ids: list[str]) -> dict[str, tuple[Document, np.ndarray, int]]:
         for i, doc_id in enumerate(ids):
             validate_id(doc_id, f"ids[{i}]")
         return self.store.records(ids)
 
+    @_in_use
     def content_hashes(self, ids: list[str]) -> dict[str, str]:
         for i, doc_id in enumerate(ids):
             validate_id(doc_id, f"ids[{i}]")
         return self.store.hashes_by_ids(ids)
 
+    @_in_use
     def info(self) -> ShardInfo:
         with self._index_lock.read():
             ntotal, trained, tombstones = self.index.ntotal, self.index.trained, self.index.tombstones

@@ -59,13 +59,15 @@ class Op:
 
 
 class Proxy:
-    """A loopback TCP proxy to one replica that the driver can cut (a partition: bytes are dropped,
-    connections stay open, like a silent network)."""
+    """A loopback TCP proxy to one replica that the driver can cut (a partition: nothing gets through while
+    it is cut, connections stay open, like a silent network; bytes are held back, never dropped, since TCP
+    never loses bytes inside a connection: dropping them corrupted the HTTP/2 streams after the cut)."""
 
     def __init__(self, target: str):
         host, port = target.rsplit(":", 1)
         self.target = (host, int(port))
-        self.cut = threading.Event()
+        self.flowing = threading.Event()  # cleared while cut
+        self.flowing.set()
         self.server = socket.create_server(("127.0.0.1", 0))
         self.address = f"127.0.0.1:{self.server.getsockname()[1]}"
         self.stopped = threading.Event()
@@ -92,8 +94,10 @@ class Proxy:
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(65536):
-                if not self.cut.is_set():
-                    dst.sendall(data)
+                self.flowing.wait()  # cut: hold the bytes (the sender's TCP window fills up) until it heals
+                if self.stopped.is_set():
+                    return
+                dst.sendall(data)
         except OSError:
             pass
         finally:
@@ -103,12 +107,14 @@ class Proxy:
 
     def close(self) -> None:
         self.stopped.set()
+        self.flowing.set()
         self.server.close()
 
 
 class Chaos:
-    def __init__(self, run: Path, seconds: float, seed: int, embedder, faults: bool = True):
+    def __init__(self, run: Path, seconds: float, seed: int, embedder, faults: bool = True, fixed_ids: int = 0):
         self.run, self.seconds, self.rng = run, seconds, random.Random(seed)
+        self.fixed_ids = fixed_ids  # > 0: upserts only replace ids from a pool of this size (a steady corpus)
         self.inject = faults  # False: a soak at steady load (errors, memory, fds and threads are measured)
         self.procs: dict[tuple[int, int], ServerProcess] = {}
         self.ports: dict[tuple[int, int], int] = {}
@@ -118,6 +124,7 @@ class Chaos:
         self.stop = threading.Event()
         self.embedder = embedder
         self.partitioned = (1, 2)  # the replica reached through a proxy the driver can cut
+        self.unexpected_exits: list[dict] = []  # replicas found dead that the driver had not killed
 
     # --- cluster ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -133,7 +140,9 @@ class Chaos:
 
         specs = [f"{s}=" + ",".join(address((s, r)) for r in range(REPLICAS)) for s in range(SHARDS)]
         config = RouterConfig(port=0, metrics_port=-1, timeout_seconds=4.0, write_quorum="majority",
-                              eject_seconds=1.0, anti_entropy_seconds=5.0, shard=specs)
+                              eject_seconds=1.0, anti_entropy_seconds=5.0, shard=specs,
+                              # tombstones are pruned during the run: half the grace exceeds the write timeout
+                              tombstone_grace_seconds=10.0)
         self.routers = [RouterInThread(config, self.embedder) for _ in range(ROUTERS)]
 
     def stop_all(self) -> None:
@@ -162,7 +171,10 @@ class Chaos:
                     return
                 roll = rng.random()
                 if roll < 0.5:  # upsert: unique ids and repeated ids from a small pool
-                    ids = [f"u{n}-{i}-{j}" for j in range(2)] + [f"hot{rng.randrange(30)}"]
+                    if self.fixed_ids:
+                        ids = [f"f{rng.randrange(self.fixed_ids)}" for _ in range(2)] + [f"hot{rng.randrange(30)}"]
+                    else:
+                        ids = [f"u{n}-{i}-{j}" for j in range(2)] + [f"hot{rng.randrange(30)}"]
                     ids = list(dict.fromkeys(ids))
                     docs = [Document(d, f"{d} written by client {n} op {i} about rivers") for d in ids]
                     op = Op("upsert", ids, [d.content_hash() for d in docs], time.monotonic())
@@ -201,9 +213,9 @@ class Chaos:
             if not partitioned_once and time.monotonic() > end - self.seconds / 2:
                 partitioned_once = True
                 self.faults["partition"] += 1
-                self.proxy.cut.set()
+                self.proxy.flowing.clear()
                 self.stop.wait(min(5.0, self.seconds / 8))
-                self.proxy.cut.clear()
+                self.proxy.flowing.set()
                 continue
             kind = rng.choice(["kill9", "sigstop"])
             key = (shard, victim if kind == "kill9" else hung)
@@ -222,14 +234,34 @@ class Chaos:
             self.stop.wait(rng.uniform(0.5, 2.0))
 
     # --- the run ------------------------------------------------------------------------------
+    def restart_exited(self) -> None:
+        """Restart replicas that exited by themselves (the driver restarts those it kills): noted with their
+        exit code and the end of their log."""
+        for key, p in list(self.procs.items()):
+            if p.proc.poll() is not None:
+                tail = p.log.read_text(errors="replace")[-3000:] if p.log.exists() else ""
+                self.unexpected_exits.append({"replica": f"s{key[0]}r{key[1]}", "code": p.proc.returncode,
+                                              "log_tail": tail})
+                self.restart(key)
+                if key == self.partitioned:
+                    self.proxy.retarget(self.procs[key].grpc)
+
     def converge(self, timeout: float = 180.0) -> dict[int, dict]:
         """Ask every router to compare replicas until all replicas of each shard are identical."""
         deadline = time.monotonic() + timeout
         for _ in range(10_000):  # bounded by the deadline
+            self.restart_exited()
             for router in self.routers:
                 for group in router.servicer.groups:
                     asyncio.run_coroutine_threadsafe(group.sync(), router.loop).result(120)
-            digests = {s: [replica_digest(self.procs[(s, r)].grpc) for r in range(REPLICAS)] for s in range(SHARDS)}
+            try:
+                digests = {s: [replica_digest(self.procs[(s, r)].grpc) for r in range(REPLICAS)]
+                           for s in range(SHARDS)}
+            except grpc.RpcError:  # a replica restoring from a snapshot answers UNAVAILABLE for a moment
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)  # bounded by the deadline: try the comparison again
+                continue
             if all(all(d == ds[0] for d in ds) for ds in digests.values()):
                 return {s: ds[0] for s, ds in digests.items()}
             if time.monotonic() > deadline:
@@ -287,9 +319,7 @@ class Chaos:
             self.stop.set()
             for t in clients:
                 t.join(120)
-            for key, p in list(self.procs.items()):  # everything back up
-                if p.proc.poll() is not None:
-                    self.restart(key)
+            self.restart_exited()  # everything back up (the driver restarts what it kills itself)
             finals = self.finals = self.converge()
             result = self.check(finals)
         finally:
@@ -301,7 +331,10 @@ class Chaos:
             "acknowledged": sum(op.ok for op in ops), "failed": sum(not op.ok for op in ops),
             "by_kind": {k: sum(op.kind == k for op in ops) for k in ("upsert", "delete", "search")},
             "faults": dict(self.faults), "replicas_identical": True,
+            "tombstones_pruned": sum(g.tombstones_pruned for r in self.routers for g in r.servicer.groups),
+            "snapshot_restores": sum(g.snapshot_restores for r in self.routers for g in r.servicer.groups),
             "documents": sum(1 for d in finals.values() for e in d.values() if not e[2]),
+            "unexpected_exits": self.unexpected_exits,
         })
         if not self.inject:
             result["resources"] = {"before": before, "after": after, "rss_growth": {
@@ -326,12 +359,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=16)
     parser.add_argument("--soak", action="store_true", help="no faults: steady load; report errors and the growth "
                                                               "of memory, open fds and threads")
+    parser.add_argument("--fixed-ids", type=int, default=0, help="upserts replace ids from a pool of this size "
+                                                                     "(a corpus of steady size, for the soak)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     from router.embedding import Embedder
 
     with tempfile.TemporaryDirectory(prefix="chaos-") as tmp:
-        result = Chaos(Path(tmp), args.seconds, args.seed, Embedder(threads=1), faults=not args.soak).run_all()
+        result = Chaos(Path(tmp), args.seconds, args.seed, Embedder(threads=1), faults=not args.soak,
+                       fixed_ids=args.fixed_ids).run_all()
     print(json.dumps(result, indent=None if args.json else 2))
     return 0 if result["lost"] == 0 and result["ghost_hits"] == 0 else 1
 
