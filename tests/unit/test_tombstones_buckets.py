@@ -9,6 +9,7 @@ import pytest
 
 from ragcluster.documents import Document
 from ragcluster.errors import FailedPrecondition
+from shard_server.config import ShardOptions
 from shard_server.shard import Shard
 from shard_server.store import bucket_of
 
@@ -26,7 +27,7 @@ def _docs(n: int, text: str = "text") -> list[Document]:
 
 
 def _pair(tmp_path, n: int = 300) -> tuple[Shard, Shard]:
-    a, b = Shard(tmp_path / "a", dim=DIM), Shard(tmp_path / "b", dim=DIM)
+    a, b = Shard(ShardOptions(str(tmp_path / "a"), dim=DIM)), Shard(ShardOptions(str(tmp_path / "b"), dim=DIM))
     for s in (a, b):
         s.upsert(_docs(n), _vecs(n), versions=[100 + i for i in range(n)])
     return a, b
@@ -54,7 +55,7 @@ def test_bucket_digests_differ_exactly_where_replicas_differ(tmp_path):
 
 
 def test_pruned_delete_cannot_come_back(tmp_path):
-    shard = Shard(tmp_path, dim=DIM)
+    shard = Shard(ShardOptions(str(tmp_path), dim=DIM))
     shard.upsert(_docs(3), _vecs(3), versions=[10, 11, 12])
     shard.delete(["d1"], versions=[20])
     assert [e for e in shard.digest() if e[0] == "d1"] == [("d1", 20, "", True)]
@@ -77,7 +78,7 @@ def test_pruned_delete_cannot_come_back(tmp_path):
     assert shard.fetch(["d1"])[0].text == "back, newer"
     shard.close()
 
-    reopened = Shard(tmp_path, dim=DIM)  # the horizon is durable
+    reopened = Shard(ShardOptions(str(tmp_path), dim=DIM))  # the horizon is durable
     with pytest.raises(FailedPrecondition):
         reopened.upsert([Document("d0", "text 0")], _vecs(1), versions=[10])
     assert reopened.prune_tombstones(before_version=5, synced_version=0) == (0, 30)  # never moves back
