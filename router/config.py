@@ -33,6 +33,9 @@ class RouterConfig(ServerConfig):
                                        "the router shares a small machine with other busy processes")
     embed_max_batch: int = option(32, "query micro-batching: most texts in one encode call (1 = no batching)")
     embed_max_wait_us: int = option(500, "query micro-batching: longest a text waits for others, in microseconds")
+    fanout_max_batch: int = option(64, "batched fan-out: dense searches that reach the fan-out together (e.g. embedded "
+                                       "in one batch) go to each shard as one call of up to this many query "
+                                       "vectors (1 = a shard call per search)")
     search_mode: str = option("dense", "retrieval mode of requests that leave it unset: dense (embeddings), lexical "
                                        "(BM25 with corpus-wide statistics) or hybrid (both, fused)",
                               choices=["dense", "lexical", "hybrid"])

@@ -47,6 +47,10 @@ EMBED_BATCH_SIZE = Histogram(
     "ragcluster_router_embed_batch_size", "Query texts coalesced into one encode call",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128),
 )
+SHARD_SEARCH_BATCH = Histogram(
+    "ragcluster_router_shard_search_batch_size", "Dense searches carried by one batched shard search call",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
 EMBED_WAIT_SECONDS = Histogram(
     "ragcluster_router_embed_wait_seconds", "Time a query text waited to be batched",
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),

@@ -90,6 +90,7 @@ class ShardAnswer:
     shard: int
     response: shard_pb2.ShardSearchResponse | shard_pb2.TermStatsResponse | None
     failure: common_pb2.ShardFailure | None = None
+    row: int = 0  # this search's row in a batched response (results[row]); 0 for a call of its own
 
 
 class ShardGroup:
@@ -664,11 +665,11 @@ def count_search(shard: int, failure: common_pb2.ShardFailure | None = None) -> 
 
 @tracing.traced("fan-out")
 async def fan_out(groups: list[ShardGroup], request: ReadRequest, timeout: float,
-                  method: str = "Search") -> list[ShardAnswer]:
+                  method: str = "Search", count: bool = True) -> list[ShardAnswer]:
     """Call ``method`` (Search, or TermStats) on every shard concurrently within ``timeout``, with the same
     replica choice, failover and hedging; failures become ShardAnswer.failure. Search calls are counted per
     shard (a lexical search's TermStats phase is not a search of its own: a shard failing it is counted as
-    missing the search by the caller)."""
+    missing the search by the caller; a batched call is counted per search it carries, by its caller)."""
 
     async def one(group: ShardGroup) -> ShardAnswer:
         try:
@@ -677,8 +678,108 @@ async def fan_out(groups: list[ShardGroup], request: ReadRequest, timeout: float
             raise
         except (TimeoutError, grpc.aio.AioRpcError, Unavailable) as exc:
             answer = ShardAnswer(group.shard, None, failure_from_exception(group.shard, exc))
-        if method == "Search":
+        if method == "Search" and count:
             count_search(group.shard, answer.failure)
         return answer
 
     return list(await asyncio.gather(*(one(g) for g in groups)))
+
+
+@dataclass
+class _Batch:
+    groups: list[ShardGroup]
+    template: shard_pb2.ShardSearchRequest  # the shared fields, no query rows
+    rows: list[np.ndarray]
+    waiters: list[asyncio.Future[list[ShardAnswer]]]
+    deadline: float
+    sent: bool = False
+
+
+class SearchBatcher:
+    """Batched fan-out: dense searches that reach the fan-out in the same event-loop turn with the same
+    shape (collection, k, params, filter, dimension) go to each shard as ONE ShardSearch whose query matrix
+    has a row per search; every search gets its own row of the answer (``ShardAnswer.row``).
+
+    Queries embedded together (router/batching.py) resume in the same turn, so under load one shard call
+    carries a whole embedding batch and the RPCs per query drop with the load; a lone search is flushed at
+    the end of its turn and sent as it is (no added wait). The batched call gets the longest budget of its
+    searches; each search still stops waiting at its own deadline (that shard then counts as timed out).
+    """
+
+    def __init__(self, max_rows: int = 64) -> None:
+        self.max_rows = max(1, max_rows)
+        self._open: dict[tuple, _Batch] = {}
+        self._tasks: set[asyncio.Task] = set()
+
+    async def fan_out(self, groups: list[ShardGroup], request: shard_pb2.ShardSearchRequest,
+                      timeout: float) -> list[ShardAnswer]:
+        if self.max_rows == 1 or request.lexical or request.queries.rows != 1:
+            return await fan_out(groups, request, timeout)
+        loop = asyncio.get_running_loop()
+        template = shard_pb2.ShardSearchRequest()
+        template.CopyFrom(request)
+        template.ClearField("queries")
+        key = (tuple(id(g) for g in groups), request.queries.cols, template.SerializeToString(deterministic=True))
+        batch = self._open.get(key)
+        if batch is None:
+            batch = self._open[key] = _Batch(groups, template, [], [], 0.0)
+            loop.call_soon(self._flush, key, batch)  # after every search resumed in this turn has joined
+        future: asyncio.Future[list[ShardAnswer]] = loop.create_future()
+        batch.rows.append(np.frombuffer(request.queries.data, dtype="<f4"))
+        batch.waiters.append(future)
+        batch.deadline = max(batch.deadline, time.monotonic() + timeout)
+        if len(batch.rows) >= self.max_rows:
+            self._open.pop(key, None)
+            self._flush(key, batch)
+        try:
+            answers = await asyncio.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError:
+            answers = [ShardAnswer(g.shard, None, failure_from_exception(g.shard, TimeoutError())) for g in groups]
+        for answer in answers:
+            count_search(answer.shard, answer.failure)
+        return answers
+
+    def _flush(self, key: tuple, batch: _Batch) -> None:
+        """Send ``batch`` (once: a batch filled up is sent at once, before its end-of-turn flush runs)."""
+        if self._open.get(key) is batch:
+            del self._open[key]
+        if batch.rows and not batch.sent:
+            batch.sent = True
+            task = asyncio.get_running_loop().create_task(self._send(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, batch: _Batch) -> None:
+        from ragcluster.convert import matrix_to_pb
+
+        request = shard_pb2.ShardSearchRequest()
+        request.CopyFrom(batch.template)
+        request.queries.CopyFrom(matrix_to_pb(np.stack(batch.rows)))
+        metrics.SHARD_SEARCH_BATCH.observe(len(batch.rows))
+        try:
+            answers = await fan_out(batch.groups, request, max(batch.deadline - time.monotonic(), 0.001),
+                                    count=False)
+        except InvalidArgument as exc:
+            if len(batch.rows) == 1:
+                _fail(batch.waiters, exc)
+                return
+            # e.g. the batch's answer would exceed the message limit: each search on its own
+            await asyncio.gather(*(self._send(_Batch(batch.groups, batch.template, [row], [waiter], batch.deadline))
+                                   for row, waiter in zip(batch.rows, batch.waiters)))
+            return
+        except BaseException as exc:
+            _fail(batch.waiters, exc)
+            raise
+        for row, waiter in enumerate(batch.waiters):
+            if not waiter.done():
+                waiter.set_result([ShardAnswer(a.shard, a.response, a.failure, row) for a in answers])
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
+
+def _fail(waiters: list[asyncio.Future[list[ShardAnswer]]], exc: BaseException) -> None:
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_exception(exc if isinstance(exc, Exception) else Unavailable("search cancelled"))

@@ -37,7 +37,7 @@ from router.fusion import weighted as weighted_fusion
 from router.generate import GeneratorNode, GeneratorPool
 from router.merge import ShardTopK, merge_topk
 from router.prompt import Passage, Prompt, PromptTemplate
-from router.replicas import Replica, ShardGroup, count_search, fan_out
+from router.replicas import Replica, SearchBatcher, ShardGroup, count_search, fan_out
 
 logger = logging.getLogger(__name__)
 _Info = TypeVar("_Info")
@@ -136,6 +136,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self.pool = pool
         self.template = template or PromptTemplate()
         self._embed_executor = ThreadPoolExecutor(1, thread_name_prefix="embed")  # one encode at a time
+        self.search_batcher = SearchBatcher(config.fanout_max_batch)  # dense searches share shard calls
         self.in_flight = 0
         metrics.MAX_IN_FLIGHT.set(config.max_in_flight)
         if embedder is not None:
@@ -175,6 +176,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         for col in self.collections.values():
             if col.batcher is not None:
                 await col.batcher.close()
+        await self.search_batcher.close()
         self._embed_executor.shutdown(wait=False)
 
     # --- helpers --------------------------------------------------------------------------------
@@ -373,7 +375,11 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             request.params.CopyFrom(params)
         if flt is not None and flt.must:
             request.filter.CopyFrom(flt)
-        answers = await fan_out(groups, request, max(deadline - time.perf_counter(), 0.001))
+        remaining = max(deadline - time.perf_counter(), 0.001)
+        if mode == "dense":  # searches embedded together go to each shard as one call
+            answers = await self.search_batcher.fan_out(groups, request, remaining)
+        else:
+            answers = await fan_out(groups, request, remaining)
         coverage = common_pb2.Coverage(shards_total=len(col.groups))
         dense_parts: list[ShardTopK] = []
         lexical_parts: list[ShardTopK] = []
@@ -395,16 +401,21 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             coverage.shards_answered += 1
             coverage.documents_searched += searched
             coverage.documents_total += searched
+            ids: list[int] = []
             if mode != "lexical":
-                top = response.results[0]
+                top = response.results[answer.row]  # a batched answer holds a row per search
+                ids += top.ids
                 dense_parts.append(ShardTopK(answer.shard, np.array(top.ids, dtype=np.int64),
                                              np.array(top.scores, np.float32)))
             if mode != "dense":
-                top = response.lexical_results[0]
-                lexical_parts.append(ShardTopK(answer.shard, np.array(top.ids, dtype=np.int64),
-                                               np.array(top.scores, np.float32), np.array(top.keys, np.uint64)))
-            for iid, doc in response.documents.items():
-                documents[(answer.shard, iid)] = doc
+                lex = response.lexical_results[0]
+                ids += lex.ids
+                lexical_parts.append(ShardTopK(answer.shard, np.array(lex.ids, dtype=np.int64),
+                                               np.array(lex.scores, np.float32), np.array(lex.keys, np.uint64)))
+            sent = response.documents  # a batched answer carries the documents of every search it holds
+            for iid in ids:
+                if iid in sent:
+                    documents[(answer.shard, iid)] = sent[iid]
         coverage.degraded = coverage.shards_answered < coverage.shards_total
         annotate(collection=col.name, shards=f"{coverage.shards_answered}/{coverage.shards_total}",
                  documents_searched=coverage.documents_searched)

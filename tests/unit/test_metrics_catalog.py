@@ -18,8 +18,9 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 BOUNDED_LABELS = {"service", "method", "code", "shard", "collection", "state", "reason", "kind", "op", "stage",
                   "mode"}
 SUBSYSTEMS = ("ragcluster_grpc_server_", "ragcluster_router_", "ragcluster_shard_", "ragcluster_generator_")
-# histograms of a quantity without a unit: a share (0..1) and a count of texts
-UNITLESS_HISTOGRAMS = {"ragcluster_router_coverage_ratio", "ragcluster_router_embed_batch_size"}
+# histograms of a quantity without a unit: a share (0..1) and counts of texts and of searches
+UNITLESS_HISTOGRAMS = {"ragcluster_router_coverage_ratio", "ragcluster_router_embed_batch_size",
+                       "ragcluster_router_shard_search_batch_size"}
 
 
 def registered() -> dict[str, tuple[str, tuple[str, ...]]]:
