@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
 
@@ -109,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     add_config_arguments(parser, RouterConfig)
     config = config_from_args(RouterConfig, parser.parse_args(argv))
     setup_logging(config.log_level, config.log_json, name="router")
+    # idle OpenMP threads (torch embedding) sleep instead of spinning on cores other processes need; read
+    # when torch is first imported, which happens in load()
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     tracing.setup("ragcluster-router")  # only when the OTEL_* environment asks for it
     asyncio.run(_serve(config))
     return 0

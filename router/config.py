@@ -29,8 +29,8 @@ class RouterConfig(ServerConfig):
                                       "resolves to; repeat for several", metavar="ADDR")
     embedding_model: str = option("all-MiniLM-L6-v2", "sentence-transformers model: name or local folder")
     embedding_dtype: str = option("float32", "embedding precision", choices=["float32", "bfloat16"])
-    embedding_threads: int = option(0, "torch threads for embedding (0 = torch's default: all cores); use 1 when "
-                                       "the router shares a small machine with other busy processes")
+    embedding_threads: int = option(0, "embedding threads (0 = every core this process may use; idle threads "
+                                       "sleep rather than spin, so other processes keep the cores it does not use)")
     embed_max_batch: int = option(32, "query micro-batching: most texts in one encode call (1 = no batching)")
     embed_max_wait_us: int = option(500, "query micro-batching: longest a text waits for others, in microseconds")
     fanout_max_batch: int = option(64, "batched fan-out: dense searches that reach the fan-out together (e.g. embedded "

@@ -78,6 +78,34 @@ def generator_env() -> dict[str, str]:
     return env
 
 
+def cores() -> int:
+    """CPU cores this process (and the cluster it starts) may run on."""
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(os.cpu_count() or 1, 1)
+
+
+def shard_env(shard_processes: int) -> dict[str, str]:
+    """Environment for shard servers: FAISS's OpenMP threads split the cores between the shard processes
+    (a shard searches one batch at a time; more threads than its share only contend with the others), and
+    idle threads sleep instead of spinning."""
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, cores() // max(shard_processes, 1))))
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return env
+
+
+def router_env() -> dict[str, str]:
+    """Environment for the router: every core for embedding (it is the router's heavy work), with idle
+    threads sleeping (OMP_WAIT_POLICY=PASSIVE; ONNX Runtime without spinning), so engines and shards on the
+    same machine get the cores whenever the router is not encoding."""
+    env = dict(os.environ)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
 class ServerProcess:
     """One server as a child process (``python -m MODULE --ready-file F ...``), started and waited for."""
 
@@ -245,7 +273,7 @@ class LocalCluster:
                         "--index-factory", spec.index_factory, "--metric", spec.metric,
                         "--embedding-model", spec.embedding_model, "--restore-peers-file", str(self._peers_file(s)),
                         *self._tls_args(f"shard-{s}-r{r}", identity("shard", s)),
-                    ]))
+                    ], env=shard_env(spec.shards * spec.replicas)))
             for g in range(spec.generators):
                 waiting.append(self._spawn(Member("generator", None, g), "generator_node", [
                     "--port", "0", "--model", spec.model, "--enforce-eager",
@@ -258,17 +286,16 @@ class LocalCluster:
                            *self._tls_args("router", identity("router"))]
             if self.certs is not None:
                 router_args += ["--auth-tokens", str(self.certs.tokens)]
-            if spec.generators:
-                # vLLM engines share this machine: one embedding thread avoids OpenMP oversubscription against
-                # their threads (encodes were 10x slower with both spinning on the same cores)
-                router_args += ["--embedding-threads", "1"]
             for s in range(spec.shards):
                 addrs = ",".join(m.grpc for m in self.members if m.role == "shard" and m.shard == s)
                 router_args += ["--shard", f"{s}={addrs}"]
             for m in self.members:
                 if m.role == "generator":
                     router_args += ["--generator", m.grpc]
-            router = self._spawn(Member("router", None, None), "router", router_args + spec.router_args)
+            # no embedding-thread pin beside vLLM engines: the router's threads sleep when idle (router_env), so
+            # they no longer spin against the engines' threads (that made encodes 10x slower with one pinned)
+            router = self._spawn(Member("router", None, None), "router", router_args + spec.router_args,
+                                 env=router_env())
             self._wait_ready([router], timeout, progress)
             health_tls = self.client_tls(token=False, cert=True)
             for m in self.members:
