@@ -70,7 +70,8 @@ def build_server(config: RouterConfig) -> GrpcServer:
             if col.embedder is None:
                 if col.model_spec not in loaded:
                     loaded[col.model_spec] = await asyncio.to_thread(
-                        Embedder, col.model_spec, config.embedding_dtype, threads=config.embedding_threads)
+                        Embedder, col.model_spec, config.embedding_dtype, threads=config.embedding_threads,
+                        backend=config.embedding_backend, cache_dir=config.embedding_cache_dir)
                 servicer.set_collection_embedder(col, loaded[col.model_spec])
 
     async def close() -> None:
