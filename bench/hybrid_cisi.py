@@ -18,7 +18,6 @@ stemming and stop words): dense 0.424, BM25 0.386, RRF(60) 0.441 nDCG@10.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -28,8 +27,7 @@ import time
 import tracemalloc
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from harness import ROOT, bench_parser, loopback_cluster
 
 MODES = [("dense", []), ("lexical", []), ("hybrid", ["--fusion", "rrf"]),
          ("hybrid-weighted", ["--fusion", "weighted", "--alpha", "0.5"])]
@@ -77,13 +75,10 @@ def lexical_build(data: Path, n: int) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__, concurrency=32, seconds=20.0)
     parser.add_argument("data", help="the CISI folder (CISI.ALL, CISI.QRY, CISI.REL); read in place")
     parser.add_argument("--shards", type=int, default=3)
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--build-docs", type=int, default=50_000)
-    parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     data = Path(args.data)
     for name in ("CISI.ALL", "CISI.QRY", "CISI.REL"):
@@ -91,46 +86,42 @@ def main() -> int:
             raise SystemExit(f"{data / name}: missing (give the folder holding the CISI files)")
 
     from ragcluster.client import RouterClient
-    from ragcluster.tools.cluster import ClusterSpec, LocalCluster
     from ragcluster.tools.evaluation import load_queries
-    from ragcluster.v1 import router_pb2
 
     report: dict = {"collection": str(data), "shards": args.shards}
-    with tempfile.TemporaryDirectory(prefix="hybrid-cisi-") as tmp:
-        spec = ClusterSpec(data_dir=tmp, shards=args.shards, generators=0, port=0, insecure=True)
-        with LocalCluster(spec).start(timeout=600) as cluster:
-            router = cluster.router_address
-            start = time.perf_counter()
-            ingest = json.loads(cli("ingest", "--router", router, str(data / "CISI.ALL"), "--json"))
-            report["ingest"] = {"documents": ingest["acknowledged"], "seconds": round(time.perf_counter() - start, 1)}
-            with RouterClient(router) as client:
-                status = client.stub.ClusterStatus(router_pb2.ClusterStatusRequest(), timeout=30)
-                report["ingest"]["per_shard"] = [s.documents for s in status.shards]
-            report["quality"] = {}
-            for label, extra in MODES:
-                mode = label.split("-")[0]
-                out = json.loads(cli("eval", "--router", router, "--queries", str(data / "CISI.QRY"),
-                                     "--qrels", str(data / "CISI.REL"), "-k", "10", "--mode", mode, *extra, "--json"))
-                m = out["retrieval"]["metrics"]
-                report["quality"][label] = {"ndcg@10": m["ndcg@10"], "recall@10": m["recall@10"],
-                                            "mrr@10": m["mrr@10"], "queries": out["retrieval"]["queries"]}
-                if not args.json:
-                    print(f"{label:<16} nDCG@10 {m['ndcg@10']:.4f}  recall@10 {m['recall@10']:.4f}  "
-                          f"MRR@10 {m['mrr@10']:.4f}", file=sys.stderr)
-            queries = Path(tmp) / "queries.jsonl"
-            texts = load_queries(data / "CISI.QRY").values()
-            queries.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-            report["throughput"] = {}
-            for mode in ("dense", "hybrid", "lexical"):
-                out = json.loads(cli("loadtest", "--router", router, "--workload", "search", "--retrieval", mode,
-                                     "--concurrency", str(args.concurrency), "--duration", str(args.seconds),
-                                     "--queries", str(queries), "-k", "10", "--json"))
-                report["throughput"][mode] = {"qps": out["throughput_per_second"],
-                                              "p50_ms": out["latency_ms"]["p50"], "p99_ms": out["latency_ms"]["p99"],
-                                              "errors": sum(out["errors"].values())}
-                if not args.json:
-                    print(f"{mode:<8} {out['throughput_per_second']:.1f} q/s at {args.concurrency} clients",
-                          file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="hybrid-cisi-") as tmp, \
+            loopback_cluster(shards=args.shards, timeout=600) as cluster:
+        router = cluster.router_address
+        start = time.perf_counter()
+        ingest = json.loads(cli("ingest", "--router", router, str(data / "CISI.ALL"), "--json"))
+        report["ingest"] = {"documents": ingest["acknowledged"], "seconds": round(time.perf_counter() - start, 1)}
+        with RouterClient(router) as client:
+            report["ingest"]["per_shard"] = [s.documents for s in client.status().shards]
+        report["quality"] = {}
+        for label, extra in MODES:
+            mode = label.split("-")[0]
+            out = json.loads(cli("eval", "--router", router, "--queries", str(data / "CISI.QRY"),
+                                 "--qrels", str(data / "CISI.REL"), "-k", "10", "--mode", mode, *extra, "--json"))
+            m = out["retrieval"]["metrics"]
+            report["quality"][label] = {"ndcg@10": m["ndcg@10"], "recall@10": m["recall@10"],
+                                        "mrr@10": m["mrr@10"], "queries": out["retrieval"]["queries"]}
+            if not args.json:
+                print(f"{label:<16} nDCG@10 {m['ndcg@10']:.4f}  recall@10 {m['recall@10']:.4f}  "
+                      f"MRR@10 {m['mrr@10']:.4f}", file=sys.stderr)
+        queries = Path(tmp) / "queries.jsonl"
+        texts = load_queries(data / "CISI.QRY").values()
+        queries.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+        report["throughput"] = {}
+        for mode in ("dense", "hybrid", "lexical"):
+            out = json.loads(cli("loadtest", "--router", router, "--workload", "search", "--retrieval", mode,
+                                 "--concurrency", str(args.concurrency), "--duration", str(args.seconds),
+                                 "--queries", str(queries), "-k", "10", "--json"))
+            report["throughput"][mode] = {"qps": out["throughput_per_second"],
+                                          "p50_ms": out["latency_ms"]["p50"], "p99_ms": out["latency_ms"]["p99"],
+                                          "errors": sum(out["errors"].values())}
+            if not args.json:
+                print(f"{mode:<8} {out['throughput_per_second']:.1f} q/s at {args.concurrency} clients",
+                      file=sys.stderr)
     q, t = report["quality"], report["throughput"]
     report["hybrid_over_dense_qps"] = round(t["hybrid"]["qps"] / t["dense"]["qps"], 3) if t["dense"]["qps"] else None
     report["goals"] = {

@@ -10,9 +10,7 @@ shard's maintenance pool with one OpenMP thread, so searches keep the other core
 
 from __future__ import annotations
 
-import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import threading
@@ -20,8 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from harness import bench_parser, shard_process
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -57,20 +54,17 @@ def measure(stub, queries, seconds: float, clients: int, k: int) -> list[float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__, seconds=10.0)
     parser.add_argument("--vectors", type=int, default=20_000)
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--factory", default="HNSW32")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--clients", type=int, default=2)
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
     import grpc
 
     from ragcluster.documents import Document
-    from ragcluster.tools.cluster import wait_for_serving
     from ragcluster.v1 import shard_pb2, shard_pb2_grpc
     from shard_server.config import ShardOptions
     from shard_server.shard import Shard
@@ -89,39 +83,24 @@ def main() -> int:
         shard.close()  # checkpoint: the server opens in seconds
         queries = rng.standard_normal((512, args.dim)).astype(np.float32)
         queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-        ready = Path(tmp) / "ready.json"
-        proc = subprocess.Popen([sys.executable, "-m", "shard_server", "--port", "0", "--metrics-port", "-1",
-                                 "--dim", str(args.dim), "--index-factory", args.factory, "--data-dir", str(data),
-                                 "--ready-file", str(ready), "--log-level", "WARNING",
-                                 "--checkpoint-interval-seconds", "0"])
-        try:
-            deadline = time.monotonic() + 300
-            while not ready.exists():
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit("shard server did not start")
-                time.sleep(0.05)
-            address = json.loads(ready.read_text())["grpc"]
-            wait_for_serving(address)
-            with grpc.insecure_channel(address) as channel:
-                stub = shard_pb2_grpc.ShardServiceStub(channel)
-                measure(stub, queries, 1.0, args.clients, args.k)  # warm-up
-                idle = measure(stub, queries, args.seconds, args.clients, args.k)
-                stop, rebuilds = threading.Event(), []
+        flags = ["--dim", str(args.dim), "--index-factory", args.factory, "--checkpoint-interval-seconds", "0"]
+        with shard_process(data, *flags) as address, grpc.insecure_channel(address) as channel:
+            stub = shard_pb2_grpc.ShardServiceStub(channel)
+            measure(stub, queries, 1.0, args.clients, args.k)  # warm-up
+            idle = measure(stub, queries, args.seconds, args.clients, args.k)
+            stop, rebuilds = threading.Event(), []
 
-                def rebuild_loop() -> None:
-                    for _ in range(1000):  # bounded; stopped by the event
-                        if stop.is_set():
-                            return
-                        rebuilds.append(stub.Rebuild(shard_pb2.RebuildRequest(), timeout=600).seconds)
+            def rebuild_loop() -> None:
+                for _ in range(1000):  # bounded; stopped by the event
+                    if stop.is_set():
+                        return
+                    rebuilds.append(stub.Rebuild(shard_pb2.RebuildRequest(), timeout=600).seconds)
 
-                rebuilder = threading.Thread(target=rebuild_loop)
-                rebuilder.start()
-                busy = measure(stub, queries, args.seconds, args.clients, args.k)
-                stop.set()
-                rebuilder.join(600)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=60)
+            rebuilder = threading.Thread(target=rebuild_loop)
+            rebuilder.start()
+            busy = measure(stub, queries, args.seconds, args.clients, args.k)
+            stop.set()
+            rebuilder.join(600)
     for name, lat in (("idle", idle), ("rebuilding", busy)):
         results[name] = {"searches": len(lat), "p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99)}
     results["rebuilds"] = len(rebuilds)

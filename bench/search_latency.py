@@ -11,16 +11,12 @@ the same documents in this process into one IndexFlatIP, then times sequential s
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from harness import bench_parser, loopback_cluster
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
@@ -39,49 +35,42 @@ def timed(fn, items) -> list[float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--docs", type=int, default=2000)
+    parser = bench_parser(__doc__, docs=2000)
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--shards", type=int, default=2)
     parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
     import faiss
 
     from ragcluster.client import RouterClient
     from ragcluster.corpus import make_documents, make_queries
-    from ragcluster.tools.cluster import ClusterSpec, LocalCluster
     from router.embedding import Embedder
     from router.service import embedding_text
 
     docs = make_documents(args.docs, seed=11)
     queries = make_queries(args.queries, seed=12)
     embedder = Embedder()
-    with tempfile.TemporaryDirectory() as tmp:
-        spec = ClusterSpec(data_dir=tmp, shards=args.shards, generators=0, port=0, insecure=True)
-        with LocalCluster(spec) as cluster:
-            cluster.start(timeout=300)
-            with RouterClient(cluster.router_address) as client:
-                t = time.perf_counter()
-                acked = client.ingest(docs, batch_size=64).acknowledged
-                ingest_s = time.perf_counter() - t
-                assert acked == len(docs)
-                texts = [embedding_text(d.title, d.text) for d in docs]
-                t = time.perf_counter()
-                xb = np.concatenate([embedder.encode(texts[i:i + 64]) for i in range(0, len(texts), 64)])
-                encode_s = time.perf_counter() - t
-                index = faiss.IndexFlatIP(xb.shape[1])
-                index.add(xb)
-                qv = embedder.encode(queries)
-                # warm up both paths
-                for v in qv[:20]:
-                    client.search(vector=v.tolist(), k=args.k)
-                    index.search(v.reshape(1, -1), args.k)
-                router_vec = timed(lambda v: client.search(vector=v.tolist(), k=args.k), qv)
-                faiss_vec = timed(lambda v: index.search(v.reshape(1, -1), args.k), qv)
-                router_text = timed(lambda q: client.search(q, k=args.k), queries)
-                local_text = timed(lambda q: index.search(embedder.encode([q]), args.k), queries)
+    with loopback_cluster(shards=args.shards) as cluster, RouterClient(cluster.router_address) as client:
+        t = time.perf_counter()
+        acked = client.ingest(docs, batch_size=64).acknowledged
+        ingest_s = time.perf_counter() - t
+        assert acked == len(docs)
+        texts = [embedding_text(d.title, d.text) for d in docs]
+        t = time.perf_counter()
+        xb = np.concatenate([embedder.encode(texts[i:i + 64]) for i in range(0, len(texts), 64)])
+        encode_s = time.perf_counter() - t
+        index = faiss.IndexFlatIP(xb.shape[1])
+        index.add(xb)
+        qv = embedder.encode(queries)
+        # warm up both paths
+        for v in qv[:20]:
+            client.search(vector=v.tolist(), k=args.k)
+            index.search(v.reshape(1, -1), args.k)
+        router_vec = timed(lambda v: client.search(vector=v.tolist(), k=args.k), qv)
+        faiss_vec = timed(lambda v: index.search(v.reshape(1, -1), args.k), qv)
+        router_text = timed(lambda q: client.search(q, k=args.k), queries)
+        local_text = timed(lambda q: index.search(embedder.encode([q]), args.k), queries)
     result = {
         "docs": args.docs, "queries": args.queries, "shards": args.shards, "k": args.k,
         "router_vector": percentiles(router_vec), "faiss_vector": percentiles(faiss_vec),

@@ -9,17 +9,14 @@ and measures queries/s for batch 1 and batch 32: sequential calls from one clien
 
 from __future__ import annotations
 
-import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from harness import bench_parser, shard_process
 
 
 def qps(fn, batches, seconds: float) -> float:
@@ -36,20 +33,17 @@ def qps(fn, batches, seconds: float) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__, seconds=5.0)
     parser.add_argument("--vectors", type=int, default=100_000)
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--factory", default="Flat")
     parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
     import grpc
 
     from ragcluster.convert import matrix_to_pb
     from ragcluster.documents import Document
-    from ragcluster.tools.cluster import wait_for_serving
     from ragcluster.v1 import shard_pb2, shard_pb2_grpc
     from shard_server.config import ShardOptions
     from shard_server.shard import Shard
@@ -70,19 +64,9 @@ def main() -> int:
         queries = rng.standard_normal((32 * 64, args.dim)).astype(np.float32)
         queries /= np.linalg.norm(queries, axis=1, keepdims=True)
 
-        ready = Path(tmp) / "ready.json"
-        proc = subprocess.Popen([sys.executable, "-m", "shard_server", "--port", "0", "--metrics-port", "-1",
-                                 "--dim", str(args.dim), "--index-factory", args.factory, "--data-dir", str(data),
-                                 "--ready-file", str(ready), "--log-level", "WARNING"])
         try:
-            deadline = time.monotonic() + 300
-            while not ready.exists():
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit("shard server did not start")
-                time.sleep(0.05)
-            address = json.loads(ready.read_text())["grpc"]
-            wait_for_serving(address)
-            with grpc.insecure_channel(address) as channel:
+            with shard_process(data, "--dim", str(args.dim), "--index-factory", args.factory) as address, \
+                    grpc.insecure_channel(address) as channel:
                 stub = shard_pb2_grpc.ShardServiceStub(channel)
                 for bs in (1, 32):
                     batches = [queries[i:i + bs] for i in range(0, len(queries), bs)]
@@ -94,8 +78,6 @@ def main() -> int:
                     results[f"batch{bs}"] = {"grpc_qps": grpc_qps, "grpc_with_documents_qps": docs_qps,
                                              "in_process_qps": local_qps, "ratio": grpc_qps / local_qps}
         finally:
-            proc.terminate()
-            proc.wait(timeout=60)
             shard.close(checkpoint=False)
     if args.json:
         print(json.dumps(results, indent=2))

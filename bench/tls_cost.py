@@ -11,16 +11,13 @@ where TLS weighs most).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from harness import bench_parser, closed_loop, loopback_cluster
 
 
 async def vector_loop(address: str, security, vectors, concurrency: int, seconds: float) -> dict:
@@ -54,15 +51,6 @@ async def vector_loop(address: str, security, vectors, concurrency: int, seconds
             "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))], "errors": errors}
 
 
-def text_loop(address: str, security, queries, concurrency: int, seconds: float) -> dict:
-    from ragcluster.tools.loadtest import run_load
-
-    s = asyncio.run(run_load(address, "search", queries, seconds, concurrency=concurrency, k=10,
-                             security=security)).summary()
-    return {"qps": s["throughput_per_second"], "p50_ms": s["latency_ms"]["p50"], "p99_ms": s["latency_ms"]["p99"],
-            "errors": sum(s["errors"].values())}
-
-
 def merge(rounds: list[dict]) -> dict:
     return {"qps": statistics.mean(r["qps"] for r in rounds), "p50_ms": statistics.mean(r["p50_ms"] for r in rounds),
             "p99_ms": statistics.mean(r["p99_ms"] for r in rounds), "errors": sum(r["errors"] for r in rounds),
@@ -70,19 +58,12 @@ def merge(rounds: list[dict]) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--docs", type=int, default=2000)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
+    args = bench_parser(__doc__, concurrency=16, seconds=5.0, docs=2000, rounds=2).parse_args()
 
     import numpy as np
 
     from ragcluster.client import RouterClient
     from ragcluster.corpus import make_documents, make_queries
-    from ragcluster.tools.cluster import ClusterSpec, LocalCluster
 
     docs = make_documents(args.docs, seed=61)
     queries = make_queries(300, seed=62)
@@ -90,29 +71,24 @@ def main() -> int:
     vectors = rng.standard_normal((300, 384)).astype(np.float32)
     vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).tolist()
     results: dict = {"concurrency": args.concurrency, "seconds": args.seconds, "rounds": args.rounds}
-    with tempfile.TemporaryDirectory() as off_dir, tempfile.TemporaryDirectory() as on_dir:
-        off = LocalCluster(ClusterSpec(data_dir=off_dir, shards=2, generators=0, port=0, insecure=True))
-        on = LocalCluster(ClusterSpec(data_dir=on_dir, shards=2, generators=0, port=0))
-        with off, on:
-            off.start(timeout=300)
-            on.start(timeout=300)
-            clusters = {"off": (off.router_address, None), "on": (on.router_address, on.client_tls())}
-            for address, security in clusters.values():
-                with RouterClient(address, security=security) as client:
-                    client.ingest(docs)
-                text_loop(address, security, queries, args.concurrency, 1.0)  # warm-up
-            for kind in ("vector", "text"):
-                rounds: dict[str, list[dict]] = {"off": [], "on": []}
-                for _ in range(args.rounds):
-                    for name, (address, security) in clusters.items():  # alternate: drift hits both
-                        if kind == "vector":
-                            r = asyncio.run(vector_loop(address, security, vectors, args.concurrency, args.seconds))
-                        else:
-                            r = text_loop(address, security, queries, args.concurrency, args.seconds)
-                        rounds[name].append(r)
-                off_r, on_r = merge(rounds["off"]), merge(rounds["on"])
-                results[kind] = {"off": off_r, "on": on_r, "qps_cost": 1 - on_r["qps"] / off_r["qps"],
-                                 "p50_cost": on_r["p50_ms"] / off_r["p50_ms"] - 1}
+    with loopback_cluster(shards=2) as off, loopback_cluster(shards=2, insecure=False) as on:
+        clusters = {"off": (off.router_address, None), "on": (on.router_address, on.client_tls())}
+        for address, security in clusters.values():
+            with RouterClient(address, security=security) as client:
+                client.ingest(docs)
+            closed_loop(address, queries, args.concurrency, 1.0, security)  # warm-up
+        for kind in ("vector", "text"):
+            rounds: dict[str, list[dict]] = {"off": [], "on": []}
+            for _ in range(args.rounds):
+                for name, (address, security) in clusters.items():  # alternate: drift hits both
+                    if kind == "vector":
+                        r = asyncio.run(vector_loop(address, security, vectors, args.concurrency, args.seconds))
+                    else:
+                        r = closed_loop(address, queries, args.concurrency, args.seconds, security)
+                    rounds[name].append(r)
+            off_r, on_r = merge(rounds["off"]), merge(rounds["on"])
+            results[kind] = {"off": off_r, "on": on_r, "qps_cost": 1 - on_r["qps"] / off_r["qps"],
+                             "p50_cost": on_r["p50_ms"] / off_r["p50_ms"] - 1}
     if args.json:
         print(json.dumps(results, indent=2))
         return 0

@@ -14,22 +14,18 @@ back, so drift in a shared machine's load cancels in their ratio).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
 import statistics
 import sys
-import tempfile
 import threading
 from concurrent import futures
 from contextlib import ExitStack
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import grpc
 import numpy as np
+from harness import bench_parser, closed_loop, loopback_cluster
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 
@@ -45,15 +41,6 @@ class SpanCounter(trace_service_pb2_grpc.TraceServiceServicer):
         with self.lock:
             self.spans += n
         return trace_service_pb2.ExportTraceServiceResponse()
-
-
-def closed_loop(address: str, queries: list[str], concurrency: int, seconds: float) -> dict:
-    """Text searches (the router embeds each query: the end-to-end path)."""
-    from ragcluster.tools.loadtest import run_load
-
-    summary = asyncio.run(run_load(address, "search", queries, seconds, concurrency=concurrency, k=10)).summary()
-    return {"qps": summary["throughput_per_second"], "p50_ms": summary["latency_ms"]["p50"],
-            "p99_ms": summary["latency_ms"]["p99"], "errors": sum(summary["errors"].values())}
 
 
 def cpu_seconds(cluster) -> float:
@@ -107,17 +94,10 @@ def vector_loop(address: str, vectors: list[list[float]], concurrency: int, seco
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--seconds", type=float, default=4.0)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--docs", type=int, default=2000)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
+    args = bench_parser(__doc__, concurrency=16, seconds=4.0, docs=2000, rounds=5).parse_args()
 
     from ragcluster.client import RouterClient
     from ragcluster.corpus import make_documents, make_queries
-    from ragcluster.tools.cluster import ClusterSpec, LocalCluster
 
     docs = make_documents(args.docs, seed=61)
     queries = make_queries(500, seed=62)
@@ -138,15 +118,12 @@ def main() -> int:
     with ExitStack() as stack:
         clusters = {}
         for name, env in configs.items():
-            tmp = stack.enter_context(tempfile.TemporaryDirectory())
             saved = dict(os.environ)
             for key in [k for k in os.environ if k.startswith("OTEL_")]:
                 del os.environ[key]
             os.environ.update(env)  # the launcher passes its environment to the processes it starts
             try:
-                cluster = stack.enter_context(LocalCluster(ClusterSpec(data_dir=tmp, shards=2, generators=0, port=0,
-                                                                       insecure=True)))
-                cluster.start(timeout=300)
+                cluster = stack.enter_context(loopback_cluster(shards=2))
             finally:
                 os.environ.clear()
                 os.environ.update(saved)
