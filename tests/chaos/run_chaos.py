@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import random
@@ -42,9 +43,14 @@ from ragcluster.documents import Document
 from ragcluster.hashing import shard_for
 from ragcluster.tools.cluster import ServerProcess
 from router.config import RouterConfig
+from router.versions import HybridClock
 from tests.helpers import RouterInThread, replica_digest, shard_process
 
 SHARDS, REPLICAS, ROUTERS = 2, 3, 3
+
+
+def skewed_time(skew: float) -> float:
+    return time.time() + skew
 
 
 @dataclass
@@ -112,8 +118,14 @@ class Proxy:
 
 
 class Chaos:
-    def __init__(self, run: Path, seconds: float, seed: int, embedder, faults: bool = True, fixed_ids: int = 0):
+    def __init__(self, run: Path, seconds: float, seed: int, embedder, faults: bool = True, fixed_ids: int = 0,
+                 clock_skew_ms: float = 0.0):
         self.run, self.seconds, self.rng = run, seconds, random.Random(seed)
+        # > 0: each router writes with its own hybrid clock, the second one ahead by this much and the third
+        # behind by it; the checker then only orders two writes when one started more than the largest
+        # difference between two clocks after the other ended (else either may carry the higher version)
+        self.clock_skew_ms = clock_skew_ms
+        self.order_margin = 2 * clock_skew_ms / 1000 + (0.05 if clock_skew_ms else 0.0)
         self.fixed_ids = fixed_ids  # > 0: upserts only replace ids from a pool of this size (a steady corpus)
         self.inject = faults  # False: a soak at steady load (errors, memory, fds and threads are measured)
         self.procs: dict[tuple[int, int], ServerProcess] = {}
@@ -144,6 +156,12 @@ class Chaos:
                               # tombstones are pruned during the run: half the grace exceeds the write timeout
                               tombstone_grace_seconds=10.0)
         self.routers = [RouterInThread(config, self.embedder) for _ in range(ROUTERS)]
+        if self.clock_skew_ms:  # a clock per router (they share this process), skewed: 0, ahead, behind
+            for n, router in enumerate(self.routers):
+                skew = (0.0, self.clock_skew_ms, -self.clock_skew_ms)[n % 3] / 1000
+                clock = HybridClock(node=n + 1, wall=functools.partial(skewed_time, skew))
+                for group in router.servicer.groups:
+                    group.clock = clock
 
     def stop_all(self) -> None:
         for r in self.routers:
@@ -280,7 +298,7 @@ class Chaos:
         for doc_id, ops in writes.items():
             acked = [(op, h) for op, h in ops if op.ok]
             checked += len(acked)
-            candidates = [(op, h) for op, h in ops if not any(q.start > op.end for q, _ in acked)]
+            candidates = [(op, h) for op, h in ops if not any(q.start > op.end + self.order_margin for q, _ in acked)]
             entry = state.get(doc_id)
             present = entry is not None and not entry[2]
             allowed = {h for op, h in candidates if op.kind == "upsert"}
@@ -293,7 +311,7 @@ class Chaos:
                 ops = writes.get(doc_id, [])
                 for d in (op for op, _ in ops if op.kind == "delete" and op.ok and op.end < search.start):
                     # a write that ended after the delete started may carry the higher version
-                    if not any(op.kind == "upsert" and op.end > d.start for op, _ in ops):
+                    if not any(op.kind == "upsert" and op.end > d.start - self.order_margin for op, _ in ops):
                         ghosts += 1
                         break
         for doc_id in state:
@@ -334,7 +352,7 @@ class Chaos:
             "tombstones_pruned": sum(g.tombstones_pruned for r in self.routers for g in r.servicer.groups),
             "snapshot_restores": sum(g.snapshot_restores for r in self.routers for g in r.servicer.groups),
             "documents": sum(1 for d in finals.values() for e in d.values() if not e[2]),
-            "unexpected_exits": self.unexpected_exits,
+            "unexpected_exits": self.unexpected_exits, "clock_skew_ms": self.clock_skew_ms,
         })
         if not self.inject:
             result["resources"] = {"before": before, "after": after, "rss_growth": {
@@ -361,13 +379,15 @@ def main(argv: list[str] | None = None) -> int:
                                                               "of memory, open fds and threads")
     parser.add_argument("--fixed-ids", type=int, default=0, help="upserts replace ids from a pool of this size "
                                                                      "(a corpus of steady size, for the soak)")
+    parser.add_argument("--clock-skew-ms", type=float, default=0.0, help="each router its own clock: one ahead and "
+                                                                         "one behind by this much")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     from router.embedding import Embedder
 
     with tempfile.TemporaryDirectory(prefix="chaos-") as tmp:
         result = Chaos(Path(tmp), args.seconds, args.seed, Embedder(threads=1), faults=not args.soak,
-                       fixed_ids=args.fixed_ids).run_all()
+                       fixed_ids=args.fixed_ids, clock_skew_ms=args.clock_skew_ms).run_all()
     print(json.dumps(result, indent=None if args.json else 2))
     return 0 if result["lost"] == 0 and result["ghost_hits"] == 0 else 1
 
