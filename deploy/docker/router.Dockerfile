@@ -34,7 +34,7 @@ RUN /opt/build/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation -w /t
  && /opt/ragcluster/bin/python -m pip uninstall -y -q pip \
  && HF_HUB_OFFLINE=1 /opt/ragcluster/bin/python -c \
         "from router.embedding import Embedder; e = Embedder(); assert e.encode(['ok']).shape == (1, 384); \
-o = Embedder(backend='onnx', cache_dir='/opt/ragcluster/onnx'); assert o.encode(['ok']).shape == (1, 384)"
+o = Embedder(backend='onnx', dtype='auto', cache_dir='/opt/ragcluster/onnx'); assert o.encode(['ok']).shape == (1, 384)"
 
 FROM ${BASE_IMAGE}
 RUN groupadd --system --gid 10001 ragcluster \
