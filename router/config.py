@@ -71,9 +71,10 @@ class RouterConfig(ServerConfig):
                                         "health turns SERVING again)")
     write_quorum: str = option("all", "a write is acknowledged when all live replicas (all) or a majority of all "
                                       "replicas (majority) made it durable", choices=["all", "majority"])
-    anti_entropy_seconds: float = option(30.0, "compare shard replicas document by document this often and copy "
-                                               "the newest version of each to replicas that lack it (0 = only "
-                                               "when a replica returns or misses a write)")
+    anti_entropy_seconds: float = option(30.0, "compare shard replicas this often (bucket hashes, then the documents "
+                                               "of differing buckets) and copy the newest version of each document "
+                                               "to replicas that lack it (0 = only when a replica returns or misses "
+                                               "a write)")
     tombstone_grace_seconds: float = option(86400.0, "a versioned delete is forgotten once a complete anti-entropy "
                                                      "pass saw it on every compared replica and it is older than this "
                                                      "(0 = keep every delete forever). Half of it must exceed the "
