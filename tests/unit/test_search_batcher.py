@@ -4,6 +4,7 @@ one call per search when a batch is refused, per-search deadlines, lexical searc
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from ragcluster.convert import matrix_from_pb, matrix_to_pb
 from ragcluster.errors import InvalidArgument
 from ragcluster.v1 import common_pb2, shard_pb2
-from router.replicas import SearchBatcher
+from router.replicas import SearchBatcher, ShardGroup
 
 
 class FakeGroup:
@@ -34,6 +35,11 @@ class FakeGroup:
         return response
 
 
+def as_groups(*fakes: FakeGroup) -> list[ShardGroup]:
+    """The fakes where the batcher wants shard groups (it only calls ``search`` and reads ``shard``)."""
+    return cast("list[ShardGroup]", list(fakes))
+
+
 def request(value: float, k: int = 5) -> shard_pb2.ShardSearchRequest:
     return shard_pb2.ShardSearchRequest(k=k, include_documents=True,
                                         queries=matrix_to_pb(np.array([[value, value / 10]], np.float32)))
@@ -46,7 +52,7 @@ def ids(answers) -> list[int]:
 async def test_searches_of_one_turn_share_a_call_and_read_their_own_rows():
     groups = [FakeGroup(0), FakeGroup(1)]
     batcher = SearchBatcher(64)
-    answers = await asyncio.gather(*(batcher.fan_out(groups, request(v), 5.0) for v in (3, 1, 4, 1, 5)))
+    answers = await asyncio.gather(*(batcher.fan_out(as_groups(*groups), request(v), 5.0) for v in (3, 1, 4, 1, 5)))
     assert [ids(a) for a in answers] == [[3, 3], [1, 1], [4, 4], [1, 1], [5, 5]]
     assert [g.calls for g in groups] == [[5], [5]]
 
@@ -54,9 +60,9 @@ async def test_searches_of_one_turn_share_a_call_and_read_their_own_rows():
 async def test_different_shapes_are_not_mixed():
     group = FakeGroup(0)
     batcher = SearchBatcher(64)
-    answers = await asyncio.gather(batcher.fan_out([group], request(1, k=5), 5.0),
-                                   batcher.fan_out([group], request(2, k=10), 5.0),
-                                   batcher.fan_out([group], request(3, k=5), 5.0))
+    answers = await asyncio.gather(batcher.fan_out(as_groups(group), request(1, k=5), 5.0),
+                                   batcher.fan_out(as_groups(group), request(2, k=10), 5.0),
+                                   batcher.fan_out(as_groups(group), request(3, k=5), 5.0))
     assert [ids(a) for a in answers] == [[1], [2], [3]]
     assert sorted(group.calls) == [1, 2]
 
@@ -64,22 +70,24 @@ async def test_different_shapes_are_not_mixed():
 async def test_a_refused_batch_is_retried_one_search_at_a_time():
     group = FakeGroup(0, max_rows=1)
     batcher = SearchBatcher(64)
-    answers = await asyncio.gather(*(batcher.fan_out([group], request(v), 5.0) for v in (7, 8, 9)))
+    answers = await asyncio.gather(*(batcher.fan_out(as_groups(group), request(v), 5.0) for v in (7, 8, 9)))
     assert [ids(a) for a in answers] == [[7], [8], [9]]
     assert sorted(group.calls) == [1, 1, 1, 3]
 
 
 async def test_a_refused_single_search_is_invalid_argument():
     with pytest.raises(InvalidArgument):
-        await SearchBatcher(64).fan_out([FakeGroup(0, max_rows=0)], request(1), 5.0)
+        await SearchBatcher(64).fan_out(as_groups(FakeGroup(0, max_rows=0)), request(1), 5.0)
 
 
 async def test_each_search_keeps_its_own_deadline():
     group = FakeGroup(0, delay=0.5)
     batcher = SearchBatcher(64)
-    short, long = await asyncio.gather(batcher.fan_out([group], request(1), 0.05),
-                                       batcher.fan_out([group], request(2), 5.0))
-    assert short[0].response is None and short[0].failure.reason == common_pb2.SHARD_FAILURE_REASON_TIMEOUT
+    short, long = await asyncio.gather(batcher.fan_out(as_groups(group), request(1), 0.05),
+                                       batcher.fan_out(as_groups(group), request(2), 5.0))
+    failure = short[0].failure
+    assert short[0].response is None and failure is not None
+    assert failure.reason == common_pb2.SHARD_FAILURE_REASON_TIMEOUT
     assert ids(long) == [2] and group.calls == [2]
 
 
@@ -87,10 +95,10 @@ async def test_lexical_searches_and_disabled_batching_go_alone():
     group = FakeGroup(0)
     lexical = shard_pb2.ShardSearchRequest(k=5)
     lexical.lexical.add(terms=["a"], counts=[1], document_frequencies=[1], documents=1, total_length=1)
-    await asyncio.gather(SearchBatcher(64).fan_out([group], lexical, 5.0),
-                         SearchBatcher(64).fan_out([group], lexical, 5.0))
+    await asyncio.gather(SearchBatcher(64).fan_out(as_groups(group), lexical, 5.0),
+                         SearchBatcher(64).fan_out(as_groups(group), lexical, 5.0))
     assert group.calls == [0, 0]
     group.calls.clear()
     batcher = SearchBatcher(1)
-    await asyncio.gather(*(batcher.fan_out([group], request(v), 5.0) for v in (1, 2)))
+    await asyncio.gather(*(batcher.fan_out(as_groups(group), request(v), 5.0) for v in (1, 2)))
     assert group.calls == [1, 1]
