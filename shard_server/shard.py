@@ -151,10 +151,14 @@ class TermStats:
 MAX_VERSION = 2**63 - 1  # versions are stored as SQLite INTEGER (signed 64-bit)
 
 
+def _check_version(version: int, field: str) -> None:
+    if version > MAX_VERSION:
+        raise InvalidArgument(f"{field}: {version} is above the largest version {MAX_VERSION}")
+
+
 def _check_versions(versions: list[int] | None, where: str) -> None:
     for i, version in enumerate(versions or ()):
-        if version > MAX_VERSION:
-            raise InvalidArgument(f"{where}[{i}]: {version} is above the largest version {MAX_VERSION}")
+        _check_version(version, f"{where}[{i}]")
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -621,6 +625,8 @@ class Shard:
     @_in_use
     def prune_tombstones(self, before_version: int, synced_version: int) -> tuple[int, int]:
         """Forget versioned deletes below ``before_version`` (every replica holds them); (pruned, horizon)."""
+        _check_version(before_version, "before_version")
+        _check_version(synced_version, "synced_version")
         return self.store.prune_tombstones(before_version, synced_version)
 
     @_in_use

@@ -300,4 +300,8 @@ def test_versions_beyond_sqlite_integer(small_cluster: LocalCluster) -> None:
         with pytest.raises(grpc.RpcError) as err:
             list(stub.Upsert(iter([shard_pb2.UpsertRequest(documents=[doc])]), timeout=30))
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "version" in (err.value.details() or "")
+        for field in ("before_version", "synced_version"):  # PruneTombstones (found by the fuzz too)
+            with pytest.raises(grpc.RpcError) as err:
+                stub.PruneTombstones(shard_pb2.PruneTombstonesRequest(**{field: 2**63}), timeout=30)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and field in (err.value.details() or "")
     still_serving(small_cluster)
