@@ -127,10 +127,23 @@ class _NoSpan:
 NO_SPAN = _NoSpan()
 
 
+def _unsampled_here() -> bool:
+    """Inside a trace that is not sampled (under a parent-based sampler a child would record nothing): a new
+    span can be skipped. No current trace at all is not that: a span there is a new root, sampled on its own."""
+    if not _parent_based:
+        return False
+    if _passed_on.get() is not None:
+        return True  # an RPC whose caller did not sample
+    from opentelemetry import trace
+
+    current = trace.get_current_span()
+    return not current.is_recording() and current.get_span_context().is_valid
+
+
 @contextlib.contextmanager
 def span(name: str, attributes: Attributes | None = None) -> Iterator[Span | _NoSpan]:
-    """A child span of the current one (nothing when tracing is off)."""
-    if _tracer is None:
+    """A child span of the current one (nothing when tracing is off or the trace is not sampled)."""
+    if _tracer is None or _unsampled_here():
         yield NO_SPAN
         return
     with _tracer.start_as_current_span(name, attributes=attributes) as current:
@@ -140,7 +153,7 @@ def span(name: str, attributes: Attributes | None = None) -> Iterator[Span | _No
 def start_span(name: str, attributes: Attributes | None = None) -> Span | _NoSpan:
     """A child span of the current one that is not made current (for spans that outlive ``yield``s of an
     async generator); end it with ``.end()``, use ``activate`` around the calls that belong under it."""
-    if _tracer is None:
+    if _tracer is None or _unsampled_here():
         return NO_SPAN
     return _tracer.start_span(name, attributes=attributes)
 
@@ -163,7 +176,7 @@ def traced(name: str) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Corou
     def decorate(fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
         @functools.wraps(fn)
         async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            if _tracer is None:
+            if _tracer is None or _unsampled_here():
                 return await fn(*args, **kwargs)
             with _tracer.start_as_current_span(name):
                 return await fn(*args, **kwargs)

@@ -154,9 +154,10 @@ def test_one_ask_is_one_trace_across_router_shards_and_generator(traced_cluster)
         assert any(s.service == "ragcluster-shard" and s.span.name == "ShardService/Search" and s.span.kind == SERVER
                    for s in served), f"shard {shard}: no server span under its call"
 
-    # prompt: the token counting calls; generate: the stream, with the first token as an event on both sides
+    # prompt: counted with the generator's tokenizer, cached in the router (no CountTokens round trip);
+    # generate: the stream, with the first token as an event on both sides
     (prompt,) = children(root, "prompt")
-    assert "GeneratorService/CountTokens" in {c.span.name for c in children(prompt)}
+    assert "GeneratorService/CountTokens" not in {c.span.name for c in children(prompt)}
     (generate,) = children(root, "generate")
     assert "first_token" in {e.name for e in generate.span.events}
     (call,) = children(generate, "GeneratorService/Generate")

@@ -256,3 +256,35 @@ def test_a_sampler_that_ignores_the_parent_still_gets_server_spans(monkeypatch):
         tracing.shutdown()
     assert isinstance(server, tracing.ServerSpan)
     assert [s.name for s in exporter.get_finished_spans()] == ["ShardService/Search"]
+
+
+def test_spans_inside_an_unsampled_trace_are_skipped(monkeypatch):
+    """Under a parent-based sampler, a child of an unsampled span would record nothing: span, start_span and
+    traced hand out NO_SPAN there (no OpenTelemetry work), as inside an RPC whose caller did not sample; with no
+    trace at all they still start a new root, which the sampler decides on its own."""
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0")
+    exporter = InMemorySpanExporter()
+    tracing.setup("unit", exporter=exporter, batch=False)
+    seen: list[object] = []
+
+    @tracing.traced("decorated")
+    async def work() -> None:
+        with tracing.span("inner") as inner:
+            seen.append(inner)
+
+    try:
+        with tracing.span("root") as root:
+            assert root is not tracing.NO_SPAN and not root.is_recording()  # the sampler said no
+            with tracing.span("child") as child:
+                seen.append(child)
+            seen.append(tracing.start_span("detached"))
+            asyncio.run(work())
+        server = tracing.server_span("ShardService", "Search", {"traceparent": UNSAMPLED}).__enter__()
+        with tracing.span("in-passed-on") as passed:
+            seen.append(passed)
+        server.finish("OK")
+    finally:
+        tracing.shutdown()
+    assert seen == [tracing.NO_SPAN] * 4
+    assert exporter.get_finished_spans() == ()
