@@ -22,7 +22,7 @@ import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar, overload
 
 import grpc
@@ -693,6 +693,7 @@ class _Batch:
     waiters: list[asyncio.Future[list[ShardAnswer]]]
     deadline: float
     sent: bool = False
+    arrived: dict[int, ShardAnswer] = field(default_factory=dict)  # by group index, as each shard answers
 
 
 class SearchBatcher:
@@ -725,6 +726,7 @@ class SearchBatcher:
             batch = self._open[key] = _Batch(groups, template, [], [], 0.0)
             loop.call_soon(self._flush, key, batch)  # after every search resumed in this turn has joined
         future: asyncio.Future[list[ShardAnswer]] = loop.create_future()
+        row = len(batch.rows)
         batch.rows.append(np.frombuffer(request.queries.data, dtype="<f4"))
         batch.waiters.append(future)
         batch.deadline = max(batch.deadline, time.monotonic() + timeout)
@@ -733,8 +735,12 @@ class SearchBatcher:
             self._flush(key, batch)
         try:
             answers = await asyncio.wait_for(asyncio.shield(future), timeout)
-        except TimeoutError:
-            answers = [ShardAnswer(g.shard, None, failure_from_exception(g.shard, TimeoutError())) for g in groups]
+        except TimeoutError:  # what has arrived by this search's deadline; the shards still out timed out
+            answers = []
+            for i, g in enumerate(groups):
+                got = batch.arrived.get(i)
+                answers.append(ShardAnswer(got.shard, got.response, got.failure, row) if got is not None else
+                               ShardAnswer(g.shard, None, failure_from_exception(g.shard, TimeoutError())))
         for answer in answers:
             count_search(answer.shard, answer.failure)
         return answers
@@ -756,9 +762,15 @@ class SearchBatcher:
         request.CopyFrom(batch.template)
         request.queries.CopyFrom(matrix_to_pb(np.stack(batch.rows)))
         metrics.SHARD_SEARCH_BATCH.observe(len(batch.rows))
+        budget = max(batch.deadline - time.monotonic(), 0.001)
+
+        async def one(index: int, group: ShardGroup) -> ShardAnswer:
+            (answer,) = await fan_out([group], request, budget, count=False)
+            batch.arrived[index] = answer  # a search whose deadline comes first still gets this shard
+            return answer
+
         try:
-            answers = await fan_out(batch.groups, request, max(batch.deadline - time.monotonic(), 0.001),
-                                    count=False)
+            answers = list(await asyncio.gather(*(one(i, g) for i, g in enumerate(batch.groups))))
         except InvalidArgument as exc:
             if len(batch.rows) == 1:
                 _fail(batch.waiters, exc)

@@ -71,8 +71,20 @@ def test_every_server_answers_health_and_reflection(cluster):
     assert all(p["grpc"] and p["metrics"] and p["pid"] for p in manifest["processes"])
 
 
-def test_congruence_with_single_flat_index(cluster, ingested, embedder):
-    """3 Flat shards through the router == one in-process IndexFlatIP over the same embeddings."""
+@pytest.fixture(scope="module")
+def router_embedder():
+    """The embedder the router process runs: its config's defaults (backend, precision)."""
+    from router.config import RouterConfig
+    from router.embedding import Embedder
+
+    cfg = RouterConfig()
+    return Embedder(dtype=cfg.embedding_dtype, backend=cfg.embedding_backend)
+
+
+def test_congruence_with_single_flat_index(cluster, ingested, router_embedder):
+    """3 Flat shards through the router == one in-process IndexFlatIP over the same embeddings (made by the
+    same model at the same precision as the router's)."""
+    embedder = router_embedder
     docs = ingested
     texts = [embedding_text(d.title, d.text) for d in docs]
     # embed in the same 64-document batches the router embedded them in

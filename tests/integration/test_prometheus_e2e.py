@@ -135,8 +135,10 @@ def test_real_prometheus_scrapes_the_cluster_and_evaluates_the_rules(cluster, in
     assert 0 <= kv <= 1
     for r in prometheus.query("ragcluster_shard_disk_free_bytes / ragcluster_shard_disk_size_bytes"):
         assert 0 < float(r["value"][1]) < 1
-    p50 = _value(prometheus.query('histogram_quantile(0.5, sum by (le) (rate(ragcluster_grpc_server_handling_seconds_'
-                                  'bucket{service="RouterService",method="Search"}[5m])))'))
+    # a rate needs two scrapes of the series since the searches: wait for it like the counters above
+    p50_expr = ('histogram_quantile(0.5, sum by (le) (rate(ragcluster_grpc_server_handling_seconds_'
+                'bucket{service="RouterService",method="Search"}[5m])))')
+    p50 = prometheus.wait(p50_expr, lambda: _value(prometheus.query(p50_expr)) or None)
     assert 0 < p50 < 10
 
     # the recording rules evaluate on real data: no errors so far, every shard answered every search
