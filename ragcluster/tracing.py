@@ -195,25 +195,32 @@ def add_event(name: str, attributes: Attributes | None = None) -> None:
 
 
 # --- server side: one span per RPC, parent from the caller's traceparent ---------------------------
-def trace_id_from(metadata: Mapping[str, str]) -> str:
-    """The trace id of an incoming W3C ``traceparent`` ('' when there is none or it is malformed)."""
-    parts = metadata.get("traceparent", "").split("-")
-    if len(parts) >= 4 and len(parts[1]) == 32 and parts[1] != "0" * 32:
-        return parts[1]
-    return ""
-
-
 _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
 # an incoming traceparent that says "not sampled", passed on by client_call (no span in this process)
 _passed_on: contextvars.ContextVar[Metadata | None] = contextvars.ContextVar("passed_on", default=None)
 
 
-def _unsampled(traceparent: str) -> bool:
-    """Whether a well-formed W3C ``traceparent`` has its sampled flag clear (a malformed one: False)."""
+def _parse(traceparent: str) -> re.Match[str] | None:
+    """A well-formed W3C ``traceparent`` (groups: version, trace id, parent id, flags, a later version's
+    extra fields), or None."""
     match = _TRACEPARENT.match(traceparent)
     if match is None or match.group(1) == "ff" or match.group(2) == "0" * 32 or match.group(3) == "0" * 16:
-        return False
-    return (match.group(1) != "00" or match.group(5) is None) and not int(match.group(4), 16) & 1
+        return None
+    if match.group(1) == "00" and match.group(5) is not None:
+        return None  # version 00 has exactly four fields
+    return match
+
+
+def trace_id_from(metadata: Mapping[str, str]) -> str:
+    """The trace id of an incoming W3C ``traceparent`` ('' when there is none or it is malformed)."""
+    match = _parse(metadata.get("traceparent", ""))
+    return match.group(2) if match is not None else ""
+
+
+def _unsampled(traceparent: str) -> bool:
+    """Whether a well-formed W3C ``traceparent`` has its sampled flag clear (a malformed one: False)."""
+    match = _parse(traceparent)
+    return match is not None and not int(match.group(4), 16) & 1
 
 
 def server_span(service: str, method: str, metadata: Mapping[str, str]) -> ServerSpan | PassedOn:
