@@ -166,6 +166,13 @@ def _check_decoded(request: object) -> None:
                               "corrupt bytes)")
 
 
+async def aclose(iterator: AsyncIterator[object]) -> None:
+    """Close an async generator now (its finally blocks run); other async iterators have nothing to close."""
+    close = getattr(iterator, "aclose", None)
+    if close is not None:
+        await close()
+
+
 async def _checked_stream(requests: AsyncIterator[object]) -> AsyncIterator[object]:
     async for request in requests:
         _check_decoded(request)
@@ -220,12 +227,20 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         def streaming(behavior: object, stream_in: bool) -> _Streaming[_Req, _Resp]:
             call = cast("_Streaming[_Req, _Resp]", behavior)
 
-            async def wrapper(request: _Req, context: grpc.aio.ServicerContext[_Req, _Resp]) -> AsyncIterator[_Resp]:
+            # a coroutine writing with context.write (grpc's write API), not an async generator: a client that
+            # cancels while the handler sits at a ``yield`` cancels this task at the write, and the finally
+            # below closes the handler's generator at once (its cleanup runs: the router's Ask cancels the
+            # generation it started); an async generator would be left suspended until garbage collection
+            async def wrapper(request: _Req, context: grpc.aio.ServicerContext[_Req, _Resp]) -> None:
                 async with _Observed(service, method, metadata, context, access_log):
-                    async for item in call(admit(request, context, stream_in), context):
-                        yield item
+                    responses = call(admit(request, context, stream_in), context)
+                    try:
+                        async for item in responses:
+                            await context.write(item)
+                    finally:
+                        await aclose(responses)
 
-            return wrapper
+            return wrapper  # type: ignore[return-value]  # grpc.aio runs a coroutine stream handler with the write API
 
         decode = cast("Callable[[bytes], _Req] | None", _tolerant(handler.request_deserializer))
         encode = handler.response_serializer

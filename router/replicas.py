@@ -663,9 +663,8 @@ def count_search(shard: int, failure: common_pb2.ShardFailure | None = None) -> 
         metrics.SHARD_MISSES.labels(shard, _MISS_REASONS[failure.reason]).inc()
 
 
-@tracing.traced("fan-out")
-async def fan_out(groups: list[ShardGroup], request: ReadRequest, timeout: float,
-                  method: str = "Search", count: bool = True) -> list[ShardAnswer]:
+async def _fan_out(groups: list[ShardGroup], request: ReadRequest, timeout: float,
+                   method: str = "Search", count: bool = True) -> list[ShardAnswer]:
     """Call ``method`` (Search, or TermStats) on every shard concurrently within ``timeout``, with the same
     replica choice, failover and hedging; failures become ShardAnswer.failure. Search calls are counted per
     shard (a lexical search's TermStats phase is not a search of its own: a shard failing it is counted as
@@ -683,6 +682,9 @@ async def fan_out(groups: list[ShardGroup], request: ReadRequest, timeout: float
         return answer
 
     return list(await asyncio.gather(*(one(g) for g in groups)))
+
+
+fan_out = tracing.traced("fan-out")(_fan_out)
 
 
 @dataclass
@@ -712,10 +714,11 @@ class SearchBatcher:
         self._open: dict[tuple, _Batch] = {}
         self._tasks: set[asyncio.Task] = set()
 
+    @tracing.traced("fan-out")  # one span per search; a batch's shard calls hang under its first search's
     async def fan_out(self, groups: list[ShardGroup], request: shard_pb2.ShardSearchRequest,
                       timeout: float) -> list[ShardAnswer]:
         if self.max_rows == 1 or request.lexical or request.queries.rows != 1:
-            return await fan_out(groups, request, timeout)
+            return await _fan_out(groups, request, timeout)
         loop = asyncio.get_running_loop()
         template = shard_pb2.ShardSearchRequest()
         template.CopyFrom(request)
@@ -765,7 +768,7 @@ class SearchBatcher:
         budget = max(batch.deadline - time.monotonic(), 0.001)
 
         async def one(index: int, group: ShardGroup) -> ShardAnswer:
-            (answer,) = await fan_out([group], request, budget, count=False)
+            (answer,) = await _fan_out([group], request, budget, count=False)
             batch.arrived[index] = answer  # a search whose deadline comes first still gets this shard
             return answer
 

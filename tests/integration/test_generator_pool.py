@@ -48,6 +48,15 @@ def generate_calls(node: ServerProcess, method: str = "Generate") -> float:
     return metric(node, "ragcluster_grpc_server_handled_total", method=method, code="OK")
 
 
+async def generates_settled(nodes: list[ServerProcess]) -> None:
+    """Wait (bounded) until no Generate RPC is open on any node: a stream's status is counted when its
+    handler returns, which can come after the caller has its last event."""
+    deadline = time.monotonic() + 30
+    while sum(metric(n, "ragcluster_grpc_server_in_flight", method="Generate") for n in nodes):
+        assert time.monotonic() < deadline, "a Generate stream stayed open for 30 s"
+        await asyncio.sleep(0.05)
+
+
 class CountingServicer(generator_pb2_grpc.GeneratorServiceServicer):
     """Stands in for a node whose engine is still loading: a real server, NOT_SERVING; counts calls."""
 
@@ -182,6 +191,7 @@ async def test_cancelled_ask_aborts_the_generation_in_the_engine(pool_cluster, d
     """Cancelled mid-stream, or right after the hits (the generation already started meanwhile): nothing is
     left running in the engines."""
     stub, nodes, _, _ = pool_cluster
+    await generates_settled(nodes)  # an earlier test's stream may still be closing on a node
     aborted = sum(metric(n, "ragcluster_generator_aborted_requests_total") for n in nodes)
     generated = sum(generate_calls(n) for n in nodes)
     sampling = common_pb2.SamplingParams(max_tokens=800, temperature=0.0)
@@ -201,6 +211,7 @@ async def test_cancelled_ask_aborts_the_generation_in_the_engine(pool_cluster, d
             break
         assert time.monotonic() < deadline, f"generation not aborted ({active} requests still in the engines)"
         await asyncio.sleep(0.05)
+    await generates_settled(nodes)
     assert sum(generate_calls(n) for n in nodes) == generated  # none ran to completion
 
 
