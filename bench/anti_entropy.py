@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from harness import Table, bench_parser, report, shard_process, spread
 
 
 async def write(stub, docs: list[tuple[str, str]], versions: list[int], rng: np.random.Generator) -> None:
@@ -93,10 +92,10 @@ async def run(args: argparse.Namespace, a_address: str, b_address: str) -> dict:
     for case, methods in results.items():
         out = {}
         for method, runs in methods.items():
-            seconds = [r["seconds"] for r in runs]
+            seconds = spread([r["seconds"] for r in runs])
             out[method] = {"bytes": int(statistics.median(r["bytes"] for r in runs)),
-                           "seconds_median": round(statistics.median(seconds), 4),
-                           "seconds_min": round(min(seconds), 4), "seconds_max": round(max(seconds), 4),
+                           "seconds_median": round(seconds["median"], 4),
+                           "seconds_min": round(seconds["min"], 4), "seconds_max": round(seconds["max"], 4),
                            "repairs": [r["repairs"] for r in runs]}
         out["bytes_ratio"] = round(out["buckets"]["bytes"] / max(out["full"]["bytes"], 1), 4)
         out["time_ratio"] = round(out["buckets"]["seconds_median"] / max(out["full"]["seconds_median"], 1e-9), 3)
@@ -105,40 +104,29 @@ async def run(args: argparse.Namespace, a_address: str, b_address: str) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--docs", type=int, default=10_000)
+    parser = bench_parser(__doc__, docs=10_000, rounds=3)
     parser.add_argument("--diffs", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--buckets", type=int, default=1024)
-    parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    from ragcluster.tools.cluster import ServerProcess
+    with tempfile.TemporaryDirectory(prefix="anti-entropy-") as tmp, ExitStack() as stack:
+        flags = ["--shard-id", "0", "--insecure", "--checkpoint-interval-seconds", "0"]
+        a, b = (stack.enter_context(shard_process(Path(tmp) / f"r{r}", *flags, timeout=180)) for r in range(2))
+        summary = asyncio.run(run(args, a, b))
 
-    with tempfile.TemporaryDirectory(prefix="anti-entropy-") as tmp:
-        run_dir = Path(tmp)
-        procs = [ServerProcess("shard_server", ["--port", "0", "--shard-id", "0", "--data-dir", str(run_dir / f"r{r}"),
-                                                "--insecure", "--checkpoint-interval-seconds", "0"], run_dir, f"r{r}")
-                 for r in range(2)]
-        try:
-            for p in procs:
-                p.wait_ready(180)
-            summary = asyncio.run(run(args, procs[0].grpc, procs[1].grpc))
-        finally:
-            for p in procs:
-                p.terminate(30)
-    if args.json:
-        print(json.dumps(summary))
-        return 0
-    print(f"{args.docs} documents on 2 replicas, {args.buckets} buckets, {args.rounds} rounds per method")
-    print(f"{'case':<16} {'method':<8} {'bytes':>10} {'s median':>9} {'s min':>8} {'s max':>8}  repairs")
-    for case in ("few_differences", "identical"):
-        for method in ("full", "buckets"):
-            m = summary[case][method]
-            print(f"{case:<16} {method:<8} {m['bytes']:>10} {m['seconds_median']:>9} {m['seconds_min']:>8} "
-                  f"{m['seconds_max']:>8}  {m['repairs']}")
-        print(f"{case:<16} buckets/full: bytes {summary[case]['bytes_ratio']}, time {summary[case]['time_ratio']}")
-    return 0
+    def render() -> None:
+        print(f"{args.docs} documents on 2 replicas, {args.buckets} buckets, {args.rounds} rounds per method")
+        table = Table([("case", "<16"), ("method", "<8"), ("bytes", ">10"), ("s median", ">9"), ("s min", ">8"),
+                       ("s max", ">8"), ("repairs", "")])
+        print(table.header())
+        for case in ("few_differences", "identical"):
+            for method in ("full", "buckets"):
+                m = summary[case][method]
+                print(table.row(case, method, m["bytes"], m["seconds_median"], m["seconds_min"], m["seconds_max"],
+                                str(m["repairs"])))
+            print(f"{case:<16} buckets/full: bytes {summary[case]['bytes_ratio']}, time {summary[case]['time_ratio']}")
+
+    return report(args, summary, render)
 
 
 if __name__ == "__main__":

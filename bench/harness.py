@@ -1,5 +1,7 @@
-"""What the benchmarks in bench/ share: their command line, a loopback cluster or shard server started for
-the run and stopped after it, and the closed loop of text searches the CLI's loadtest runs.
+"""What the benchmarks in bench/ share: their command line and report (a table, or ``--json``), a loopback
+cluster or shard server started for the run and stopped after it (also when the run is killed with SIGTERM),
+the closed and open loops of text searches the CLI's loadtest runs, a closed loop of any call from client
+threads, and the figures made of the samples (latency percentiles, the spread of a figure over rounds).
 
 The scripts run as ``.venv/bin/python bench/NAME.py`` and import this module first (``from harness import
 ...``): it puts this tree first on ``sys.path``, so a benchmark measures the code beside it, not an installed
@@ -10,14 +12,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
-import subprocess
+import signal
+import statistics
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -27,7 +32,10 @@ if TYPE_CHECKING:
     from ragcluster.security import ClientTls
     from ragcluster.tools.cluster import LocalCluster
 
+T = TypeVar("T")
 
+
+# --- command line and report ---------------------------------------------------------------------------------
 def bench_parser(doc: str | None, *, concurrency: int | None = None, seconds: float | None = None,
                  docs: int | None = None, rounds: int | None = None) -> argparse.ArgumentParser:
     """An argument parser with the script's docstring as its help, ``--json``, and the common options whose
@@ -45,17 +53,135 @@ def bench_parser(doc: str | None, *, concurrency: int | None = None, seconds: fl
     return parser
 
 
+def report(args: argparse.Namespace, results: Any, render: Callable[[], None]) -> int:
+    """The end of a benchmark: ``results`` as JSON with ``--json``, else ``render()`` prints them for a reader.
+    Returns the exit status (0)."""
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        render()
+    return 0
+
+
+def log(text: str) -> None:
+    """Progress for the person waiting (stderr, so that stdout stays the report)."""
+    print(text, file=sys.stderr, flush=True)
+
+
+def load_average() -> str:
+    """The 1-, 5- and 15-minute load averages as /proc/loadavg writes them ("3.12 2.80 2.41"): what a shared
+    machine was doing while a figure was taken."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+class Table:
+    """A fixed-width text table: ``columns`` are (title, format spec) pairs such as ("p50 ms", ">8.2f") or
+    ("engine", "<11"); titles take the spec's alignment and width. Cells are joined with ``sep``."""
+
+    def __init__(self, columns: Sequence[tuple[str, str]], sep: str = " ") -> None:
+        self.columns = list(columns)
+        self.sep = sep
+
+    def header(self) -> str:
+        titles = []
+        for title, spec in self.columns:
+            align = spec[0] if spec[:1] in ("<", ">", "^") else "<"
+            width = "".join(itertools.takewhile(str.isdigit, spec.lstrip("<>^")))
+            titles.append(f"{title:{align}{width}}")
+        return self.sep.join(titles).rstrip()
+
+    def row(self, *values: Any) -> str:
+        if len(values) != len(self.columns):
+            raise ValueError(f"{len(values)} values for {len(self.columns)} columns")
+        return self.sep.join(f"{v:{spec}}" for v, (_, spec) in zip(values, self.columns)).rstrip()
+
+
+# --- figures -------------------------------------------------------------------------------------------------
+def percentiles_ms(seconds: Sequence[float], qs: Iterable[float] = (50, 99), mean: bool = False) -> dict[str, float]:
+    """Latency percentiles in milliseconds of samples in seconds, numpy's linear interpolation (the loadtest's
+    own): {"p50_ms": ..., "p99_ms": ...} (+ "mean_ms"); 0.0 for each when there are no samples."""
+    import numpy as np
+
+    a = np.asarray(seconds, dtype=np.float64) * 1000
+    out = {f"p{q:g}_ms": float(np.percentile(a, q)) if len(a) else 0.0 for q in qs}
+    if mean:
+        out["mean_ms"] = float(a.mean()) if len(a) else 0.0
+    return out
+
+
+def spread(values: Sequence[float]) -> dict[str, Any]:
+    """A figure over repeated rounds: its median, min, max and the rounds' values in order."""
+    if not values:
+        raise ValueError("spread of no values")
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": list(values)}
+
+
+def timed(fn: Callable[[T], object], items: Iterable[T], seconds: float | None = None,
+          min_samples: int = 1) -> list[float]:
+    """Seconds each ``fn(item)`` took, one after another; with ``seconds``, stops once that budget is spent and
+    at least ``min_samples`` were taken (or the items run out)."""
+    out: list[float] = []
+    stop = time.perf_counter() + seconds if seconds is not None else None
+    for item in items:
+        start = time.perf_counter()
+        fn(item)
+        out.append(time.perf_counter() - start)
+        if stop is not None and start >= stop and len(out) >= min_samples:
+            break
+    return out
+
+
+def thread_loop(call: Callable[[int], object], clients: int, seconds: float,
+                max_calls: int = 10_000_000) -> tuple[list[float], float]:
+    """A closed loop of ``call(i)`` from ``clients`` threads for ``seconds`` (client n makes calls n,
+    n + clients, ...; ``max_calls`` in all at most): the latencies in seconds and the loop's wall time. An
+    exception in a call ends that client's loop."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    start = time.perf_counter()
+    end = start + seconds
+
+    def client(n: int) -> None:
+        for i in range(n, max_calls, clients):
+            if time.perf_counter() >= end:
+                return
+            t = time.perf_counter()
+            call(i)
+            with lock:
+                latencies.append(time.perf_counter() - t)
+
+    threads = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(seconds + 300)
+    return latencies, time.perf_counter() - start
+
+
+# --- servers for the run -------------------------------------------------------------------------------------
+def stop_on_sigterm() -> None:
+    """Turn SIGTERM (``timeout``, ``kill``) into SystemExit(143) in the main thread, so that the ``with`` blocks
+    holding the run's servers unwind and stop them instead of leaving them behind. No-op outside the main
+    thread (signal handlers can only be set there)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
 @contextlib.contextmanager
 def loopback_cluster(shards: int = 2, generators: int = 0, insecure: bool = True, timeout: float = 300.0,
-                     **spec: Any) -> Iterator[LocalCluster]:
-    """A local cluster (``ragcluster up``'s launcher) on 127.0.0.1 in a temporary directory, SERVING when
-    yielded and stopped, with its data removed, on exit. ``spec``: further ClusterSpec fields (router_args,
-    model, index_factory, ...). Plaintext unless ``insecure=False`` (then TLS and API keys, as ``up``)."""
+                     data_dir: str | Path | None = None, **spec: Any) -> Iterator[LocalCluster]:
+    """A local cluster (``ragcluster up``'s launcher) on 127.0.0.1, SERVING when yielded and stopped on exit.
+    Its data lives in a temporary directory removed on exit, or in ``data_dir`` (kept: a later cluster can
+    serve the same data). ``spec``: further ClusterSpec fields (router_args, model, kv_cache_bytes, ...).
+    Plaintext unless ``insecure=False`` (then TLS and API keys, as ``up``)."""
     from ragcluster.tools.cluster import ClusterSpec, LocalCluster
 
-    with tempfile.TemporaryDirectory(prefix="ragcluster-bench-") as tmp:
-        cluster_spec = ClusterSpec(data_dir=tmp, shards=shards, generators=generators, port=0, insecure=insecure,
-                                   **spec)
+    stop_on_sigterm()
+    with contextlib.ExitStack() as stack:
+        if data_dir is None:
+            data_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="ragcluster-bench-"))
+        cluster_spec = ClusterSpec(data_dir=str(data_dir), shards=shards, generators=generators, port=0,
+                                   insecure=insecure, **spec)
         with LocalCluster(cluster_spec) as cluster:
             cluster.start(timeout=timeout)
             yield cluster
@@ -63,38 +189,44 @@ def loopback_cluster(shards: int = 2, generators: int = 0, insecure: bool = True
 
 @contextlib.contextmanager
 def shard_process(data_dir: Path, *flags: str, timeout: float = 300.0) -> Iterator[str]:
-    """``python -m shard_server`` over ``data_dir`` (plus ``flags``) on a free loopback port, without metrics;
-    yields its address once SERVING, terminates it on exit."""
-    from ragcluster.tools.cluster import wait_for_serving
+    """``python -m shard_server`` over ``data_dir`` (plus ``flags``) on a free loopback port, without metrics
+    (the launcher's ServerProcess: its log is ``DATA_DIR.log`` beside the data); yields its address once
+    SERVING, stops it on exit (SIGTERM, SIGKILL after 60 s)."""
+    from ragcluster.tools.cluster import ServerProcess
 
-    ready = data_dir.parent / f"{data_dir.name}.ready.json"
-    ready.unlink(missing_ok=True)
-    proc = subprocess.Popen([sys.executable, "-m", "shard_server", "--port", "0", "--metrics-port", "-1",
-                             "--data-dir", str(data_dir), "--ready-file", str(ready), "--log-level", "WARNING",
-                             *flags])
+    stop_on_sigterm()
+    process = ServerProcess("shard_server", ["--port", "0", "--metrics-port", "-1", "--data-dir", str(data_dir),
+                                             "--log-level", "WARNING", *flags], data_dir.parent, data_dir.name)
     try:
-        deadline = time.monotonic() + timeout
-        while not ready.exists():  # written once the server listens (the launchers' protocol)
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("shard server did not start")
-            time.sleep(0.05)
-        address: str = json.loads(ready.read_text())["grpc"]
-        wait_for_serving(address)
-        yield address
+        process.wait_ready(timeout)
+        yield process.grpc
     finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+        process.terminate(60)
+
+
+# --- load through the router ---------------------------------------------------------------------------------
+def _search_load(address: str, queries: list[str], seconds: float, security: ClientTls | None,
+                 **loop: Any) -> dict[str, float]:
+    import asyncio
+
+    from ragcluster.tools.loadtest import run_load
+
+    summary = asyncio.run(run_load(address, "search", queries, seconds, k=10, security=security,
+                                   **loop)).summary()
+    latency = summary["latency_ms"]  # empty when no search succeeded
+    return {"qps": summary["throughput_per_second"], "p50_ms": latency.get("p50", 0.0),
+            "p99_ms": latency.get("p99", 0.0), "errors": sum(summary["errors"].values())}
 
 
 def closed_loop(address: str, queries: list[str], concurrency: int, seconds: float,
                 security: ClientTls | None = None) -> dict[str, float]:
     """Text searches (k 10; the router embeds each query: the end-to-end path) from ``concurrency`` clients
     for ``seconds``, through the CLI's own loadtest loop: queries/s, p50/p99 latency in ms, errors."""
-    import asyncio
+    return _search_load(address, queries, seconds, security, concurrency=concurrency)
 
-    from ragcluster.tools.loadtest import run_load
 
-    summary = asyncio.run(run_load(address, "search", queries, seconds, concurrency=concurrency, k=10,
-                                   security=security)).summary()
-    return {"qps": summary["throughput_per_second"], "p50_ms": summary["latency_ms"]["p50"],
-            "p99_ms": summary["latency_ms"]["p99"], "errors": sum(summary["errors"].values())}
+def open_loop(address: str, queries: list[str], rate: float, seconds: float,
+              security: ClientTls | None = None) -> dict[str, float]:
+    """The same text searches arriving at ``rate`` per second (Poisson, the loadtest's open loop) for
+    ``seconds``: the rate, queries/s served, p50/p99 latency in ms, errors."""
+    return {"rate": rate, **_search_load(address, queries, seconds, security, rate=rate)}
