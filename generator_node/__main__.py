@@ -18,6 +18,7 @@ from ragcluster import tracing
 from ragcluster.config import add_config_arguments, config_from_args
 from ragcluster.log import setup_logging
 from ragcluster.serving import GrpcServer, peer_authorizer, serve_until_signalled, service_spec
+from ragcluster.tokens import MAX_STREAM_INTERVAL
 from ragcluster.v1 import generator_pb2, generator_pb2_grpc
 
 if TYPE_CHECKING:
@@ -35,7 +36,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[GeneratorConfig, AsyncEng
     if not any(a == "--model" or a.startswith("--model=") for a in argv) and os.environ.get("RAGCLUSTER_MODEL"):
         argv += ["--model", os.environ["RAGCLUSTER_MODEL"]]  # vLLM's --model, settable by env like our flags
     ns = parser.parse_args(argv)
-    return config_from_args(GeneratorConfig, ns), AsyncEngineArgs.from_cli_args(ns)
+    config = config_from_args(GeneratorConfig, ns)
+    if not 1 <= config.default_stream_interval <= MAX_STREAM_INTERVAL:
+        parser.error(f"--default-stream-interval: must be between 1 and {MAX_STREAM_INTERVAL} (1 = every token)")
+    return config, AsyncEngineArgs.from_cli_args(ns)
 
 
 def build_server(config: GeneratorConfig, engine_args: AsyncEngineArgs) -> GrpcServer:
@@ -47,7 +51,7 @@ def build_server(config: GeneratorConfig, engine_args: AsyncEngineArgs) -> GrpcS
     served = engine_args.served_model_name
     name = (served[0] if isinstance(served, list) else served) or model_spec
     engine = Engine(engine_args, name, config.max_pending)
-    servicer = GeneratorServicer(engine, config.default_max_tokens)
+    servicer = GeneratorServicer(engine, config.default_max_tokens, config.default_stream_interval)
 
     tasks: list[asyncio.Task[None]] = []
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from generator_node import metrics
 from ragcluster.errors import InvalidArgument, ResourceExhausted, Unavailable
-from ragcluster.tokens import TokenCounter, fingerprint, tokenizer_files
+from ragcluster.tokens import MAX_STREAM_INTERVAL, TokenCounter, fingerprint, tokenizer_files
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -51,6 +51,7 @@ class Sampling:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     repetition_penalty: float | None = None
+    stream_interval: int = 1
 
     def validate(self, max_model_len: int) -> None:
         if not 1 <= self.max_tokens <= max_model_len:
@@ -63,6 +64,9 @@ class Sampling:
             raise InvalidArgument(f"sampling.top_k: must be -1 (off) or >= 1, got {self.top_k}")
         if self.repetition_penalty is not None and not 0 < self.repetition_penalty <= 10:
             raise InvalidArgument(f"sampling.repetition_penalty: must be in (0, 10], got {self.repetition_penalty}")
+        if not 1 <= self.stream_interval <= MAX_STREAM_INTERVAL:
+            raise InvalidArgument(f"sampling.stream_interval: must be between 1 and {MAX_STREAM_INTERVAL}, got "
+                                  f"{self.stream_interval}")
         if len(self.stop) > 16 or any(not s for s in self.stop):
             raise InvalidArgument("sampling.stop: at most 16 non-empty strings")
 
@@ -156,7 +160,7 @@ class Engine:
     def _sampling_params(self, s: Sampling) -> SamplingParams:
         _, SamplingParams, _, RequestOutputKind = _import_vllm()
         kwargs: dict[str, object] = dict(max_tokens=s.max_tokens, output_kind=RequestOutputKind.DELTA,
-                                         stop=list(s.stop) or None)
+                                         stop=list(s.stop) or None, stream_interval=s.stream_interval)
         for name in ("temperature", "top_p", "top_k", "seed", "repetition_penalty"):
             value = getattr(s, name)
             if value is not None:

@@ -18,9 +18,10 @@ def _messages(chat: generator_pb2.ChatMessages) -> list[dict[str, str]]:
 
 
 class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
-    def __init__(self, engine: Engine, default_max_tokens: int = 256) -> None:
+    def __init__(self, engine: Engine, default_max_tokens: int = 256, default_stream_interval: int = 1) -> None:
         self.engine = engine
         self.default_max_tokens = default_max_tokens
+        self.default_stream_interval = default_stream_interval
 
     def _ready(self) -> Engine:
         if self.engine.llm is None or self.engine.tokenizer is None:
@@ -55,6 +56,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
             stop=tuple(s.stop),
             seed=s.seed if s.HasField("seed") else None,
             repetition_penalty=s.repetition_penalty if s.HasField("repetition_penalty") else None,
+            stream_interval=s.stream_interval if s.HasField("stream_interval") else self.default_stream_interval,
         )
         first = True
         async for chunk in engine.generate(prompt_ids, sampling, request.request_id):

@@ -76,9 +76,9 @@ class RouterClient:
 
     def ask_events(self, question: str, k: int = 0, max_tokens: int | None = None, temperature: float | None = None,
                    seed: int | None = None, repetition_penalty: float | None = None,
-                   timeout: float | None = None, where: list[Condition] | None = None, mode: str = "",
-                   fusion: str = "", rrf_k: int | None = None, alpha: float | None = None,
-                   window: int | None = None) -> Iterator[AskEvent]:
+                   stream_interval: int | None = None, timeout: float | None = None,
+                   where: list[Condition] | None = None, mode: str = "", fusion: str = "", rrf_k: int | None = None,
+                   alpha: float | None = None, window: int | None = None) -> Iterator[AskEvent]:
         """The answer's events as they stream: AskHits first, AnswerDelta pieces, AskComplete last."""
         sampling = common_pb2.SamplingParams()
         if max_tokens is not None:
@@ -89,6 +89,8 @@ class RouterClient:
             sampling.seed = seed
         if repetition_penalty is not None:
             sampling.repetition_penalty = repetition_penalty
+        if stream_interval is not None:  # tokens per delta after the first (unset: the node's default)
+            sampling.stream_interval = stream_interval
         request = router_pb2.AskRequest(question=question, k=k, sampling=sampling)
         set_retrieval(request, mode, fusion, rrf_k, alpha, window)
         if where:

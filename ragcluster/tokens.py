@@ -19,6 +19,9 @@ from ragcluster.errors import InvalidArgument
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
+# sampling.stream_interval: tokens per streamed delta after the first, at most (checked by router and node)
+MAX_STREAM_INTERVAL = 256
+
 ROLES = ("system", "user", "assistant")
 
 

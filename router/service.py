@@ -27,6 +27,7 @@ from ragcluster.documents import MAX_METADATA_KEY_BYTES, Document, validate_batc
 from ragcluster.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
 from ragcluster.hashing import shard_for
 from ragcluster.log import annotate, request_id
+from ragcluster.tokens import MAX_STREAM_INTERVAL
 from ragcluster.v1 import common_pb2, generator_pb2, router_pb2, router_pb2_grpc, shard_pb2
 from router import metrics
 from router.collections import Collection, write_active
@@ -72,6 +73,9 @@ def check_sampling(sampling: common_pb2.SamplingParams) -> None:
     for name in ("temperature", "top_p", "repetition_penalty"):
         if sampling.HasField(name) and not math.isfinite(getattr(sampling, name)):
             raise InvalidArgument(f"sampling.{name}: not a finite number")
+    if sampling.HasField("stream_interval") and not 1 <= sampling.stream_interval <= MAX_STREAM_INTERVAL:
+        raise InvalidArgument(f"sampling.stream_interval: must be between 1 and {MAX_STREAM_INTERVAL} (1 = every "
+                              f"token), got {sampling.stream_interval}")
 
 
 def embedding_text(title: str, text: str) -> str:

@@ -227,6 +227,12 @@ def test_router_rejects_bad_ask_and_ingest(cluster):
         with pytest.raises(grpc.RpcError) as err:
             list(stub.Ask(router_pb2.AskRequest(question=""), timeout=30))
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "question" in (err.value.details() or "")
+        for interval in (0, 257):  # refused by the router before any retrieval
+            with pytest.raises(grpc.RpcError) as err:
+                list(stub.Ask(router_pb2.AskRequest(question="tea?", sampling=common_pb2.SamplingParams(
+                    stream_interval=interval)), timeout=30))
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "sampling.stream_interval" in (err.value.details() or "")
         bad = router_pb2.IngestRequest(documents=[common_pb2.Document(id="", text="x")])
         with pytest.raises(grpc.RpcError) as err:
             list(stub.Ingest(iter([bad]), timeout=30))

@@ -119,6 +119,24 @@ async def test_stream_order_max_tokens_and_final_event(node):
     assert text
 
 
+async def test_stream_interval_sends_fewer_bigger_deltas_with_the_same_text(node):
+    """The first token goes out at once, then a delta per ``stream_interval`` tokens; unset = the node's
+    --default-stream-interval (4)."""
+    stub, _ = node
+
+    def deltas(events):
+        return sum(e.WhichOneof("event") == "delta" for e in events)
+
+    every, text = await _collect(stub, _chat(max_tokens=24, temperature=0.0, stream_interval=1))
+    by_8, text_8 = await _collect(stub, _chat(max_tokens=24, temperature=0.0, stream_interval=8))
+    default, text_default = await _collect(stub, _chat(max_tokens=24, temperature=0.0))
+    assert text_8 == text_default == text and every[-1].complete.completion_tokens == 24
+    assert deltas(every) > 12  # about one per token (a token that adds no text yet sends nothing)
+    assert deltas(by_8) <= 1 + 3  # the first token, then 23 tokens in deltas of 8
+    assert deltas(default) <= 1 + 6  # 23 tokens in deltas of 4
+    assert deltas(by_8) < deltas(default) < deltas(every)
+
+
 async def test_seed_reproducible_and_stop_strings(node):
     stub, _ = node
     _, a = await _collect(stub, _chat(max_tokens=20, temperature=1.0, seed=42))
@@ -189,6 +207,8 @@ async def test_admission_control_rejects_at_once_and_serves_the_rest(node):
     (_chat(temperature=-1.0), "temperature"),
     (_chat(top_p=0.0), "top_p"),
     (_chat(top_k=0), "top_k"),
+    (_chat(stream_interval=0), "stream_interval"),
+    (_chat(stream_interval=257), "stream_interval"),
     (generator_pb2.GenerateRequest(prompt=""), "prompt"),
     (generator_pb2.GenerateRequest(), "input"),
     (generator_pb2.GenerateRequest(chat=generator_pb2.ChatMessages(

@@ -17,6 +17,8 @@ class AskOptions(QueryOptions):
     k: int = option(5, "passages to retrieve", short="-k")
     max_tokens: int = option(256, "longest answer in tokens")
     temperature: float = option(0.0, "sampling temperature (0 = greedy)")
+    stream_interval: int = option(0, "tokens per streamed piece after the first (0 = the generator node's "
+                                     "default, 1 = every token as it is sampled)")
     timeout: float = option(180.0, "deadline in seconds")
     json: bool = option(False, "print JSON: {answer, citations, hits, timings} at the end instead of streaming")
 
@@ -26,7 +28,8 @@ def cmd_ask(opts: AskOptions, ns: argparse.Namespace) -> int:
     query = query_kwargs(opts)
     with connect(opts) as client:
         ask = functools.partial(client.ask, ns.question, k=opts.k, max_tokens=opts.max_tokens,
-                                temperature=opts.temperature, timeout=opts.timeout, **query)
+                                temperature=opts.temperature, stream_interval=opts.stream_interval or None,
+                                timeout=opts.timeout, **query)
         if opts.json:
             from ragcluster.convert import to_json
 
