@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import re
 import subprocess
@@ -27,11 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import psutil
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from harness import Table, bench_parser, log, percentiles_ms, report, timed
 
 ENGINES = ["ragcluster", "fts5", "tantivy", "bm25s"]
 CAPABILITIES = {
@@ -167,64 +163,54 @@ def run_engine(engine: str, data: Path, n: int) -> dict:
     rss = proc.memory_info().rss - rss0
     for q in queries[:10]:  # warm up
         search(q)
-    latencies: list[float] = []
-    stop = time.perf_counter() + 60  # a slow engine gets a minute of queries (at least one pass)
-    for _ in range(3):
-        for q in queries:
-            t0 = time.perf_counter()
-            search(q)
-            latencies.append(time.perf_counter() - t0)
-            if t0 > stop and len(latencies) >= 20:
-                break
+    # three passes over the queries; a slow engine stops after a minute of queries (at least 20)
+    latencies = timed(search, queries * 3, seconds=60, min_samples=20)
     t0 = time.perf_counter()
     update()
     update_seconds = time.perf_counter() - t0
-    lat = np.array(latencies) * 1000
+    lat = percentiles_ms(latencies)
     return {"engine": engine, "documents": n, "index_docs_per_second": round(n / build, 1),
-            "build_seconds": round(build, 2), "query_p50_ms": round(float(np.percentile(lat, 50)), 3),
-            "query_p99_ms": round(float(np.percentile(lat, 99)), 3), "queries_timed": len(latencies),
+            "build_seconds": round(build, 2), "query_p50_ms": round(lat["p50_ms"], 3),
+            "query_p99_ms": round(lat["p99_ms"], 3), "queries_timed": len(latencies),
             "rss_bytes": int(rss),
             "rss_bytes_per_document": round(rss / n, 1), "disk_bytes": int(disk),
             "update_1000_seconds": round(update_seconds, 3), **CAPABILITIES[engine]}
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__, docs=100_000)
     parser.add_argument("data", help="the CISI collection folder (CISI.ALL, CISI.QRY)")
-    parser.add_argument("--docs", type=int, default=100_000)
     parser.add_argument("--engines", default=",".join(ENGINES))
     parser.add_argument("--one", default="", help=argparse.SUPPRESS)  # internal: run one engine, print JSON
-    parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     data = Path(args.data)
     if args.one:
         print(json.dumps(run_engine(args.one, data, args.docs)))
         return 0
     results = []
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    for engine in args.engines.split(","):
+    for engine in args.engines.split(","):  # each in a process of its own (this script, --one ENGINE)
         out = subprocess.run([sys.executable, __file__, str(data), "--docs", str(args.docs), "--one", engine],
-                             capture_output=True, text=True, env=env, timeout=1800)
+                             capture_output=True, text=True, timeout=1800)
         if out.returncode != 0:
             results.append({"engine": engine, "error": out.stderr.strip().splitlines()[-1:]})
             continue
         results.append(json.loads(out.stdout.strip().splitlines()[-1]))
         if not args.json:
-            print(json.dumps(results[-1]), file=sys.stderr)
-    if args.json:
-        print(json.dumps(results))
-        return 0
-    print(f"\n{args.docs} documents (CISI vocabulary), {len(corpus(data, 1)[1])} CISI queries, top-10")
-    print(f"{'engine':<11} {'index docs/s':>12} {'p50 ms':>8} {'p99 ms':>8} {'RSS B/doc':>10} {'disk MB':>8} "
-          f"{'1k updates s':>12}")
-    for r in results:
-        if "error" in r:
-            print(f"{r['engine']:<11} failed: {r['error']}")
-            continue
-        print(f"{r['engine']:<11} {r['index_docs_per_second']:>12.0f} {r['query_p50_ms']:>8.2f} "
-              f"{r['query_p99_ms']:>8.2f} {r['rss_bytes_per_document']:>10.0f} {r['disk_bytes'] / 1e6:>8.1f} "
-              f"{r['update_1000_seconds']:>12.3f}")
-    return 0
+            log(json.dumps(results[-1]))
+
+    def render() -> None:
+        print(f"\n{args.docs} documents (CISI vocabulary), {len(corpus(data, 1)[1])} CISI queries, top-10")
+        table = Table([("engine", "<11"), ("index docs/s", ">12.0f"), ("p50 ms", ">8.2f"), ("p99 ms", ">8.2f"),
+                       ("RSS B/doc", ">10.0f"), ("disk MB", ">8.1f"), ("1k updates s", ">12.3f")])
+        print(table.header())
+        for r in results:
+            if "error" in r:
+                print(f"{r['engine']:<11} failed: {r['error']}")
+                continue
+            print(table.row(r["engine"], r["index_docs_per_second"], r["query_p50_ms"], r["query_p99_ms"],
+                            r["rss_bytes_per_document"], r["disk_bytes"] / 1e6, r["update_1000_seconds"]))
+
+    return report(args, results, render)
 
 
 if __name__ == "__main__":
