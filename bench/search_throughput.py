@@ -24,33 +24,35 @@ with the load average (/proc/loadavg) at its start.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from harness import (
+    bench_parser,
+    closed_loop,
+    load_average,
+    loopback_cluster,
+    open_loop,
+    percentiles_ms,
+    report,
+    spread,
+    thread_loop,
+)
+
 # the in-process baseline's OpenMP threads sleep when idle, as the router's do (spinning threads collapse when
 # the machine is shared: 1.2 documents/s measured here at load 13 with the default policy)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 DEFAULT_CISI = Path(__file__).resolve().parents[2] / "shared" / "data" / "cisi"
-
-
-def loadavg() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
-def spread(values: list[float]) -> dict:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": values}
 
 
 def load_cisi(folder: Path, docs_limit: int) -> tuple[list, list[str]]:
@@ -96,53 +98,40 @@ def in_process(docs: list, queries: list[str], seconds: float) -> tuple[dict, tu
         index.search(np.ascontiguousarray(q, dtype=np.float32), 10)
         singles.append(time.perf_counter() - t)
     return {"qps": qps, "single_query_ms": statistics.median(singles) * 1000, "raw_encode_docs_per_s": encode_rate,
-            "load": loadavg()}, (model, vectors)
+            "load": load_average()}, (model, vectors)
 
 
-def closed_loop(address: str, queries: list[str], concurrency: int, seconds: float) -> dict:
-    from ragcluster.tools.loadtest import run_load
-
-    s = asyncio.run(run_load(address, "search", queries, seconds, concurrency=concurrency, k=10)).summary()
-    return {"qps": s["throughput_per_second"], "p50_ms": s["latency_ms"].get("p50", 0.0),
-            "p99_ms": s["latency_ms"].get("p99", 0.0), "errors": sum(s["errors"].values()), "load": loadavg()}
-
-
-def open_loop(address: str, queries: list[str], rate: float, seconds: float) -> dict:
-    from ragcluster.tools.loadtest import run_load
-
-    s = asyncio.run(run_load(address, "search", queries, seconds, rate=rate, k=10)).summary()
-    return {"rate": rate, "qps": s["throughput_per_second"], "p50_ms": s["latency_ms"].get("p50", 0.0),
-            "p99_ms": s["latency_ms"].get("p99", 0.0), "errors": sum(s["errors"].values()), "load": loadavg()}
-
-
-def repeated(address: str, queries: list[str], args: argparse.Namespace) -> dict:
-    closed_loop(address, queries, args.concurrency, min(5.0, args.seconds))  # warm-up
-    runs = [closed_loop(address, queries, args.concurrency, args.seconds) for _ in range(args.repeats)]
-    return {"qps": spread([r["qps"] for r in runs]), "p50_ms": spread([r["p50_ms"] for r in runs]),
-            "p99_ms": spread([r["p99_ms"] for r in runs]), "errors": sum(r["errors"] for r in runs),
-            "load": [r["load"] for r in runs]}
+def repeated(run: Callable[[float], dict], args: argparse.Namespace) -> dict:
+    """A warm-up, then ``run(seconds)`` --repeats times (each run noting the load average at its end): the
+    median and spread of q/s, p50 and p99, and the errors of all runs where ``run`` counts them."""
+    run(min(5.0, args.seconds))  # warm-up
+    runs = [{**run(args.seconds), "load": load_average()} for _ in range(args.repeats)]
+    out: dict[str, Any] = {key: spread([r[key] for r in runs]) for key in ("qps", "p50_ms", "p99_ms")}
+    if "errors" in runs[0]:  # the router's loop counts failed searches (a failed Chroma query ends its client)
+        out["errors"] = sum(r["errors"] for r in runs)
+    out["load"] = [r["load"] for r in runs]
+    return out
 
 
 def cluster_phase(data_dir: str, generators: int, docs: list, queries: list[str], args: argparse.Namespace,
                   ingest: bool) -> dict:
     from ragcluster.client import RouterClient
-    from ragcluster.tools.cluster import ClusterSpec, LocalCluster
 
-    spec = ClusterSpec(data_dir=data_dir, shards=args.shards, generators=generators, port=0, insecure=True,
-                       kv_cache_bytes=64 * 1024 * 1024, router_args=list(args.router_arg))
     out: dict = {"generators": generators}
-    with LocalCluster(spec) as cluster:
-        cluster.start(timeout=900)
+    with loopback_cluster(shards=args.shards, generators=generators, data_dir=data_dir, timeout=900,
+                          kv_cache_bytes=64 * 1024 * 1024, router_args=list(args.router_arg)) as cluster:
         if ingest:
-            out["ingest_load"] = loadavg()
+            out["ingest_load"] = load_average()
             with RouterClient(cluster.router_address, timeout=600) as client:
                 start = time.perf_counter()
                 acked = client.ingest(docs, batch_size=64).acknowledged
                 out["ingest_docs_per_s"] = acked / (time.perf_counter() - start)
-        out["closed"] = repeated(cluster.router_address, queries, args)
+        out["closed"] = repeated(lambda seconds: closed_loop(cluster.router_address, queries, args.concurrency,
+                                                             seconds), args)
         if generators == 0:
             rate = max(out["closed"]["qps"]["median"] / 2, 1.0)
-            out["open_half_capacity"] = open_loop(cluster.router_address, queries, rate, args.seconds)
+            out["open_half_capacity"] = {**open_loop(cluster.router_address, queries, rate, args.seconds),
+                                         "load": load_average()}
     return out
 
 
@@ -182,38 +171,16 @@ def chroma_phase(executable: str, docs: list, queries: list[str], model, vectors
                                                      "embeddings": vectors[start:start + 256].tolist(),
                                                      "documents": [d.text for d in part]})
 
+            def query(i: int) -> None:
+                q = model.encode([queries[i % len(queries)]], normalize_embeddings=True)  # client-side embedding
+                _post(base, f"{prefix}/{col}/query", {"query_embeddings": q.tolist(), "n_results": 10,
+                                                       "include": ["documents", "distances"]})
+
             def run(seconds: float) -> dict:
-                counts, latencies, lock = [0], [], threading.Lock()
-                end = time.perf_counter() + seconds
+                latencies, wall = thread_loop(query, args.concurrency, seconds)
+                return {"qps": len(latencies) / wall, **percentiles_ms(latencies)}
 
-                def client(n: int) -> None:
-                    i = n
-                    while time.perf_counter() < end and i < 10_000_000:
-                        t = time.perf_counter()
-                        q = model.encode([queries[i % len(queries)]], normalize_embeddings=True)  # client-side
-                        _post(base, f"{prefix}/{col}/query", {"query_embeddings": q.tolist(), "n_results": 10,
-                                                               "include": ["documents", "distances"]})
-                        with lock:
-                            counts[0] += 1
-                            latencies.append(time.perf_counter() - t)
-                        i += args.concurrency
-
-                t0 = time.perf_counter()
-                threads = [threading.Thread(target=client, args=(n,)) for n in range(args.concurrency)]
-                for t in threads:
-                    t.start()
-                for t in threads:
-                    t.join(seconds + 300)
-                latencies.sort()
-                return {"qps": counts[0] / (time.perf_counter() - t0),
-                        "p50_ms": latencies[len(latencies) // 2] * 1000 if latencies else 0.0,
-                        "p99_ms": latencies[int(len(latencies) * 0.99)] * 1000 if latencies else 0.0,
-                        "load": loadavg()}
-
-            run(min(5.0, args.seconds))  # warm-up
-            runs = [run(args.seconds) for _ in range(args.repeats)]
-            return {"qps": spread([r["qps"] for r in runs]), "p50_ms": spread([r["p50_ms"] for r in runs]),
-                    "p99_ms": spread([r["p99_ms"] for r in runs]), "load": [r["load"] for r in runs]}
+            return repeated(run, args)
         finally:
             proc.terminate()
             try:
@@ -223,17 +190,14 @@ def chroma_phase(executable: str, docs: list, queries: list[str], model, vectors
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__, concurrency=32, seconds=20.0)
     parser.add_argument("--cisi", default=str(DEFAULT_CISI), help="folder with CISI.ALL and CISI.QRY")
     parser.add_argument("--docs", type=int, default=0, help="use only the first N documents (0 = all)")
     parser.add_argument("--shards", type=int, default=4)
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="closed-loop measurements (after a warm-up)")
     parser.add_argument("--chroma", default="", help="the `chroma` executable (chromadb); empty: skip Chroma")
     parser.add_argument("--no-generator-phase", action="store_true", help="skip the default layout (1 generator)")
     parser.add_argument("--router-arg", action="append", default=[], help="extra router flag (repeatable)")
-    parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
     docs, queries = load_cisi(Path(args.cisi), args.docs)
@@ -260,11 +224,14 @@ def main() -> int:
     if "chroma" in results:
         ratios["search_only_qps_vs_chroma"] = so["closed"]["qps"]["median"] / results["chroma"]["qps"]["median"]
     results["ratios"] = ratios
-    if args.json:
-        print(json.dumps(results, indent=2))
-        return 0
-    ip = results["in_process"]
-    print(f"CISI {len(docs)} docs / {len(queries)} queries, {args.shards} shards, {args.concurrency} clients, "
+    return report(args, results, lambda: render(args, results))
+
+
+def render(args: argparse.Namespace, results: dict) -> None:
+    docs, queries, ratios = results["corpus"]["documents"], results["corpus"]["queries"], results["ratios"]
+    ip, so = results["in_process"], results["search_only"]
+    single = ip["single_query_ms"]
+    print(f"CISI {docs} docs / {queries} queries, {args.shards} shards, {args.concurrency} clients, "
           f"{args.repeats} x {args.seconds:.0f}s, router args {args.router_arg or '(defaults)'}")
     print(f"  in-process limit       {ip['qps']:8.1f} q/s   single query {single:7.1f} ms   raw encode "
           f"{ip['raw_encode_docs_per_s']:.1f} docs/s   load {ip['load']}")
@@ -285,7 +252,6 @@ def main() -> int:
     print(f"  ingest {so['ingest_docs_per_s']:.1f} docs/s   load {so['ingest_load']}")
     for name, value in ratios.items():
         print(f"  {name:<34} {value:6.2f}x")
-    return 0
 
 
 if __name__ == "__main__":
