@@ -23,23 +23,20 @@ samples per frame, inclusive) to stdout / the JSON.
 
 from __future__ import annotations
 
-import argparse
 import collections
-import json
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
+from argparse import Namespace
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from harness import bench_parser, log, loopback_cluster, report, spread
 
 QUESTIONS = ["What is FAISS?", "How do honeybees communicate?", "What does the router do?", "What is jazz?",
              "How is sourdough bread leavened?", "When did the Apollo 11 mission land?", "What is inflation?",
@@ -81,14 +78,6 @@ def round_figures(streams: list[Stream], wall: float, concurrency: int) -> dict:
     return {"streams": streams, "round_rate": sum(s.tokens for s in streams) / wall, "stream_rate": stream_rate}
 
 
-def log(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-def spread(values: list[float]) -> list[float]:
-    return [min(values), max(values)]
-
-
 def profile_summary(collapsed: str, top: int = 25) -> list[tuple[str, float]]:
     """Inclusive share of samples per frame (function + file) from py-spy's collapsed stacks."""
     totals: collections.Counter[str] = collections.Counter()
@@ -110,10 +99,9 @@ def profile_summary(collapsed: str, top: int = 25) -> list[tuple[str, float]]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__, rounds=3)
     parser.add_argument("--model", default="tiny")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--rounds", type=int, default=3, help="rounds per concurrency and path (alternating)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8], help="streams at once (one or more)")
     parser.add_argument("--requests", type=int, default=8, help="requests per round (at least the concurrency)")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--py-spy", default="", help="record the router with py-spy into this file (collapsed)")
@@ -121,16 +109,12 @@ def main() -> int:
     parser.add_argument("--profile-only", action="store_true", help="with --py-spy: skip the measurements")
     parser.add_argument("--router-arg", action="append", default=[], help="extra router flag (repeatable)")
     parser.add_argument("--generator-arg", action="append", default=[], help="extra generator flag (repeatable)")
-    parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    # a killed benchmark (e.g. by `timeout`) still stops its cluster: SystemExit unwinds LocalCluster
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     import grpc
 
     from ragcluster.convert import document_to_pb
     from ragcluster.corpus import sample_corpus_path
-    from ragcluster.tools.cluster import ClusterSpec, LocalCluster
     from ragcluster.tools.sources import read_jsonl
     from ragcluster.v1 import common_pb2, generator_pb2, generator_pb2_grpc, router_pb2, router_pb2_grpc
     from router.prompt import Passage, PromptTemplate
@@ -138,121 +122,118 @@ def main() -> int:
     template = PromptTemplate()
     results: dict = {"model": args.model, "max_tokens": args.max_tokens, "rounds": args.rounds,
                      "requests_per_round": args.requests, "load_average_before": os.getloadavg(), "by_concurrency": {}}
-    with tempfile.TemporaryDirectory() as tmp:
-        spec = ClusterSpec(data_dir=tmp, shards=1, generators=1, model=args.model, port=0, insecure=True,
-                           router_args=[a for flag in args.router_arg for a in flag.split()],
-                           generator_args=[a for flag in args.generator_arg for a in flag.split()])
-        with LocalCluster(spec) as cluster:
-            log("starting the cluster")
-            cluster.start(timeout=900)
-            generator = next(m.grpc for m in cluster.members if m.role == "generator")
-            router_pid = next(m.pid for m in cluster.members if m.role == "router")
-            router_channel = grpc.insecure_channel(cluster.router_address)
-            router = router_pb2_grpc.RouterServiceStub(router_channel)
-            docs = [document_to_pb(r.document) for r in read_jsonl([str(sample_corpus_path())]) if r.document]
-            list(router.Ingest(iter([router_pb2.IngestRequest(documents=docs[i:i + 64])
-                                     for i in range(0, len(docs), 64)]), timeout=300))
-            # the passages the router would use, for the direct requests
-            prompts = {}
-            for q in QUESTIONS:
-                hits = router.Search(router_pb2.SearchRequest(text=q, k=5), timeout=60).hits
-                passages = [Passage(h.document.id, h.document.text, h.document.title, h.score) for h in hits]
-                prompts[q] = template.messages(q, [template.format_passage(i + 1, p) for i, p in enumerate(passages)])
-            gen_channel = grpc.insecure_channel(generator)
-            gen = generator_pb2_grpc.GeneratorServiceStub(gen_channel)
-            # sampled with a fixed seed: the random-weight tiny model then runs to max_tokens (greedy decoding
-            # often ends it after a few tokens), and both paths generate the same text from the same prompt
-            sampling = common_pb2.SamplingParams(max_tokens=args.max_tokens, temperature=1.0, seed=7)
+    log("starting the cluster")
+    with loopback_cluster(shards=1, generators=1, model=args.model, timeout=900,
+                          router_args=[a for flag in args.router_arg for a in flag.split()],
+                          generator_args=[a for flag in args.generator_arg for a in flag.split()]) as cluster:
+        generator = next(m.grpc for m in cluster.members if m.role == "generator")
+        router_pid = next(m.pid for m in cluster.members if m.role == "router")
+        router_channel = grpc.insecure_channel(cluster.router_address)
+        router = router_pb2_grpc.RouterServiceStub(router_channel)
+        docs = [document_to_pb(r.document) for r in read_jsonl([str(sample_corpus_path())]) if r.document]
+        list(router.Ingest(iter([router_pb2.IngestRequest(documents=docs[i:i + 64])
+                                 for i in range(0, len(docs), 64)]), timeout=300))
+        # the passages the router would use, for the direct requests
+        prompts = {}
+        for q in QUESTIONS:
+            hits = router.Search(router_pb2.SearchRequest(text=q, k=5), timeout=60).hits
+            passages = [Passage(h.document.id, h.document.text, h.document.title, h.score) for h in hits]
+            prompts[q] = template.messages(q, [template.format_passage(i + 1, p) for i, p in enumerate(passages)])
+        gen_channel = grpc.insecure_channel(generator)
+        gen = generator_pb2_grpc.GeneratorServiceStub(gen_channel)
+        # sampled with a fixed seed: the random-weight tiny model then runs to max_tokens (greedy decoding
+        # often ends it after a few tokens), and both paths generate the same text from the same prompt
+        sampling = common_pb2.SamplingParams(max_tokens=args.max_tokens, temperature=1.0, seed=7)
 
-            def direct(q: str) -> Stream:
-                s = Stream()
-                request = generator_pb2.GenerateRequest(
-                    chat=generator_pb2.ChatMessages(messages=[generator_pb2.ChatMessage(**m) for m in prompts[q]]),
-                    sampling=sampling)
-                for event in gen.Generate(request, timeout=300):
-                    if event.HasField("delta"):
-                        s.delta()
-                    elif event.HasField("complete"):
-                        s.tokens = event.complete.completion_tokens
-                return s
+        def direct(q: str) -> Stream:
+            s = Stream()
+            request = generator_pb2.GenerateRequest(
+                chat=generator_pb2.ChatMessages(messages=[generator_pb2.ChatMessage(**m) for m in prompts[q]]),
+                sampling=sampling)
+            for event in gen.Generate(request, timeout=300):
+                if event.HasField("delta"):
+                    s.delta()
+                elif event.HasField("complete"):
+                    s.tokens = event.complete.completion_tokens
+            return s
 
-            def through_router(q: str) -> Stream:
-                s = Stream()
-                for event in router.Ask(router_pb2.AskRequest(question=q, k=5, sampling=sampling), timeout=300):
-                    if event.HasField("delta"):
-                        s.delta()
-                    elif event.HasField("complete"):
-                        s.tokens = event.complete.completion_tokens
-                        s.embed_retrieve = event.complete.timings.embed_seconds + \
-                            event.complete.timings.retrieve_seconds
-                return s
+        def through_router(q: str) -> Stream:
+            s = Stream()
+            for event in router.Ask(router_pb2.AskRequest(question=q, k=5, sampling=sampling), timeout=300):
+                if event.HasField("delta"):
+                    s.delta()
+                elif event.HasField("complete"):
+                    s.tokens = event.complete.completion_tokens
+                    s.embed_retrieve = event.complete.timings.embed_seconds + \
+                        event.complete.timings.retrieve_seconds
+            return s
 
-            paths = {"direct": direct, "ask": through_router}
+        paths = {"direct": direct, "ask": through_router}
 
-            def run_round(fn, pool: ThreadPoolExecutor, n: int) -> dict:
-                questions = (QUESTIONS * (n // len(QUESTIONS) + 1))[:n]
-                start = time.perf_counter()
-                streams = list(pool.map(fn, questions))
-                return round_figures(streams, time.perf_counter() - start, pool._max_workers)
+        def run_round(fn, pool: ThreadPoolExecutor, n: int) -> dict:
+            questions = (QUESTIONS * (n // len(QUESTIONS) + 1))[:n]
+            start = time.perf_counter()
+            streams = list(pool.map(fn, questions))
+            return round_figures(streams, time.perf_counter() - start, pool._max_workers)
 
-            for concurrency in [] if args.profile_only else args.concurrency:
-                log(f"{concurrency} stream(s): warm-up, then {args.rounds} rounds per path")
+        for concurrency in [] if args.profile_only else args.concurrency:
+            log(f"{concurrency} stream(s): warm-up, then {args.rounds} rounds per path")
+            with ThreadPoolExecutor(concurrency) as pool:
+                for fn in paths.values():  # warm-up (first Info, tokenizer, caches)
+                    run_round(fn, pool, max(concurrency, 8))
+                rounds: dict[str, list[dict]] = {name: [] for name in paths}
+                for _ in range(args.rounds):
+                    for name, fn in paths.items():
+                        rounds[name].append(run_round(fn, pool, max(args.requests, concurrency)))
+                        log(f"  {name}: TTFT p50 {summarise(rounds[name][-1:])['ttft_p50_ms']:.1f} ms")
+            d, a = (summarise(rounds[name]) for name in paths)
+            paired = list(zip(rounds["direct"], rounds["ask"]))  # the rounds of the two paths, back to back
+            overheads = spread([summarise([ra])["ttft_p50_ms"] - summarise([rd])["ttft_p50_ms"] for rd, ra in paired])
+            round_ratios = spread([ra["round_rate"] / rd["round_rate"] for rd, ra in paired])
+            stream_ratios = spread([ra["stream_rate"] / rd["stream_rate"] for rd, ra in paired])
+            overhead = a["ttft_p50_ms"] - d["ttft_p50_ms"]
+            results["by_concurrency"][str(concurrency)] = {
+                "direct": d, "ask": a,
+                "ttft_overhead_ms": overhead, "ttft_overhead_spread_ms": [overheads["min"], overheads["max"]],
+                "embed_retrieve_ms": a.get("embed_retrieve_p50_ms", 0.0),
+                "overhead_beyond_retrieval_ms": overhead - a.get("embed_retrieve_p50_ms", 0.0),
+                "round_tokens_per_second_ratio": round_ratios["median"],
+                "round_tokens_per_second_ratio_spread": [round_ratios["min"], round_ratios["max"]],
+                "stream_tokens_per_second_ratio": stream_ratios["median"],
+                "stream_tokens_per_second_ratio_spread": [stream_ratios["min"], stream_ratios["max"]],
+            }
+
+        if args.py_spy:
+            concurrency = max(args.concurrency)
+            log(f"py-spy on the router (pid {router_pid}): {args.py_spy_seconds:.0f} s, {concurrency} Ask streams")
+            py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+            stop = threading.Event()
+
+            def load() -> None:
                 with ThreadPoolExecutor(concurrency) as pool:
-                    for fn in paths.values():  # warm-up (first Info, tokenizer, caches)
-                        run_round(fn, pool, max(concurrency, 8))
-                    rounds: dict[str, list[dict]] = {name: [] for name in paths}
-                    for _ in range(args.rounds):
-                        for name, fn in paths.items():
-                            rounds[name].append(run_round(fn, pool, max(args.requests, concurrency)))
-                            log(f"  {name}: TTFT p50 {summarise(rounds[name][-1:])['ttft_p50_ms']:.1f} ms")
-                d, a = (summarise(rounds[name]) for name in paths)
-                overheads = [summarise([ra])["ttft_p50_ms"] - summarise([rd])["ttft_p50_ms"]
-                             for rd, ra in zip(rounds["direct"], rounds["ask"])]
-                round_ratios = [ra["round_rate"] / rd["round_rate"] for rd, ra in zip(rounds["direct"], rounds["ask"])]
-                stream_ratios = [ra["stream_rate"] / rd["stream_rate"]
-                                 for rd, ra in zip(rounds["direct"], rounds["ask"])]
-                overhead = a["ttft_p50_ms"] - d["ttft_p50_ms"]
-                results["by_concurrency"][str(concurrency)] = {
-                    "direct": d, "ask": a,
-                    "ttft_overhead_ms": overhead, "ttft_overhead_spread_ms": spread(overheads),
-                    "embed_retrieve_ms": a.get("embed_retrieve_p50_ms", 0.0),
-                    "overhead_beyond_retrieval_ms": overhead - a.get("embed_retrieve_p50_ms", 0.0),
-                    "round_tokens_per_second_ratio": statistics.median(round_ratios),
-                    "round_tokens_per_second_ratio_spread": spread(round_ratios),
-                    "stream_tokens_per_second_ratio": statistics.median(stream_ratios),
-                    "stream_tokens_per_second_ratio_spread": spread(stream_ratios),
-                }
+                    for _ in range(10_000):  # bounded; stopped when the recording ends
+                        if stop.is_set():
+                            return
+                        run_round(through_router, pool, concurrency)
 
-            if args.py_spy:
-                concurrency = max(args.concurrency)
-                log(f"py-spy on the router (pid {router_pid}): {args.py_spy_seconds:.0f} s, {concurrency} Ask streams")
-                py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-                stop = threading.Event()
-
-                def load() -> None:
-                    with ThreadPoolExecutor(concurrency) as pool:
-                        for _ in range(10_000):  # bounded; stopped when the recording ends
-                            if stop.is_set():
-                                return
-                            run_round(through_router, pool, concurrency)
-
-                loader = threading.Thread(target=load)
-                loader.start()
-                try:
-                    subprocess.run([py_spy, "record", "-p", str(router_pid), "-d", str(int(args.py_spy_seconds)),
-                                    "-r", "200", "-f", "raw", "-o", args.py_spy, "--nonblocking"],
-                                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                   timeout=args.py_spy_seconds + 120)
-                finally:
-                    stop.set()
-                    loader.join(timeout=600)
-                results["profile"] = profile_summary(Path(args.py_spy).read_text())
-            gen_channel.close()
-            router_channel.close()
+            loader = threading.Thread(target=load)
+            loader.start()
+            try:
+                subprocess.run([py_spy, "record", "-p", str(router_pid), "-d", str(int(args.py_spy_seconds)),
+                                "-r", "200", "-f", "raw", "-o", args.py_spy, "--nonblocking"],
+                               check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               timeout=args.py_spy_seconds + 120)
+            finally:
+                stop.set()
+                loader.join(timeout=600)
+            results["profile"] = profile_summary(Path(args.py_spy).read_text())
+        gen_channel.close()
+        router_channel.close()
     results["load_average_after"] = os.getloadavg()
-    if args.json:
-        print(json.dumps(results, indent=2))
-        return 0
+    return report(args, results, lambda: render(args, results))
+
+
+def render(args: Namespace, results: dict) -> None:
     print(f"{args.model}, max_tokens {args.max_tokens}, {args.rounds} rounds x {args.requests} requests per path; "
           f"load average {results['load_average_before'][0]:.2f} -> {results['load_average_after'][0]:.2f}")
     for concurrency, r in results["by_concurrency"].items():
@@ -262,7 +243,7 @@ def main() -> int:
             print(f"  {name:<7} TTFT p50 {x['ttft_p50_ms']:8.1f} ms   {x['round_tokens_per_second']:8.1f} tokens/s "
                   f"(round)   {x['stream_tokens_per_second']:8.1f} tokens/s (stream)")
         lo, hi = r["ttft_overhead_spread_ms"]
-        print(f"  Ask TTFT overhead +{r['ttft_overhead_ms']:.1f} ms (rounds {lo:+.1f}..{hi:+.1f}); embed + retrieve "
+        print(f"  Ask TTFT overhead {r['ttft_overhead_ms']:+.1f} ms (rounds {lo:+.1f}..{hi:+.1f}); embed + retrieve "
               f"{r['embed_retrieve_ms']:.1f} ms; beyond retrieval {r['overhead_beyond_retrieval_ms']:+.1f} ms")
         for kind in ("round", "stream"):
             lo, hi = r[f"{kind}_tokens_per_second_ratio_spread"]
@@ -271,7 +252,6 @@ def main() -> int:
         print(f"router profile under {max(args.concurrency)} Ask streams (inclusive share of samples):")
         for name, share in results["profile"]:
             print(f"  {share * 100:5.1f}%  {name}")
-    return 0
 
 
 if __name__ == "__main__":
