@@ -24,7 +24,7 @@ help:
 	@echo "make protos   regenerate ragcluster/v1 stubs from protos/"
 	@echo "make chart-check  render the Helm chart; kubernetes-validate, checkov, hadolint, structure (part of make test)"
 	@echo "make deploy-test  build the images with Docker, run them as a cluster, ingest/search/ask/restart"
-	@echo "make chaos    10-minute chaos run (kill -9, SIGSTOP, partition) with the lost-write checker"
+	@echo "make chaos    10-minute chaos run (3 router processes; kill -9, SIGSTOP, disk full, partition) with the lost-write checker"
 	@echo "make soak     10-minute steady load: errors, memory, open fds and threads"
 
 install: $(STAMP)

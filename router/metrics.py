@@ -61,6 +61,8 @@ FAILOVERS = Counter("ragcluster_router_failovers", "Shard calls retried on anoth
 EJECTIONS = Counter("ragcluster_router_ejections", "Replicas ejected after consecutive failures", ["shard"])
 CATCHUPS = Counter("ragcluster_router_catchups", "Lagging replicas restored from a snapshot", ["shard"])
 CATCHUP_FAILURES = Counter("ragcluster_router_catchup_failures", "Restores of a lagging replica that failed", ["shard"])
+TOMBSTONES_PRUNED = Counter("ragcluster_router_tombstones_pruned", "Versioned deletes forgotten after complete "
+                            "anti-entropy passes (summed over the compared replicas)", ["shard"])
 GENERATOR_FAILOVERS = Counter("ragcluster_router_generator_failovers",
                               "Ask generations moved to another node before the first token, by status code", ["code"])
 for _code in ("UNAVAILABLE", "RESOURCE_EXHAUSTED"):  # the codes that fail over
@@ -72,7 +74,8 @@ REJECTED = Counter("ragcluster_router_rejected_requests", "Requests refused by a
 
 def preinitialise_shard(shard: int) -> None:
     """Zero-valued children for one shard, so rates and ratios exist before the first event."""
-    for metric in (SHARD_SEARCHES, HEDGES, HEDGES_WON, FAILOVERS, EJECTIONS, CATCHUPS, CATCHUP_FAILURES):
+    for metric in (SHARD_SEARCHES, HEDGES, HEDGES_WON, FAILOVERS, EJECTIONS, CATCHUPS, CATCHUP_FAILURES,
+                   TOMBSTONES_PRUNED):
         metric.labels(shard)
     SHARD_CALLS.labels(shard, "OK")
     SHARD_CALL_SECONDS.labels(shard)

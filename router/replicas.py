@@ -513,6 +513,7 @@ class ShardGroup:
             else:
                 pruned += result.pruned
         self.tombstones_pruned += pruned
+        metrics.TOMBSTONES_PRUNED.labels(self.shard).inc(pruned)
         if pruned:
             logger.info("shard %d: pruned %d tombstone(s) older than %g s", self.shard, pruned, grace)
 
