@@ -1,7 +1,8 @@
 """What the benchmarks in bench/ share: their command line and report (a table, or ``--json``), a loopback
 cluster or shard server started for the run and stopped after it (also when the run is killed with SIGTERM),
-the closed and open loops of text searches the CLI's loadtest runs, a closed loop of any call from client
-threads, and the figures made of the samples (latency percentiles, the spread of a figure over rounds).
+the closed and open loops of text searches the CLI's loadtest runs, a closed loop of searches by vector, a
+closed loop of any call from client threads, random data (unit vectors, a shard of random vectors), and the
+figures made of the samples (latency percentiles, the spread of a figure over rounds).
 
 The scripts run as ``.venv/bin/python bench/NAME.py`` and import this module first (``from harness import
 ...``): it puts this tree first on ``sys.path``, so a benchmark measures the code beside it, not an installed
@@ -29,18 +30,30 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from ragcluster.security import ClientTls
     from ragcluster.tools.cluster import LocalCluster
+    from shard_server.shard import Shard
 
 T = TypeVar("T")
 
 
 # --- command line and report ---------------------------------------------------------------------------------
 def bench_parser(doc: str | None, *, concurrency: int | None = None, seconds: float | None = None,
-                 docs: int | None = None, rounds: int | None = None) -> argparse.ArgumentParser:
+                 docs: int | None = None, rounds: int | None = None, vectors: int | None = None,
+                 factory: str | None = None, k: int | None = None) -> argparse.ArgumentParser:
     """An argument parser with the script's docstring as its help, ``--json``, and the common options whose
-    defaults are given (``--concurrency``, ``--seconds``, ``--docs``, ``--rounds``); add the script's own."""
+    defaults are given (``--concurrency``, ``--seconds``, ``--docs``, ``--rounds``; for a shard of random
+    vectors ``--vectors`` with ``--dim`` 384, ``--factory``; ``--k``); add the script's own."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if vectors is not None:
+        parser.add_argument("--vectors", type=int, default=vectors, help="random unit vectors in the shard")
+        parser.add_argument("--dim", type=int, default=384, help="their dimension")
+    if factory is not None:
+        parser.add_argument("--factory", default=factory, help="the shard's FAISS index factory string")
+    if k is not None:
+        parser.add_argument("--k", type=int, default=k, help="hits per search")
     if concurrency is not None:
         parser.add_argument("--concurrency", type=int, default=concurrency, help="closed-loop clients")
     if seconds is not None:
@@ -158,6 +171,35 @@ def thread_loop(call: Callable[[int], object], clients: int, seconds: float,
     return latencies, time.perf_counter() - start
 
 
+# --- data ----------------------------------------------------------------------------------------------------
+def unit_vectors(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` random float32 vectors of length 1 (queries for an inner-product index)."""
+    import numpy as np
+
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x
+
+
+def random_shard(data_dir: Path, vectors: int, dim: int, factory: str, rng: np.random.Generator,
+                 text: Callable[[int], str] = lambda i: "") -> Shard:
+    """A shard (the shard core, in this process) at ``data_dir`` holding ``vectors`` random vectors, written
+    in batches of 4096; document i has id ``v{i}`` and text ``text(i)``. Returned open: close or checkpoint it
+    before a shard server opens the directory (the server then loads the index from the checkpoint)."""
+    import numpy as np
+
+    from ragcluster.documents import Document
+    from shard_server.config import ShardOptions
+    from shard_server.shard import Shard
+
+    shard = Shard(ShardOptions(str(data_dir), dim=dim, index_factory=factory))
+    for start in range(0, vectors, 4096):
+        n = min(4096, vectors - start)
+        x = rng.standard_normal((n, dim)).astype(np.float32)
+        shard.upsert([Document(f"v{start + i}", text(start + i)) for i in range(n)], x)
+    return shard
+
+
 # --- servers for the run -------------------------------------------------------------------------------------
 def stop_on_sigterm() -> None:
     """Turn SIGTERM (``timeout``, ``kill``) into SystemExit(143) in the main thread, so that the ``with`` blocks
@@ -216,6 +258,47 @@ def _search_load(address: str, queries: list[str], seconds: float, security: Cli
     latency = summary["latency_ms"]  # empty when no search succeeded
     return {"qps": summary["throughput_per_second"], "p50_ms": latency.get("p50", 0.0),
             "p99_ms": latency.get("p99", 0.0), "errors": sum(summary["errors"].values())}
+
+
+def vector_loop(address: str, vectors: Sequence[Sequence[float]], concurrency: int, seconds: float,
+                security: ClientTls | None = None, max_requests: int = 1_000_000) -> dict[str, float]:
+    """Searches by vector (k 10; no embedding: transport, fan-out and merge only) from ``concurrency`` asyncio
+    clients on one channel for ``seconds`` (``max_requests`` at most): queries/s, p50/p99 latency in ms,
+    errors (failed RPCs)."""
+    import asyncio
+
+    import grpc
+
+    from ragcluster.channels import aio_channel
+    from ragcluster.v1 import router_pb2, router_pb2_grpc
+
+    async def run() -> tuple[list[float], int]:
+        latencies: list[float] = []
+        errors = 0
+        async with aio_channel(address, security) as channel:
+            stub = router_pb2_grpc.RouterServiceStub(channel)
+            end = time.perf_counter() + seconds
+            budget = iter(range(max_requests))
+
+            async def client(n: int) -> None:
+                nonlocal errors
+                i = n
+                while time.perf_counter() < end and next(budget, None) is not None:
+                    request = router_pb2.SearchRequest(vector=router_pb2.Vector(values=vectors[i % len(vectors)]),
+                                                       k=10)
+                    start = time.perf_counter()
+                    try:
+                        await stub.Search(request, timeout=30)
+                        latencies.append(time.perf_counter() - start)
+                    except grpc.RpcError:
+                        errors += 1
+                    i += concurrency
+
+            await asyncio.gather(*(client(n) for n in range(concurrency)))
+        return latencies, errors
+
+    latencies, errors = asyncio.run(run())
+    return {"qps": len(latencies) / seconds, **percentiles_ms(latencies), "errors": errors}
 
 
 def closed_loop(address: str, queries: list[str], concurrency: int, seconds: float,

@@ -11,34 +11,22 @@ the same documents in this process into one IndexFlatIP, then times sequential s
 
 from __future__ import annotations
 
-import json
 import sys
 import time
+from argparse import Namespace
 
 import numpy as np
-from harness import bench_parser, loopback_cluster
+from harness import bench_parser, loopback_cluster, percentiles_ms, report, timed
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
-    a = np.array(samples) * 1000
-    return {"p50_ms": float(np.percentile(a, 50)), "p90_ms": float(np.percentile(a, 90)),
-            "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean())}
-
-
-def timed(fn, items) -> list[float]:
-    out = []
-    for item in items:
-        t = time.perf_counter()
-        fn(item)
-        out.append(time.perf_counter() - t)
-    return out
+    return percentiles_ms(samples, (50, 90, 99), mean=True)
 
 
 def main() -> int:
-    parser = bench_parser(__doc__, docs=2000)
+    parser = bench_parser(__doc__, docs=2000, k=10)
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--shards", type=int, default=2)
-    parser.add_argument("--k", type=int, default=10)
     args = parser.parse_args()
 
     import faiss
@@ -80,9 +68,10 @@ def main() -> int:
     result["ratio_vector_p50"] = result["router_vector"]["p50_ms"] / result["faiss_vector"]["p50_ms"]
     result["ratio_text_p50"] = result["router_text"]["p50_ms"] / result["local_text"]["p50_ms"]
     result["router_overhead_vector_p50_ms"] = result["router_vector"]["p50_ms"] - result["faiss_vector"]["p50_ms"]
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return 0
+    return report(args, result, lambda: render(args, result))
+
+
+def render(args: Namespace, result: dict) -> None:
     print(f"{args.docs} docs, {args.shards} Flat shards, k={args.k}, {args.queries} sequential queries")
     print(f"{'path':<34}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}")
     for name, key in [("router Search(vector)", "router_vector"), ("in-process IndexFlatIP.search", "faiss_vector"),
@@ -94,7 +83,6 @@ def main() -> int:
     ingest_ratio = result["ingest_docs_per_s"] / result["encode_docs_per_s"]
     print(f"ingest through router {result['ingest_docs_per_s']:.0f} docs/s vs in-process encode "
           f"{result['encode_docs_per_s']:.0f} docs/s ({ingest_ratio:.2f}x)")
-    return 0
 
 
 if __name__ == "__main__":

@@ -9,14 +9,14 @@ and measures queries/s for batch 1 and batch 32: sequential calls from one clien
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 import time
+from argparse import Namespace
 from pathlib import Path
 
 import numpy as np
-from harness import bench_parser, shard_process
+from harness import Table, bench_parser, random_shard, report, shard_process, unit_vectors
 
 
 def qps(fn, batches, seconds: float) -> float:
@@ -33,36 +33,23 @@ def qps(fn, batches, seconds: float) -> float:
 
 
 def main() -> int:
-    parser = bench_parser(__doc__, seconds=5.0)
-    parser.add_argument("--vectors", type=int, default=100_000)
-    parser.add_argument("--dim", type=int, default=384)
-    parser.add_argument("--factory", default="Flat")
-    parser.add_argument("--k", type=int, default=10)
-    args = parser.parse_args()
+    args = bench_parser(__doc__, seconds=5.0, vectors=100_000, factory="Flat", k=10).parse_args()
 
     import grpc
 
     from ragcluster.convert import matrix_to_pb
-    from ragcluster.documents import Document
     from ragcluster.v1 import shard_pb2, shard_pb2_grpc
-    from shard_server.config import ShardOptions
-    from shard_server.shard import Shard
 
     rng = np.random.default_rng(0)
     results = {"vectors": args.vectors, "dim": args.dim, "factory": args.factory, "k": args.k}
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "shard"
         t = time.perf_counter()
-        shard = Shard(ShardOptions(str(data), dim=args.dim, index_factory=args.factory))
-        for start in range(0, args.vectors, 4096):
-            n = min(4096, args.vectors - start)
-            x = rng.standard_normal((n, args.dim)).astype(np.float32)
-            shard.upsert([Document(f"v{start + i}", "") for i in range(n)], x)
+        shard = random_shard(data, args.vectors, args.dim, args.factory, rng)
         results["build_seconds"] = time.perf_counter() - t
         local = shard.index  # the very index the server will load from this data dir (via the checkpoint)
         shard.checkpoint()
-        queries = rng.standard_normal((32 * 64, args.dim)).astype(np.float32)
-        queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+        queries = unit_vectors(32 * 64, args.dim, rng)
 
         try:
             with shard_process(data, "--dim", str(args.dim), "--index-factory", args.factory) as address, \
@@ -79,16 +66,17 @@ def main() -> int:
                                              "in_process_qps": local_qps, "ratio": grpc_qps / local_qps}
         finally:
             shard.close(checkpoint=False)
-    if args.json:
-        print(json.dumps(results, indent=2))
-        return 0
+    return report(args, results, lambda: render(args, results))
+
+
+def render(args: Namespace, results: dict) -> None:
     print(f"{args.vectors} x {args.dim} {args.factory}, k={args.k}; built in {results['build_seconds']:.1f}s")
-    print(f"{'batch':>6}{'gRPC q/s':>12}{'+docs q/s':>12}{'in-proc q/s':>13}{'gRPC/in-proc':>14}")
+    table = Table([("batch", ">6"), ("gRPC q/s", ">12.0f"), ("+docs q/s", ">12.0f"), ("in-proc q/s", ">13.0f"),
+                   ("gRPC/in-proc", ">14.2f")], sep="")
+    print(table.header())
     for bs in (1, 32):
         r = results[f"batch{bs}"]
-        print(f"{bs:>6}{r['grpc_qps']:>12.0f}{r['grpc_with_documents_qps']:>12.0f}{r['in_process_qps']:>13.0f}"
-              f"{r['ratio']:>14.2f}")
-    return 0
+        print(table.row(bs, r["grpc_qps"], r["grpc_with_documents_qps"], r["in_process_qps"], r["ratio"]))
 
 
 if __name__ == "__main__":

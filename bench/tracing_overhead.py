@@ -14,18 +14,17 @@ back, so drift in a shared machine's load cancels in their ratio).
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
 import statistics
 import sys
 import threading
+from argparse import Namespace
 from concurrent import futures
 from contextlib import ExitStack
 
 import grpc
 import numpy as np
-from harness import bench_parser, closed_loop, loopback_cluster
+from harness import bench_parser, closed_loop, loopback_cluster, report, unit_vectors, vector_loop
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 
@@ -53,44 +52,6 @@ def cpu_seconds(cluster) -> float:
         times = psutil.Process(member.pid).cpu_times()
         total += times.user + times.system
     return total
-
-
-def vector_loop(address: str, vectors: list[list[float]], concurrency: int, seconds: float,
-                max_requests: int = 1_000_000) -> dict:
-    """Searches by vector (no embedding: fan-out and merge only, where tracing's share of the work is largest)."""
-    import time
-
-    from ragcluster.channels import channel_options
-    from ragcluster.v1 import router_pb2, router_pb2_grpc
-
-    async def run() -> tuple[list[float], int]:
-        latencies: list[float] = []
-        errors = 0
-        async with grpc.aio.insecure_channel(address, options=channel_options()) as channel:
-            stub = router_pb2_grpc.RouterServiceStub(channel)
-            end = time.perf_counter() + seconds
-            counter = iter(range(max_requests))
-
-            async def client(n: int) -> None:
-                nonlocal errors
-                i = n
-                while time.perf_counter() < end and next(counter, None) is not None:
-                    start = time.perf_counter()
-                    try:
-                        await stub.Search(router_pb2.SearchRequest(
-                            vector=router_pb2.Vector(values=vectors[i % len(vectors)]), k=10), timeout=30)
-                        latencies.append(time.perf_counter() - start)
-                    except grpc.aio.AioRpcError:
-                        errors += 1
-                    i += concurrency
-
-            await asyncio.gather(*(client(n) for n in range(concurrency)))
-        return latencies, errors
-
-    latencies, errors = asyncio.run(run())
-    latencies.sort()
-    pick = lambda q: 1000 * latencies[min(int(q * len(latencies)), len(latencies) - 1)] if latencies else 0.0
-    return {"qps": len(latencies) / seconds, "p50_ms": pick(0.5), "p99_ms": pick(0.99), "errors": errors}
 
 
 def main() -> int:
@@ -132,9 +93,7 @@ def main() -> int:
             closed_loop(cluster.router_address, queries, args.concurrency, 2.0)  # warm-up
             clusters[name] = cluster
         names = list(configs)
-        rng = np.random.default_rng(63)
-        vectors = rng.standard_normal((256, 384)).astype(np.float32)
-        vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).tolist()
+        vectors = unit_vectors(256, 384, np.random.default_rng(63)).tolist()
         loads = {"vector": lambda addr: vector_loop(addr, vectors, args.concurrency, args.seconds),
                  "text": lambda addr: closed_loop(addr, queries, args.concurrency, args.seconds)}
         for r in range(args.rounds):
@@ -165,12 +124,13 @@ def main() -> int:
         results[load] = out
     for name, counter in counters.items():
         results[f"spans_exported_{name}"] = counter.spans
-    if args.json:
-        print(json.dumps(results, indent=2))
-        return 0
+    return report(args, results, lambda: render(args, results, list(configs)))
+
+
+def render(args: Namespace, results: dict, configs: list[str]) -> None:
     print(f"search q/s, {args.concurrency} closed-loop clients, {args.rounds} rounds x {args.seconds:.0f}s per "
           f"configuration, 2 Flat shards, {args.docs} docs; metrics and the access log on in all")
-    for load in loads:
+    for load in ("vector", "text"):
         out = results[load]
         print(f"  {load} queries:")
         for name in configs:
@@ -185,7 +145,6 @@ def main() -> int:
               f"{out['qps_ratio_on_0.01_rounds']}")
     print(f"  spans exported: sampling 1.0 {results['spans_exported_on_1.0']}, "
           f"sampling 0.01 {results['spans_exported_on_0.01']}")
-    return 0
 
 
 if __name__ == "__main__":

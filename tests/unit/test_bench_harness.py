@@ -87,3 +87,23 @@ def test_report_prints_json_or_renders(capsys: pytest.CaptureFixture[str]) -> No
 def test_load_average_reads_three_figures() -> None:
     figures = harness.load_average().split()
     assert len(figures) == 3 and all(float(f) >= 0 for f in figures)
+
+
+def test_unit_vectors_have_length_one() -> None:
+    import numpy as np
+
+    x = harness.unit_vectors(5, 8, np.random.default_rng(0))
+    assert x.shape == (5, 8) and x.dtype == np.float32
+    assert np.allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-6)
+
+
+def test_random_shard_holds_the_vectors_and_texts(tmp_path: Path) -> None:
+    import numpy as np
+
+    shard = harness.random_shard(tmp_path / "shard", 5000, 8, "Flat", np.random.default_rng(0),
+                                 text=lambda i: f"document {i}")
+    try:
+        assert shard.index.ntotal == 5000  # two batches (4096 + 904)
+        assert [d.text for d in shard.fetch(["v0", "v4999"])] == ["document 0", "document 4999"]
+    finally:
+        shard.close(checkpoint=False)
