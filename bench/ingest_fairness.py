@@ -10,12 +10,12 @@ documents in batches of 64 (issue 16, item 10).
 
 from __future__ import annotations
 
-import json
 import sys
 import threading
 import time
+from argparse import Namespace
 
-from harness import bench_parser, closed_loop, loopback_cluster
+from harness import bench_parser, closed_loop, loopback_cluster, report
 
 
 def bulk_ingest(address: str, docs: list, out: dict) -> None:
@@ -47,16 +47,16 @@ def main() -> int:
             writer.join(1800)
             results[name] = {"idle": idle, "ingesting": busy, "ingest": ingest,
                              "p99_ratio": busy["p99_ms"] / idle["p99_ms"]}
-    if args.json:
-        print(json.dumps(results, indent=2))
-        return 0
+    return report(args, results, lambda: render(args, results))
+
+
+def render(args: Namespace, results: dict) -> None:
     print(f"text search, {args.concurrency} clients, {args.seconds:.0f}s per phase; bulk ingest of {args.docs} docs")
     for name in ("priority_lane", "no_priority"):
         r = results[name]
         print(f"  {name:<14} idle p50 {r['idle']['p50_ms']:7.1f} p99 {r['idle']['p99_ms']:7.1f} ms | during ingest "
               f"p50 {r['ingesting']['p50_ms']:7.1f} p99 {r['ingesting']['p99_ms']:7.1f} ms "
               f"(x{r['p99_ratio']:.2f}) | ingest {r['ingest'].get('docs_per_second', 0):.0f} docs/s")
-    return 0
 
 
 if __name__ == "__main__":

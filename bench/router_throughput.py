@@ -8,10 +8,10 @@ to 1, ingests a synthetic corpus, and runs a closed loop of --concurrency client
 
 from __future__ import annotations
 
-import json
 import sys
+from argparse import Namespace
 
-from harness import bench_parser, closed_loop, loopback_cluster
+from harness import bench_parser, closed_loop, loopback_cluster, report
 
 
 def main() -> int:
@@ -30,16 +30,16 @@ def main() -> int:
             closed_loop(cluster.router_address, queries, args.concurrency, 2.0)  # warm-up
             results[name] = closed_loop(cluster.router_address, queries, args.concurrency, args.seconds)
     results["qps_ratio"] = results["batched"]["qps"] / results["batch1"]["qps"]
-    if args.json:
-        print(json.dumps(results, indent=2))
-        return 0
+    return report(args, results, lambda: render(args, results))
+
+
+def render(args: Namespace, results: dict) -> None:
     print(f"text search, {args.concurrency} concurrent clients, {args.seconds:.0f}s, 2 Flat shards, {args.docs} docs")
     for name in ("batched", "batch1"):
         r = results[name]
         print(f"  {name:<8} {r['qps']:8.1f} q/s   p50 {r['p50_ms']:7.1f} ms   p99 {r['p99_ms']:7.1f} ms   "
               f"errors {r['errors']}")
     print(f"  micro-batching speed-up: {results['qps_ratio']:.2f}x")
-    return 0
 
 
 if __name__ == "__main__":
