@@ -33,8 +33,10 @@ import sys
 import threading
 import time
 from argparse import Namespace
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from harness import bench_parser, log, loopback_cluster, report, spread
 
@@ -58,6 +60,21 @@ class Stream:
         if not self.first:
             self.first = now
         self.last = now
+
+    def read(self, call: Callable[[], Iterable[Any]], ask: bool = False) -> Stream:
+        """Start the clock, make the streaming ``call`` (Generate, or Ask with ``ask``) and read its events:
+        deltas time the tokens, the final one counts them (an Ask's also carries the router's embed +
+        retrieve time)."""
+        self.start = time.perf_counter()
+        for event in call():
+            if event.HasField("delta"):
+                self.delta()
+            elif event.HasField("complete"):
+                self.tokens = event.complete.completion_tokens
+                if ask:
+                    self.embed_retrieve = event.complete.timings.embed_seconds + \
+                        event.complete.timings.retrieve_seconds
+        return self
 
 
 def summarise(rounds: list[dict]) -> dict:
@@ -146,27 +163,14 @@ def main() -> int:
         sampling = common_pb2.SamplingParams(max_tokens=args.max_tokens, temperature=1.0, seed=7)
 
         def direct(q: str) -> Stream:
-            s = Stream()
             request = generator_pb2.GenerateRequest(
                 chat=generator_pb2.ChatMessages(messages=[generator_pb2.ChatMessage(**m) for m in prompts[q]]),
                 sampling=sampling)
-            for event in gen.Generate(request, timeout=300):
-                if event.HasField("delta"):
-                    s.delta()
-                elif event.HasField("complete"):
-                    s.tokens = event.complete.completion_tokens
-            return s
+            return Stream().read(lambda: gen.Generate(request, timeout=300))
 
         def through_router(q: str) -> Stream:
-            s = Stream()
-            for event in router.Ask(router_pb2.AskRequest(question=q, k=5, sampling=sampling), timeout=300):
-                if event.HasField("delta"):
-                    s.delta()
-                elif event.HasField("complete"):
-                    s.tokens = event.complete.completion_tokens
-                    s.embed_retrieve = event.complete.timings.embed_seconds + \
-                        event.complete.timings.retrieve_seconds
-            return s
+            request = router_pb2.AskRequest(question=q, k=5, sampling=sampling)
+            return Stream().read(lambda: router.Ask(request, timeout=300), ask=True)
 
         paths = {"direct": direct, "ask": through_router}
 
