@@ -20,7 +20,7 @@ help:
 	@echo "make test     set up, lint, then run the whole test suite"
 	@echo "make lint     ruff (style, imports, bugbear...) and mypy (types) over the hand-written code"
 	@echo "make install  create .venv with everything (vLLM for CPU included)"
-	@echo "make tools    install prometheus + promtool (Debian package) for the monitoring tests"
+	@echo "make tools    install prometheus + promtool (monitoring tests) and, as root, iptables (chaos partition)"
 	@echo "make protos   regenerate ragcluster/v1 stubs from protos/"
 	@echo "make chart-check  render the Helm chart; kubernetes-validate, checkov, hadolint, structure (part of make test)"
 	@echo "make deploy-test  build the images with Docker, run them as a cluster, ingest/search/ask/restart"
@@ -45,11 +45,14 @@ $(STAMP): pyproject.toml Makefile
 # prometheus + promtool for the rule, dashboard and scrape tests; skipped when present. Installs the Debian
 # package as root (CI), otherwise says what to run.
 tools:
-	@if command -v prometheus >/dev/null && command -v promtool >/dev/null; then :; \
+	@missing=""; \
+	{ command -v prometheus >/dev/null && command -v promtool >/dev/null; } || missing="prometheus"; \
+	if [ "$$(id -u)" = 0 ] && ! command -v iptables >/dev/null; then missing="$$missing iptables"; fi; \
+	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		apt-get -o DPkg::Lock::Timeout=600 update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends prometheus; \
-	else echo "make tools: install Prometheus and promtool (Debian/Ubuntu: sudo apt-get install prometheus)"; exit 1; fi
+		DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends $$missing; \
+	else echo "make tools: install $$missing (Debian/Ubuntu: sudo apt-get install $$missing)"; exit 1; fi
 
 protos: $(STAMP)
 	$(PY) -m ragcluster.tools.protogen
