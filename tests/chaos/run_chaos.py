@@ -60,7 +60,7 @@ from ragcluster.documents import Document
 from ragcluster.hashing import shard_for
 from ragcluster.tools.cluster import ServerProcess, router_env, wait_all_ready
 from ragcluster.v1 import shard_pb2, shard_pb2_grpc
-from router.versions import HybridClock
+from router.versions import MS_SHIFT, HybridClock
 from tests.helpers import replica_digest, shard_process
 
 SHARDS, REPLICAS, ROUTERS = 2, 3, 3
@@ -79,6 +79,7 @@ class Op:
     ok: bool = False
     hits: list[str] = field(default_factory=list)
     error: str = ""  # a failed operation's status code and details
+    wall: float = field(default_factory=time.time)  # the host clock at the start (for the routers' clock offsets)
 
 
 def server_codes(metrics_address: str) -> dict[tuple[str, str], float]:
@@ -585,6 +586,23 @@ class Chaos:
         return {"acknowledged_writes_checked": checked, "lost": len(lost), "lost_ids": lost[:10],
                 "ghost_hits": ghosts}
 
+    def clock_offsets(self, finals: dict[int, dict]) -> dict[str, float]:
+        """Per router: the median of (version's milliseconds - host clock at the write's start) over its
+        acknowledged upserts of unique ids (written once; client n writes through router n % 3): the router's
+        skew plus the time until it took the version (embedding first). Their differences show each router
+        process writing with its own clock (with --clock-skew-ms S: router1 S ahead of router0, router2 S
+        behind)."""
+        state = {i: e for d in finals.values() for i, e in d.items()}
+        offsets: dict[str, list[float]] = {}
+        for op in self.history:
+            if op.kind == "upsert" and op.ok:
+                for doc_id in op.ids:
+                    if doc_id.startswith("u") and doc_id in state:
+                        router = int(doc_id[1:].split("-", 1)[0]) % ROUTERS
+                        ms = state[doc_id][0] >> MS_SHIFT
+                        offsets.setdefault(f"router{router}", []).append(ms - op.wall * 1000)
+        return {k: round(sorted(v)[len(v) // 2], 1) for k, v in sorted(offsets.items())}
+
     def router_counter(self, name: str) -> int:
         """A counter summed over the router processes (and their shards)."""
         return int(sum(value for r in self.routers for _, value in metric_samples(r.metrics, name)))
@@ -613,6 +631,7 @@ class Chaos:
             finals = self.finals = self.converge()
             self.phases["converge"] = time.monotonic() - converging
             result = self.check(finals)
+            result["clock_offsets_ms"] = self.clock_offsets(finals)
             counters = {"tombstones_pruned": self.router_counter("ragcluster_router_tombstones_pruned_total"),
                         "snapshot_restores": self.router_counter("ragcluster_router_catchups_total")}
         finally:
@@ -675,7 +694,8 @@ def summary(result: dict) -> str:
             ("replicas identical", "yes" if result["replicas_identical"] else "no"),
             ("tombstones pruned", result["tombstones_pruned"]), ("snapshot restores", result["snapshot_restores"]),
             ("documents at the end", f"{result['documents']:,}"),
-            ("unexpected exits", len(result["unexpected_exits"]))]
+            ("unexpected exits", len(result["unexpected_exits"])),
+            ("router clock offsets (ms)", ", ".join(f"{k} {v:+.0f}" for k, v in result["clock_offsets_ms"].items()))]
     disk = result["disk_full"]
     if disk:
         rows.append(("disk full", f"refused after {disk['refused_after_seconds']} s ({disk['refusal'][:90]}); "

@@ -31,6 +31,10 @@ def test_chaos_short_form(tmp_path):
     assert len(set(result["router_processes"])) == 3 and os.getpid() not in result["router_processes"]
     assert result["faults"]["kill9"] + result["faults"]["sigstop"] >= 3 and result["faults"]["partition"] == 1
     assert result["acknowledged_writes_checked"] > 100
+    # each router process wrote with its own clock: router1's versions 200 ms ahead of router0's, router2's behind
+    offsets = result["clock_offsets_ms"]
+    assert 100 < offsets["router1"] - offsets["router0"] < 300, offsets
+    assert -300 < offsets["router2"] - offsets["router0"] < -100, offsets
     assert result["partition_kind"] == ("proxy" if why else "iptables"), result["skipped"]
     if root:  # CI runs as root: the kernel-level faults are part of the short form
         assert result["faults"]["disk_full"] == 1, result["skipped"]
