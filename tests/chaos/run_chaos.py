@@ -185,7 +185,7 @@ class PortBlackhole:
                                   timeout=30)
         except (OSError, subprocess.TimeoutExpired) as exc:
             return f"iptables cannot run ({exc})"
-        return "" if done.returncode == 0 else f"iptables -S INPUT failed: {done.stderr.strip()[:200]}"
+        return "" if done.returncode == 0 else f"iptables -S INPUT failed: {' '.join(done.stderr.split())[:200]}"
 
     def front(self, replica_address: str) -> str:
         return replica_address
@@ -242,7 +242,7 @@ class SmallDisk:
         try:
             done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(path)],
                                   capture_output=True, text=True, timeout=60)
-            error = done.stderr.strip()[:200] if done.returncode else ""
+            error = " ".join(done.stderr.split())[:200] if done.returncode else ""
         except (OSError, subprocess.TimeoutExpired) as exc:
             error = str(exc)
         self.mounted = not error
@@ -685,8 +685,8 @@ def summary(result: dict) -> str:
     rows = [("seconds", f"{result['seconds']} (" + ", ".join(f"{k} {v}" for k, v in result["phase_seconds"].items())
              + ")"),
             ("operations", f"{result['operations']:,} ({by['upsert']:,} upserts, {by['delete']:,} deletes, "
-                           f"{by['search']:,} searches; {result['failed']} failed: "
-                           + ", ".join(f"{c} {n}" for c, n in result["failed_by_code"].items()) + ")"),
+                           f"{by['search']:,} searches; {result['failed']} failed"
+                           + "".join(f", {c} {n}" for c, n in result["failed_by_code"].items()) + ")"),
             ("faults injected", ", ".join(kinds)),
             ("skipped", "; ".join(f"{k}: {v}" for k, v in result["skipped"].items()) or "none"),
             ("acknowledged writes checked", f"{result['acknowledged_writes_checked']:,}"),
