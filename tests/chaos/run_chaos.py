@@ -4,7 +4,7 @@ the routers; then a checker reads every replica directly and proves that no ackn
 (issue 16).
 
     python -m tests.chaos.run_chaos --seconds 600          # the full form (make chaos)
-    python -m tests.chaos.run_chaos --seconds 40 --json    # the short form CI runs (tests/integration/test_chaos.py)
+    python -m tests.chaos.run_chaos --seconds 40 --clock-skew-ms 200   # the short form CI runs (test_chaos.py)
     python -m tests.chaos.run_chaos --soak --seconds 600   # steady load, no faults (make soak)
 
 Processes: every shard replica and every router is its own OS process (``python -m shard_server``,
