@@ -156,32 +156,30 @@ def test_a_dead_shard_is_flagged_in_coverage_or_refused(replicated):
         procs[(1, r)] = shard_process(run, 1, r, port=port_of(procs[(1, r)])).wait_ready(120)
 
 
-def _latencies(address: str, n: int) -> list[float]:
-    queries = make_queries(n, seed=8)
-    out = []
+def _retrieve_seconds(address: str, n: int) -> list[float]:
+    """The router's retrieve time (fan-out + merge, as it reports it) of ``n`` searches: the query's embedding
+    competes for the 2 cores with whatever else runs, and is not what hedging is about."""
     with RouterClient(address) as client:
-        for q in queries:
-            start = time.perf_counter()
-            client.search(q, k=5, timeout=10)
-            out.append(time.perf_counter() - start)
-    return out
+        return [client.search(q, k=5, timeout=10).timings.retrieve_seconds for q in make_queries(n, seed=8)]
 
 
 def test_hedging_hides_a_slow_replica(tmp_path, embedder):
     fast = shard_process(tmp_path, 0, 0).wait_ready(120)
-    slow = shard_process(tmp_path, 0, 1, "--search-delay-ms", "400").wait_ready(120)
+    # a delay far above a search's time on a busy 2-core machine (a few hundred ms at worst), so the
+    # comparison below holds whatever the load: a hedged search never waits for the slow replica
+    slow = shard_process(tmp_path, 0, 1, "--search-delay-ms", "2000").wait_ready(120)
     routers = {}
     try:
-        for name, hedge in (("hedged", 0.0), ("unhedged", -1.0)):
+        for name, hedge in (("hedged", 100.0), ("unhedged", -1.0)):  # hedge after 100 ms (auto: up to 1 s)
             routers[name] = RouterInThread(RouterConfig(port=0, metrics_port=-1, hedge_delay_ms=hedge,
                                                         shard=[f"0={fast.grpc},{slow.grpc}"]), embedder)
         with RouterClient(routers["hedged"].address) as client:
             assert client.ingest(make_documents(100, seed=41, prefix="h")).acknowledged == 100
-        p99 = {name: float(np.percentile(_latencies(r.address, 60), 99)) for name, r in routers.items()}
-        print(f"\np99 with a 400 ms replica: hedged {p99['hedged'] * 1000:.0f} ms, "
-              f"unhedged {p99['unhedged'] * 1000:.0f} ms")
-        assert p99["unhedged"] > 0.4  # half the calls land on the slow replica
-        assert p99["hedged"] < 0.2  # the hedge answers from the fast one
+        slowest = {name: max(_retrieve_seconds(r.address, 24)) for name, r in routers.items()}
+        print(f"\nslowest retrieval with a 2 s replica: hedged {slowest['hedged'] * 1000:.0f} ms, "
+              f"unhedged {slowest['unhedged'] * 1000:.0f} ms")
+        assert slowest["unhedged"] > 2.0  # some calls land on the slow replica and wait for it
+        assert slowest["hedged"] < 1.0  # none does with hedging: the hedge answers from the fast one
     finally:
         for r in routers.values():
             r.stop()
