@@ -31,6 +31,7 @@ class ShardNode:
     that change them (load, restore from another replica, close), serialised by one lock."""
 
     def __init__(self, config: ShardConfig) -> None:
+        from ragcluster.workers import default_threads, fixed_pool
         from shard_server.maintenance import maintenance_executor
         from shard_server.service import ShardServicer
 
@@ -41,10 +42,14 @@ class ShardNode:
         self._lock = asyncio.Lock()
         # checkpoints, rebuilds: never the search threads
         self.upkeep = maintenance_executor(config.maintenance_threads)
+        # everything else that blocks (searches, writes, reads, opening and closing the store): a fixed set of
+        # threads from the start, so their number, stacks and SQLite readers do not creep up under load
+        self.workers = fixed_pool(config.worker_threads or default_threads(), "shard-worker")
         self.servicer = ShardServicer(after_write=self._after_write, restore=self.restore,
                                       search_delay_seconds=config.search_delay_ms / 1000,
                                       max_message_bytes=config.max_message_bytes, maintenance_executor=self.upkeep,
-                                      max_snapshots=config.max_concurrent_snapshots)
+                                      max_snapshots=config.max_concurrent_snapshots,
+                                      workers=self.workers)
         spec = service_spec(self.servicer, shard_pb2, "ShardService", shard_pb2_grpc)
         replicas = config.tls_peer_identity or identity("shard", config.shard_id)
         authorize = peer_authorizer(config, {"Snapshot": [*config.tls_allowed_callers, replicas]})
@@ -66,7 +71,7 @@ class ShardNode:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             want = Expected(config.shard_id, config.dim, metric_pb(config.metric), config.embedding_model)
             copy = await download(config.restore_from, self.data_dir, want, config.client_tls(), 600.0)
-            await asyncio.to_thread(replace_durably, copy.path, self.data_dir / STORE_FILE)
+            await self.servicer.run_in_worker(replace_durably, copy.path, self.data_dir / STORE_FILE)
         await self._open_shard()
 
     async def _open_shard(self) -> None:
@@ -74,7 +79,7 @@ class ShardNode:
         from shard_server.shard import Shard
 
         config = self.config
-        shard = await asyncio.to_thread(Shard, config)
+        shard = await self.servicer.run_in_worker(Shard, config)
         self.shard = self.servicer.shard = shard
         self.maintenance = Maintenance(shard, config.checkpoint_interval_seconds, self.upkeep)
         self.maintenance.start()
@@ -110,16 +115,16 @@ class ShardNode:
             old_shard, self.shard = self.shard, None
             self.servicer.shard = None  # requests meanwhile: UNAVAILABLE "still loading"
             if old_shard is not None:
-                await asyncio.to_thread(old_shard.close, False)
-            old = await asyncio.to_thread(swap_in, self.data_dir, new_store)
+                await self.servicer.run_in_worker(old_shard.close, False)
+            old = await self.servicer.run_in_worker(swap_in, self.data_dir, new_store)
             try:
                 await self._open_shard()
             except Exception:
                 logger.exception("the restored store did not open; putting the previous data back")
-                await asyncio.to_thread(roll_back, self.data_dir, old)
+                await self.servicer.run_in_worker(roll_back, self.data_dir, old)
                 await self._open_shard()
                 raise FailedPrecondition("restore: the copied store did not open; the shard is unchanged") from None
-            await asyncio.to_thread(discard, old)
+            await self.servicer.run_in_worker(discard, old)
         finally:
             new_store.unlink(missing_ok=True)
             if self.shard is None:
@@ -130,8 +135,9 @@ class ShardNode:
         if self.maintenance is not None:
             await self.maintenance.stop()
         if self.shard is not None:
-            await asyncio.to_thread(self.shard.close)  # writes a final checkpoint: fast restarts
+            await self.servicer.run_in_worker(self.shard.close)  # writes a final checkpoint: fast restarts
         self.upkeep.shutdown(wait=False)
+        self.workers.shutdown(wait=False)
 
 
 def build_server(config: ShardConfig) -> GrpcServer:
@@ -148,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     add_config_arguments(parser, ShardConfig)
     config = config_from_args(ShardConfig, parser.parse_args(argv))
     setup_logging(config.log_level, config.log_json, name=f"shard-{config.shard_id}")
+    from ragcluster.workers import limit_malloc_arenas
+
+    limit_malloc_arenas(config.malloc_arena_max)  # before the server's threads start
     tracing.setup("ragcluster-shard")  # only when the OTEL_* environment asks for it
     asyncio.run(_serve(config))
     return 0

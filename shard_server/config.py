@@ -60,5 +60,11 @@ class ShardConfig(ShardOptions, ServerConfig):
     search_delay_ms: float = option(0.0, "testing only: add this much latency to every Search (a slow replica)")
     maintenance_threads: int = option(2, "threads for background checkpoints and rebuilds (their FAISS work uses one "
                                          "core each); searches and writes never wait for these threads")
+    worker_threads: int = option(0, "threads that run searches, writes and reads (FAISS, SQLite; each keeps one "
+                                    "SQLite reader connection); all started at startup, so their number never "
+                                    "changes; 0 = cores + 4, at most 32 (asyncio's default)")
+    malloc_arena_max: int = option(2, "cap glibc's malloc arenas (as MALLOC_ARENA_MAX; default 8 per core): with "
+                                      "many, freed memory stays fragmented across them and the RSS creeps up "
+                                      "under a steady load; 0 = glibc's default")
     max_concurrent_snapshots: int = option(2, "Snapshot streams served at once (each holds a read transaction on the "
                                               "store); beyond it RESOURCE_EXHAUSTED")

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar, TypeVarTuple
 
+from ragcluster.workers import fixed_pool
 from shard_server.shard import Shard
 
 logger = logging.getLogger(__name__)
@@ -28,9 +29,9 @@ def _limit_openmp(threads: int) -> None:
 
 
 def maintenance_executor(threads: int = 2, openmp_threads: int = 1) -> ThreadPoolExecutor:
-    """The bounded pool for checkpoints, rebuilds and snapshots (shared by a shard's successive opens)."""
-    return ThreadPoolExecutor(max(1, threads), thread_name_prefix="maintenance", initializer=_limit_openmp,
-                              initargs=(max(1, openmp_threads),))
+    """The bounded pool for checkpoints, rebuilds and snapshots (shared by a shard's successive opens); its
+    threads all start now, so their number is fixed from startup."""
+    return fixed_pool(threads, "maintenance", initializer=_limit_openmp, initargs=(max(1, openmp_threads),))
 
 
 class Maintenance:

@@ -4,8 +4,11 @@ release the GIL), so the event loop keeps serving."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor
+from typing import TypeVar, TypeVarTuple
 
 import numpy as np
 from grpc.aio import ServicerContext
@@ -17,6 +20,8 @@ from shard_server.filters import Condition, Filter
 from shard_server.lexical import CorpusStats, LexicalQuery
 from shard_server.shard import Shard
 
+T = TypeVar("T")
+Args = TypeVarTuple("Args")
 
 def filter_from_pb(pb: common_pb2.Filter) -> Filter:
     """A metadata filter for the shard core."""
@@ -55,8 +60,10 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
     def __init__(self, shard: Shard | None = None, after_write: Callable[[], None] = lambda: None,
                  restore: Callable[[str, float], Awaitable[None]] | None = None, search_delay_seconds: float = 0.0,
                  max_message_bytes: int = 64 * 1024 * 1024, maintenance_executor: Executor | None = None,
-                 max_snapshots: int = 2) -> None:
+                 max_snapshots: int = 2, workers: Executor | None = None) -> None:
         self._shard = shard
+        # searches, writes and reads: a pool whose threads all exist from startup (None: asyncio's default)
+        self.workers = workers
         self.max_snapshots = max(1, max_snapshots)
         self._snapshots = asyncio.Semaphore(self.max_snapshots)
         # rebuilds on demand run with the background checkpoints and rebuilds, never in the searches' threads
@@ -65,6 +72,11 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         self.after_write = after_write  # e.g. schedule a background rebuild when tombstones pile up
         self.restore = restore  # async (source) -> None: replaces the shard's data (owned by __main__)
         self.search_delay_seconds = search_delay_seconds  # testing: a slow replica
+
+    def run_in_worker(self, fn: Callable[[*Args], T], *args: *Args) -> Awaitable[T]:
+        """``fn(*args)`` on the worker pool, in a copy of this context (as ``asyncio.to_thread``)."""
+        call = functools.partial(contextvars.copy_context().run, fn, *args)
+        return asyncio.get_running_loop().run_in_executor(self.workers, call)
 
     @property
     def shard(self) -> Shard:
@@ -82,7 +94,7 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
             await asyncio.sleep(self.search_delay_seconds)
         # parsing, the search and building the answer all run in a worker thread: the event loop only
         # moves bytes, so a large answer never delays other requests
-        return await asyncio.to_thread(self._search, self.shard, request)
+        return await self.run_in_worker(self._search, self.shard, request)
 
     def _search(self, shard: Shard, request: shard_pb2.ShardSearchRequest) -> shard_pb2.ShardSearchResponse:
         if not request.HasField("queries") and not request.lexical:
@@ -127,14 +139,14 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
                 raise InvalidArgument(f"documents.vector: vectors of different lengths {sorted(dims)} in one batch")
             vectors = np.array([dv.vector for dv in request.documents], dtype=np.float32)
             versions = [dv.version for dv in request.documents]
-            count, sequence = await asyncio.to_thread(self.shard.upsert, docs, vectors, request.embedding_model,
+            count, sequence = await self.run_in_worker(self.shard.upsert, docs, vectors, request.embedding_model,
                                                       versions if any(versions) else None)
             self.after_write()
             yield shard_pb2.UpsertResponse(upserted=count, sequence=sequence)
 
     async def Delete(self, request: shard_pb2.ShardDeleteRequest,
                      context: ServicerContext) -> shard_pb2.ShardDeleteResponse:
-        deleted, sequence = await asyncio.to_thread(self.shard.delete, list(request.ids),
+        deleted, sequence = await self.run_in_worker(self.shard.delete, list(request.ids),
                                                     list(request.versions) if request.versions else None)
         self.after_write()
         return shard_pb2.ShardDeleteResponse(deleted=deleted, sequence=sequence)
@@ -143,7 +155,7 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         if len(request.ids) > 10_000:
             raise InvalidArgument("ids: at most 10000 per call")
         if request.iids:
-            by_iid = await asyncio.to_thread(self.shard.fetch_by_iids, list(request.iids))
+            by_iid = await self.run_in_worker(self.shard.fetch_by_iids, list(request.iids))
             response = shard_pb2.FetchResponse()
             for iid, doc in by_iid.items():
                 response.documents_by_iid[iid].CopyFrom(document_to_pb(doc))
@@ -151,41 +163,41 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
                 return response
         else:
             response = shard_pb2.FetchResponse()
-        hashes = await asyncio.to_thread(self.shard.content_hashes, list(request.ids))
+        hashes = await self.run_in_worker(self.shard.content_hashes, list(request.ids))
         found = [i for i in request.ids if i in hashes]
         response.ids.extend(found)
         response.content_hashes.extend(hashes[i] for i in found)
         if not request.hashes_only:
-            docs = await asyncio.to_thread(self.shard.fetch, found)
+            docs = await self.run_in_worker(self.shard.fetch, found)
             response.documents.extend(document_to_pb(d) for d in docs)
         if request.include_vectors:
-            records = await asyncio.to_thread(self.shard.records, found)
+            records = await self.run_in_worker(self.shard.records, found)
             response.records.extend(
                 shard_pb2.DocumentVector(document=document_to_pb(doc), vector=vector.tolist(), version=version)
                 for doc, vector, version in (records[i] for i in found if i in records))
         return response
 
     async def Digest(self, request: shard_pb2.DigestRequest, context: ServicerContext) -> shard_pb2.DigestResponse:
-        entries = await asyncio.to_thread(self.shard.digest, request.after_id, request.limit or 10_000,
+        entries = await self.run_in_worker(self.shard.digest, request.after_id, request.limit or 10_000,
                                           request.bucket_count, list(request.buckets))
         return shard_pb2.DigestResponse(ids=[e[0] for e in entries], versions=[e[1] for e in entries],
                                         content_hashes=[e[2] for e in entries], deleted=[e[3] for e in entries])
 
     async def DigestBuckets(self, request: shard_pb2.DigestBucketsRequest,
                             context: ServicerContext) -> shard_pb2.DigestBucketsResponse:
-        summary = await asyncio.to_thread(self.shard.bucket_digest, request.buckets)
+        summary = await self.run_in_worker(self.shard.bucket_digest, request.buckets)
         return shard_pb2.DigestBucketsResponse(hashes=summary.hashes, counts=summary.counts,
                                                tombstone_horizon=summary.tombstone_horizon,
                                                synced_version=summary.synced_version, max_version=summary.max_version)
 
     async def PruneTombstones(self, request: shard_pb2.PruneTombstonesRequest,
                               context: ServicerContext) -> shard_pb2.PruneTombstonesResponse:
-        pruned, horizon = await asyncio.to_thread(self.shard.prune_tombstones, request.before_version,
+        pruned, horizon = await self.run_in_worker(self.shard.prune_tombstones, request.before_version,
                                                   request.synced_version)
         return shard_pb2.PruneTombstonesResponse(pruned=pruned, tombstone_horizon=horizon)
 
     async def Info(self, request: shard_pb2.ShardInfoRequest, context: ServicerContext) -> shard_pb2.ShardInfoResponse:
-        info = await asyncio.to_thread(self.shard.info)
+        info = await self.run_in_worker(self.shard.info)
         metric = metric_to_pb(info.metric)
         return shard_pb2.ShardInfoResponse(
             shard=info.shard, documents=info.documents, dim=info.dim, metric=metric,
@@ -201,7 +213,7 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
                         context: ServicerContext) -> shard_pb2.TermStatsResponse:
         if not request.texts:
             raise InvalidArgument("texts: empty")
-        result = await asyncio.to_thread(self.shard.term_stats, list(request.texts))
+        result = await self.run_in_worker(self.shard.term_stats, list(request.texts))
         response = shard_pb2.TermStatsResponse(documents=result.stats.documents,
                                                total_length=result.stats.total_length,
                                                shard=self.shard.shard_id, lexical_config=result.config)
@@ -218,10 +230,10 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         async with self._snapshots:
             chunks = snapshot_chunks(self.shard)
             try:
-                while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+                while (chunk := await self.run_in_worker(next, chunks, None)) is not None:
                     yield chunk
             finally:
-                await asyncio.to_thread(chunks.close)  # ends the read transaction (or removes the copy)
+                await self.run_in_worker(chunks.close)  # ends the read transaction (or removes the copy)
 
     async def Restore(self, request: shard_pb2.RestoreRequest, context: ServicerContext) -> shard_pb2.RestoreResponse:
         if not request.source:
@@ -233,12 +245,12 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         start = asyncio.get_running_loop().time()
         remaining: float | None = context.time_remaining()  # None: the caller set no deadline
         await self.restore(request.source, 600.0 if remaining is None else min(remaining, 600.0))
-        info = await asyncio.to_thread(self.shard.info)
+        info = await self.run_in_worker(self.shard.info)
         return shard_pb2.RestoreResponse(sequence=info.sequence, documents=info.documents,
                                          seconds=asyncio.get_running_loop().time() - start)
 
     async def Rebuild(self, request: shard_pb2.RebuildRequest, context: ServicerContext) -> shard_pb2.RebuildResponse:
         shard = self.shard
         seconds = await asyncio.get_running_loop().run_in_executor(self.maintenance_executor, shard.rebuild, True)
-        info = await asyncio.to_thread(self.shard.info)
+        info = await self.run_in_worker(self.shard.info)
         return shard_pb2.RebuildResponse(documents=info.documents, sequence=info.sequence, seconds=seconds)

@@ -43,6 +43,7 @@ import os
 import random
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -661,17 +662,23 @@ class Chaos:
                 k: round(after[k]["rss_kb"] / before[k]["rss_kb"] - 1, 4) for k in before}}
         return result
 
-    def resources(self) -> dict[str, dict[str, int]]:
-        """RSS, open fds and threads of the driver process (the clients), every router and every shard."""
+    def resources(self, samples: int = 5) -> dict[str, dict[str, int]]:
+        """RSS, open fds and threads of the driver process (the clients), every router and every shard: the
+        median of ``samples`` readings 1 s apart (one reading would count the buffers of whatever request
+        happens to be in flight as growth)."""
         pids = {"driver": os.getpid(), **{r.name: r.pid for r in self.routers},
                 **{f"s{s}r{r}": p.pid for (s, r), p in self.procs.items()}}
-        out = {}
-        for name, pid in pids.items():
-            status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-                          if ":" in line)
-            out[name] = {"rss_kb": int(status["VmRSS"].split()[0]), "threads": int(status["Threads"]),
-                         "fds": len(os.listdir(f"/proc/{pid}/fd"))}
-        return out
+        readings: dict[str, list[dict[str, int]]] = {name: [] for name in pids}
+        for n in range(samples):
+            if n:
+                time.sleep(1.0)
+            for name, pid in pids.items():
+                status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                              if ":" in line)
+                readings[name].append({"rss_kb": int(status["VmRSS"].split()[0]), "threads": int(status["Threads"]),
+                                       "fds": len(os.listdir(f"/proc/{pid}/fd"))})
+        return {name: {key: int(statistics.median(r[key] for r in rows)) for key in rows[0]}
+                for name, rows in readings.items()}
 
 
 def summary(result: dict) -> str:

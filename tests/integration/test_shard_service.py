@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import platform
+import threading
+
 import grpc
 import numpy as np
 import pytest
 
 from ragcluster.convert import matrix_to_pb
 from ragcluster.v1 import common_pb2, shard_pb2, shard_pb2_grpc
+from ragcluster.workers import limit_malloc_arenas
 from shard_server.__main__ import build_server
 from shard_server.config import ShardConfig
+from shard_server.service import ShardServicer
 
 DIM = 8
 
@@ -152,3 +159,37 @@ async def test_rebuild_retrains_on_demand(tmp_path):
     assert [response.documents[r.ids[0]].id for r in response.results] == ids[:3]
     await channel.close()
     await server.stop(grace=1)
+
+
+async def test_worker_threads_are_fixed_from_startup(tmp_path):
+    """Issue 16's soak: threads that appeared under a steady load (asyncio's default executor starts one only when
+    a task finds none idle), each with its own SQLite reader, made a shard's RSS creep up. Every thread that runs
+    searches, writes and reads now exists from startup: a burst of three times more concurrent calls than
+    workers starts none, and the store keeps at most one reader per worker and upkeep thread."""
+    server, channel, stub = await _start(tmp_path, worker_threads=3, maintenance_threads=1)
+    try:
+        started = {t.name for t in threading.enumerate()}
+        assert sum(name.startswith("shard-worker") for name in started) == 3
+        assert sum(name.startswith("maintenance") for name in started) == 1
+        x = _vecs(30)
+        ids = [f"doc-{i}" for i in range(30)]
+        [ack] = [a async for a in stub.Upsert(iter([_upsert_request(ids, x)]))]
+        assert ack.upserted == 30
+        calls = [stub.Search(shard_pb2.ShardSearchRequest(queries=matrix_to_pb(x[i : i + 1]), k=5,
+                                                          include_documents=True)) for i in range(5)]
+        calls += [stub.Fetch(shard_pb2.FetchRequest(ids=ids[i : i + 3])) for i in range(0, 12, 3)]
+        calls += [stub.Info(shard_pb2.ShardInfoRequest()) for _ in range(3)]
+        answers = await asyncio.gather(*calls)  # 12 calls at once on 3 workers
+        assert all(len(a.results) == 1 for a in answers[:5]) and all(len(a.documents) == 3 for a in answers[5:9])
+        assert {t.name for t in threading.enumerate()} - started == set()  # no thread started under load
+        shard = server.servicer(ShardServicer).shard
+        assert len(shard.store._readers) <= 3 + 1
+    finally:
+        await channel.close()
+        await server.stop(grace=1)
+
+
+def test_malloc_arenas_can_be_capped():
+    """--malloc-arena-max: glibc takes the cap (on this Linux build machine); 0 leaves the default alone."""
+    assert limit_malloc_arenas(0) is False
+    assert limit_malloc_arenas(8 * (os.cpu_count() or 1)) is (platform.libc_ver()[0] == "glibc")  # glibc's default
