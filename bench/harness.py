@@ -301,6 +301,25 @@ def vector_loop(address: str, vectors: Sequence[Sequence[float]], concurrency: i
     return {"qps": len(latencies) / seconds, **percentiles_ms(latencies), "errors": errors}
 
 
+@contextlib.contextmanager
+def router_process(run_dir: Path, shards: list[str], *flags: str, env: dict[str, str] | None = None,
+                   timeout: float = 300.0) -> Iterator[str]:
+    """``python -m router`` (plaintext, loopback, metrics on a free port) over ``shards`` (``host:port`` of
+    shard 0, 1, ...) plus ``flags``; yields its address once SERVING (its embedding model loaded), stops it
+    on exit. Its log is ``run_dir/router.log``."""
+    from ragcluster.tools.cluster import ServerProcess, router_env, wait_for_serving
+
+    shard_flags = [arg for n, address in enumerate(shards) for arg in ("--shard", f"{n}={address}")]
+    router = ServerProcess("router", ["--port", "0", "--insecure", *shard_flags, *flags], run_dir, "router",
+                           env={**router_env(), **(env or {})})
+    try:
+        router.wait_ready(timeout)
+        wait_for_serving(router.grpc, timeout=60)
+        yield router.grpc
+    finally:
+        router.terminate(30)
+
+
 def closed_loop(address: str, queries: list[str], concurrency: int, seconds: float,
                 security: ClientTls | None = None) -> dict[str, float]:
     """Text searches (k 10; the router embeds each query: the end-to-end path) from ``concurrency`` clients

@@ -179,13 +179,48 @@ async def _checked_stream(requests: AsyncIterator[object]) -> AsyncIterator[obje
         yield request
 
 
+Shed = Callable[[str], str | None]
+"""(method) -> None to go on, or the message of a RESOURCE_EXHAUSTED refusal (admission control)."""
+
+
+def _refusal(handler: grpc.RpcMethodHandler[_Req, _Resp], service: str, method: str, message: str,
+             authorize: Authorizer | None,
+             metadata: Iterable[tuple[str, str | bytes]] | None) -> grpc.RpcMethodHandler[_Req, _Resp]:
+    """A handler that answers RESOURCE_EXHAUSTED at once: the request is not parsed (raw bytes, never read for a
+    streaming request), no request id, span or log context is made; the caller is still authorized first (an
+    unauthenticated caller learns nothing about the load) and the call is counted in the RPC metrics."""
+    start = time.perf_counter()
+
+    async def refuse(request: object, context: grpc.aio.ServicerContext[_Req, _Resp]) -> None:
+        code, text = grpc.StatusCode.RESOURCE_EXHAUSTED, message
+        if authorize is not None:
+            try:
+                authorize(method, {k: v for k, v in metadata or () if isinstance(v, str)}, context)
+            except RagclusterError as exc:
+                code, text = getattr(grpc.StatusCode, exc.code), str(exc)
+        RPC_HANDLED.labels(service, method, code.name).inc()
+        RPC_SECONDS.labels(service, method).observe(time.perf_counter() - start)
+        await context.abort(code, text)
+
+    # registered as taking a request stream whatever the method's kind, so grpc does not wait for the request
+    # message before calling ``refuse`` (the bytes on the wire are the same; the message is never read)
+    behavior = cast("_Unary[_Req, _Resp]", refuse)
+    encode = handler.response_serializer
+    if handler.unary_unary or handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(behavior, None, encode)
+    return grpc.stream_stream_rpc_method_handler(behavior, None, encode)  # with grpc.aio's write API
+
+
 class ServerInterceptor(grpc.aio.ServerInterceptor):
     """``authorize(method, metadata, context)``: runs first inside every RPC's boundary (so a refused call is
-    counted like any other); health and reflection stay open for probes."""
+    counted like any other); health and reflection stay open for probes. ``shed(method)``: admission control,
+    asked before any per-request work; a message means RESOURCE_EXHAUSTED at once (see ``_refusal``)."""
 
-    def __init__(self, access_log: bool = False, authorize: Authorizer | None = None) -> None:
+    def __init__(self, access_log: bool = False, authorize: Authorizer | None = None,
+                 shed: Shed | None = None) -> None:
         self.access_log = access_log  # one log line per request (logger ragcluster.access)
         self.authorize = authorize
+        self.shed = shed
 
     async def intercept_service(
         self,
@@ -200,6 +235,11 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             return handler  # probes and reflection stay out of the metrics and the error boundary
         path, _, method = full.rpartition("/")
         service = path.rsplit(".", 1)[-1]  # /ragcluster.v1.RouterService/Search -> RouterService, Search
+        if self.shed is not None:
+            refused = self.shed(method)
+            if refused is not None:
+                return _refusal(handler, service, method, refused, self.authorize,
+                                handler_call_details.invocation_metadata)
         # text keys only ("-bin" keys carry bytes): traceparent, x-request-id, authorization
         metadata = {k: v for k, v in handler_call_details.invocation_metadata or () if isinstance(v, str)}
         access_log = self.access_log

@@ -27,7 +27,7 @@ from ragcluster import tracing
 from ragcluster.channels import KEEPALIVE_OPTIONS
 from ragcluster.config import ServerConfig
 from ragcluster.fsutil import atomic_write
-from ragcluster.interceptors import ServerInterceptor, preinitialise
+from ragcluster.interceptors import ServerInterceptor, Shed, preinitialise
 from ragcluster.security import Authorizer, PeerPolicy, ServerTls, combine, is_loopback
 
 logger = logging.getLogger(__name__)
@@ -61,11 +61,15 @@ class GrpcServer:
         close: Callable[[], Awaitable[object]] | None = None,
         authorize: Authorizer | None = None,
         require_client_auth: bool = True,
+        shed: Shed | None = None,
     ):
         """``authorize``: checked before every RPC except health and reflection (API keys, peer identities).
-        ``require_client_auth``: with TLS and a CA, callers must present a certificate of that CA (mTLS)."""
+        ``require_client_auth``: with TLS and a CA, callers must present a certificate of that CA (mTLS).
+        ``shed(method)``: admission control asked first for every RPC; a message refuses the call at once
+        with RESOURCE_EXHAUSTED, before any per-request work (``ragcluster.interceptors``)."""
         self.config = config
         self.authorize = authorize
+        self.shed = shed
         self.require_client_auth = require_client_auth
         self.tls: ServerTls | None = None
         self.services = list(services)
@@ -127,7 +131,7 @@ class GrpcServer:
         ]
         if cfg.max_connection_age_seconds > 0:  # GOAWAY, then clients reconnect; streams in flight live on
             options.append(("grpc.max_connection_age_ms", max(1, int(cfg.max_connection_age_seconds * 1000))))
-        self.server = grpc.aio.server(interceptors=[ServerInterceptor(cfg.access_log, self.authorize)],
+        self.server = grpc.aio.server(interceptors=[ServerInterceptor(cfg.access_log, self.authorize, self.shed)],
                                       options=options)
         for spec in self.services:
             spec.add_to_server(spec.servicer, self.server)

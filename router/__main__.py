@@ -82,7 +82,8 @@ def build_server(config: RouterConfig) -> GrpcServer:
 
     spec = service_spec(servicer, router_pb2, "RouterService", router_pb2_grpc)
     return GrpcServer(config, [spec], load=load, close=close, authorize=router_authorizer(config),
-                      require_client_auth=False)  # clients present API keys, not certificates
+                      require_client_auth=False,  # clients present API keys, not certificates
+                      shed=servicer.overloaded)  # refusals beyond --max-in-flight before any per-request work
 
 
 # Role each RPC needs (read < write < admin); an RPC missing here needs admin.

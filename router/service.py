@@ -191,13 +191,27 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             return self.config.timeout_seconds
         return max(min(remaining - self.config.deadline_margin_ms / 1000, self.config.timeout_seconds), 0.001)
 
+    ADMITTED = frozenset({"Search", "Ask", "Ingest"})  # the RPCs that take an admission slot
+
+    def overloaded(self, method: str) -> str | None:
+        """Asked by the server's interceptor as each call arrives, before any per-request work (parsing,
+        request id, tracing, logging context): the refusal message when ``method`` takes a slot and none is
+        free, else None. A call that passes still takes its slot in ``_admit`` (which refuses it if the slots
+        filled up meanwhile)."""
+        if method not in self.ADMITTED or self.in_flight < self.config.max_in_flight:
+            return None
+        metrics.REJECTED.inc()
+        return self._busy()
+
+    def _busy(self) -> str:
+        return f"router busy: {self.in_flight} requests in flight (limit {self.config.max_in_flight})"
+
     @contextlib.contextmanager
     def _admit(self) -> Iterator[None]:
         """Admission control: RESOURCE_EXHAUSTED at once beyond max_in_flight, never a growing queue."""
         if self.in_flight >= self.config.max_in_flight:
             metrics.REJECTED.inc()
-            raise ResourceExhausted(f"router busy: {self.in_flight} requests in flight "
-                                    f"(limit {self.config.max_in_flight})")
+            raise ResourceExhausted(self._busy())
         self.in_flight += 1
         metrics.IN_FLIGHT.set(self.in_flight)
         try:
