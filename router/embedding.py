@@ -106,21 +106,46 @@ class Embedder:
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
     def _encode_onnx(self, texts: list[str]) -> np.ndarray:
-        """Like SentenceTransformer.encode: batches of similar lengths (less padding), rows back in order."""
-        order = np.argsort([-len(t) for t in texts], kind="stable")
+        """Tokenized once, run in groups of similar token lengths (each padded only to its own longest text:
+        padding a batch of CISI queries, 7 to 256 tokens, to its longest cost 3x the compute), rows back in
+        order; a text's vector does not depend on what it was batched with."""
+        ids: list[list[int]] = self.model.tokenizer(texts, truncation=True, max_length=self.max_tokens)["input_ids"]
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        for start in range(0, len(texts), self.batch_size):
-            rows = order[start:start + self.batch_size]
-            features = self.model.tokenizer([texts[i] for i in rows], padding=True, truncation=True,
-                                            max_length=self.max_tokens, return_tensors="np")
-            feed = {name: np.asarray(features[name], dtype=np.int64) for name in self._inputs}
-            vectors = self._session.run(None, feed)[0]
+        for rows in length_groups([len(i) for i in ids], self.batch_size):
+            width = len(ids[rows[0]])  # the longest of the group
+            input_ids = np.zeros((len(rows), width), dtype=np.int64)
+            mask = np.zeros((len(rows), width), dtype=np.int64)
+            for r, i in enumerate(rows):
+                input_ids[r, :len(ids[i])] = ids[i]
+                mask[r, :len(ids[i])] = 1
+            arrays = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(input_ids)}
+            vectors = self._session.run(None, {name: arrays[name] for name in self._inputs})[0]
             norms = np.linalg.norm(vectors, axis=1, keepdims=True)
             out[rows] = vectors / np.maximum(norms, 1e-12)
         return out
 
     def count_tokens(self, text: str) -> int:
         return len(self.model.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def length_groups(lengths: list[int], max_batch: int, slack: float = 0.2) -> list[list[int]]:
+    """Indices of ``lengths`` in groups of at most ``max_batch``, longest first, each group closed before
+    padding to its longest would exceed its real tokens by more than ``slack`` (one forward pass per
+    group: fewer, larger passes where lengths are alike, no padding waste where they are not)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    groups: list[list[int]] = []
+    group: list[int] = []
+    real = 0
+    for i in order:
+        padded = (len(group) + 1) * lengths[group[0]] if group else 0  # the group with i, padded to its longest
+        if group and (len(group) >= max_batch or padded > (1 + slack) * (real + lengths[i])):
+            groups.append(group)
+            group, real = [], 0
+        group.append(i)
+        real += lengths[i]
+    if group:
+        groups.append(group)
+    return groups
 
 
 def _model_key(model_path: str, dtype: str) -> str:

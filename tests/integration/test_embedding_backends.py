@@ -74,6 +74,8 @@ def test_onnx_export_is_cached_and_matches_torch(embedder, cache_dir):
     assert vectors.shape == (4, 384) and vectors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     assert float((vectors * reference).sum(axis=1).min()) > 0.9999
+    alone = np.stack([again.encode([t])[0] for t in texts])  # a text's vector does not depend on its batch
+    np.testing.assert_allclose(vectors, alone, atol=1e-5)
     assert again.encode([]).shape == (0, 384)
 
 
