@@ -101,7 +101,9 @@ def test_overload_is_refused_at_once_not_queued(tmp_path, embedder):
 
 def _loop_cpu(router: RouterInThread) -> float:
     """CPU seconds of the router's event loop thread (its own clock: other processes do not count)."""
-    return time.clock_gettime(time.pthread_getcpuclockid(router.thread.ident))
+    ident = router.thread.ident
+    assert ident is not None  # started
+    return time.clock_gettime(time.pthread_getcpuclockid(ident))
 
 
 def test_a_refusal_does_no_per_request_work(tmp_path, embedder):
@@ -116,7 +118,8 @@ def test_a_refusal_does_no_per_request_work(tmp_path, embedder):
     try:
         channel = sync_channel(router.address)
         search = router_pb2_grpc.RouterServiceStub(channel).Search
-        raw_search = channel.unary_unary("/ragcluster.v1.RouterService/Search")  # bytes in, bytes out
+        raw_search: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+            "/ragcluster.v1.RouterService/Search")  # bytes in, bytes out
         check = health_stub(channel).Check
         with pytest.raises(grpc.RpcError) as bad:  # not full: undecodable bytes are INVALID_ARGUMENT
             raw_search(b"\xff\xff\xff", timeout=30)
