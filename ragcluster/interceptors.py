@@ -179,6 +179,11 @@ async def _checked_stream(requests: AsyncIterator[object]) -> AsyncIterator[obje
         yield request
 
 
+def _text_metadata(metadata: Iterable[tuple[str, str | bytes]] | None) -> dict[str, str]:
+    """Text keys only ("-bin" keys carry bytes): traceparent, x-request-id, authorization."""
+    return {k: v for k, v in metadata or () if isinstance(v, str)}
+
+
 Shed = Callable[[str], str | None]
 """(method) -> None to go on, or the message of a RESOURCE_EXHAUSTED refusal (admission control)."""
 
@@ -195,7 +200,7 @@ def _refusal(handler: grpc.RpcMethodHandler[_Req, _Resp], service: str, method: 
         code, text = grpc.StatusCode.RESOURCE_EXHAUSTED, message
         if authorize is not None:
             try:
-                authorize(method, {k: v for k, v in metadata or () if isinstance(v, str)}, context)
+                authorize(method, _text_metadata(metadata), context)
             except RagclusterError as exc:
                 code, text = getattr(grpc.StatusCode, exc.code), str(exc)
         RPC_HANDLED.labels(service, method, code.name).inc()
@@ -240,8 +245,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             if refused is not None:
                 return _refusal(handler, service, method, refused, self.authorize,
                                 handler_call_details.invocation_metadata)
-        # text keys only ("-bin" keys carry bytes): traceparent, x-request-id, authorization
-        metadata = {k: v for k, v in handler_call_details.invocation_metadata or () if isinstance(v, str)}
+        metadata = _text_metadata(handler_call_details.invocation_metadata)
         access_log = self.access_log
         authorize = self.authorize
 

@@ -4,8 +4,7 @@ A long-running server's memory should reach its steady state by design, not by l
 ``ThreadPoolExecutor`` (and asyncio's default executor behind ``asyncio.to_thread``) starts a thread only when
 a task finds no idle one, so under a steady load new threads keep appearing for minutes, each with its own
 stack, thread-local state (a shard's SQLite reader connection) and, in glibc, possibly its own malloc arena.
-``fixed_pool`` starts every thread at once; ``on_every_thread`` runs a function once on each of them (to open
-per-thread resources up front); ``limit_malloc_arenas`` caps glibc's arenas (default: 8 per core), whose
+``fixed_pool`` starts every thread at once; ``limit_malloc_arenas`` caps glibc's arenas (default: 8 per core), whose
 free-but-fragmented memory grew a shard's RSS while the memory in use stayed flat (issue 16's soak).
 """
 
@@ -31,30 +30,24 @@ def default_threads() -> int:
     return min(32, (os.cpu_count() or 1) + 4)
 
 
-def on_every_thread(pool: ThreadPoolExecutor, threads: int, fn: Callable[[], Any], timeout: float = 60.0) -> None:
-    """Run ``fn()`` once on each of the ``threads`` threads of ``pool`` (which must be idle): every call waits at
-    a barrier until all have started, so no thread can take two of them; re-raises the first failure."""
+def fixed_pool(threads: int, name: str, initializer: Callable[..., object] | None = None,
+               initargs: tuple[Any, ...] = (), timeout: float = 60.0) -> ThreadPoolExecutor:
+    """A thread pool with all ``threads`` threads running when it is returned (the count never changes): one
+    task per thread, each waiting at a barrier until all have started, so no thread can take two of them."""
+    threads = max(1, threads)
+    pool = ThreadPoolExecutor(threads, thread_name_prefix=name, initializer=initializer, initargs=initargs)
     barrier = threading.Barrier(threads)
 
-    def task() -> None:
+    def start() -> None:
         try:
             barrier.wait(timeout)
         except threading.BrokenBarrierError:
-            raise TimeoutError(f"not all {threads} worker threads started within {timeout:g}s") from None
-        fn()
+            raise TimeoutError(f"not all {threads} {name} threads started within {timeout:g}s") from None
 
-    futures = [pool.submit(task) for _ in range(threads)]
+    futures = [pool.submit(start) for _ in range(threads)]
     wait(futures, timeout + 5)
     for future in futures:
         future.result(0)
-
-
-def fixed_pool(threads: int, name: str, initializer: Callable[..., object] | None = None,
-               initargs: tuple[Any, ...] = ()) -> ThreadPoolExecutor:
-    """A thread pool with all ``threads`` threads running when it is returned (the count never changes)."""
-    threads = max(1, threads)
-    pool = ThreadPoolExecutor(threads, thread_name_prefix=name, initializer=initializer, initargs=initargs)
-    on_every_thread(pool, threads, lambda: None)
     return pool
 
 

@@ -23,6 +23,7 @@ from shard_server.shard import Shard
 T = TypeVar("T")
 Args = TypeVarTuple("Args")
 
+
 def filter_from_pb(pb: common_pb2.Filter) -> Filter:
     """A metadata filter for the shard core."""
     conditions: list[Condition] = []
