@@ -7,6 +7,7 @@ machine), and every metric the Grafana dashboard names present in the scrape."""
 from __future__ import annotations
 
 import json
+import math
 import socket
 import subprocess
 import time
@@ -99,7 +100,13 @@ def _value(result: list[dict]) -> float:
     return float(result[0]["value"][1])
 
 
-def test_real_prometheus_scrapes_the_cluster_and_evaluates_the_rules(cluster, ingested, prometheus):
+@pytest.fixture()
+def client(cluster):
+    with RouterClient(cluster.router_address) as c:
+        yield c
+
+
+def test_real_prometheus_scrapes_the_cluster_and_evaluates_the_rules(cluster, ingested, prometheus, client):
     members = [m for m in cluster.members if m.metrics]
 
     def all_up():
@@ -111,15 +118,15 @@ def test_real_prometheus_scrapes_the_cluster_and_evaluates_the_rules(cluster, in
     assert {t["labels"]["role"] for t in targets} == {"shard", "router", "generator"}
     assert _value(prometheus.query('count(up{job="ragcluster"} == 1)')) == len(members)
 
-    with RouterClient(cluster.router_address) as client:
-        for i in range(30):
-            assert client.search(f"tea leaves {i}", k=3).hits
-        for question in ("What is tea?", "Where do kites fly?"):
-            assert client.ask(question, max_tokens=4).completion_tokens > 0
+    for i in range(30):
+        assert client.search(f"tea leaves {i}", k=3).hits
+    for question in ("What is tea?", "Where do kites fly?"):
+        assert client.ask(question, max_tokens=4).completion_tokens > 0
 
     # the traffic shows up once every process has been scraped again
     counted = {
         'sum(ragcluster_grpc_server_handled_total{service="RouterService",method="Search",code="OK"})': 30,
+        'sum(ragcluster_grpc_server_handling_seconds_count{service="RouterService",method="Search"})': 30,
         'sum(ragcluster_grpc_server_handled_total{service="ShardService",method="Search",code="OK"})': 30,
         'sum(ragcluster_grpc_server_handled_total{service="GeneratorService",method="Generate",code="OK"})': 2,
         "sum(ragcluster_router_completion_tokens_total)": 2,
@@ -135,10 +142,19 @@ def test_real_prometheus_scrapes_the_cluster_and_evaluates_the_rules(cluster, in
     assert 0 <= kv <= 1
     for r in prometheus.query("ragcluster_shard_disk_free_bytes / ragcluster_shard_disk_size_bytes"):
         assert 0 < float(r["value"][1]) < 1
-    # a rate needs two scrapes of the series since the searches: wait for it like the counters above
+    # a rate needs the searches between two of the router's scrapes inside its window. The session's cluster
+    # served other tests' searches before this Prometheus started, and on a loaded machine a scrape can fail
+    # or land after the burst above: all bucket rates are then 0 and the quantile NaN. So each poll sends
+    # one more search, and waits for a finite quantile.
     p50_expr = ('histogram_quantile(0.5, sum by (le) (rate(ragcluster_grpc_server_handling_seconds_'
                 'bucket{service="RouterService",method="Search"}[5m])))')
-    p50 = prometheus.wait(p50_expr, lambda: _value(prometheus.query(p50_expr)) or None)
+
+    def p50_after_one_more_search() -> float | None:
+        assert client.search("tea leaves", k=3).hits
+        value = _value(prometheus.query(p50_expr))
+        return value if math.isfinite(value) else None
+
+    p50 = prometheus.wait(p50_expr, p50_after_one_more_search)
     assert 0 < p50 < 10
 
     # the recording rules evaluate on real data: no errors so far, every shard answered every search
