@@ -6,7 +6,10 @@ default: title + abstract of 1,460 documents, 112 queries; read from --cisi, nev
 - in-process limit: sentence-transformers all-MiniLM-L6-v2 in float32 encoding the queries in batches of 32,
   plus an exact IndexFlatIP over the corpus, in this one process (queries/s); and the single-query time
   (encode one query + search), the yardstick of the latency goals.
-- ingest through the router (documents/s) against raw encode of the same texts in this process (float32).
+- ingest through the router (documents/s) against raw encode of the same texts in this process: by the
+  float32 baseline model, and by the router's own embedder (its backend and precision, --router-arg
+  included) in the router's ingest chunks (--embed-bulk-chunk), so the ratio shows what the cluster costs
+  beyond the embedding itself.
 - closed loop, --concurrency clients (the CLI's load generator): a search-only cluster (`--generators 0`)
   and the default layout with one tiny vLLM generator on the same data; QPS against the in-process limit.
 - open loop (Poisson arrivals) at half the search-only cluster's measured capacity: p50 and p99 against
@@ -99,6 +102,28 @@ def in_process(docs: list, queries: list[str], seconds: float) -> tuple[dict, tu
         singles.append(time.perf_counter() - t)
     return {"qps": qps, "single_query_ms": statistics.median(singles) * 1000, "raw_encode_docs_per_s": encode_rate,
             "load": load_average()}, (model, vectors)
+
+
+def router_encode(docs: list, router_args: list[str]) -> dict:
+    """Raw encode of the documents by the embedder the router runs (its config, --router-arg applied), in
+    chunks of its ingest lane, in this process: documents/s."""
+    from ragcluster.config import add_config_arguments, config_from_args
+    from router.config import RouterConfig
+    from router.embedding import Embedder
+
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, RouterConfig)
+    cfg = config_from_args(RouterConfig, parser.parse_known_args(router_args)[0])
+    embedder = Embedder(cfg.embedding_model, cfg.embedding_dtype, threads=cfg.embedding_threads,
+                        backend=cfg.embedding_backend, cache_dir=cfg.embedding_cache_dir)
+    texts = [doc_text(d) for d in docs]
+    chunk = max(1, cfg.embed_bulk_chunk)
+    embedder.encode(texts[:chunk])  # warm-up
+    start = time.perf_counter()
+    for i in range(0, len(texts), chunk):
+        embedder.encode(texts[i:i + chunk])
+    return {"docs_per_s": len(texts) / (time.perf_counter() - start), "backend": embedder.backend,
+            "dtype": embedder.dtype, "chunk": chunk, "load": load_average()}
 
 
 def repeated(run: Callable[[float], dict], args: argparse.Namespace) -> dict:
@@ -206,6 +231,7 @@ def main() -> int:
                      "router_args": args.router_arg, "cpus": os.cpu_count()}
     results["in_process"], (model, vectors) = in_process(docs, queries, args.seconds)
     limit, single = results["in_process"]["qps"], results["in_process"]["single_query_ms"]
+    results["router_encode"] = router_encode(docs, args.router_arg)
     with tempfile.TemporaryDirectory() as tmp:
         results["search_only"] = cluster_phase(tmp, 0, docs, queries, args, ingest=True)
         if not args.no_generator_phase:
@@ -216,6 +242,7 @@ def main() -> int:
     ratios = {
         "search_only_qps_vs_limit": so["closed"]["qps"]["median"] / limit,
         "ingest_vs_raw_encode": so["ingest_docs_per_s"] / results["in_process"]["raw_encode_docs_per_s"],
+        "ingest_vs_router_embedder_encode": so["ingest_docs_per_s"] / results["router_encode"]["docs_per_s"],
         "open_loop_p50_vs_single_query": so["open_half_capacity"]["p50_ms"] / single,
         "open_loop_p99_vs_single_query": so["open_half_capacity"]["p99_ms"] / single,
     }
@@ -249,7 +276,9 @@ def render(args: argparse.Namespace, results: dict) -> None:
     o = so["open_half_capacity"]
     print(f"  open loop {o['rate']:.1f}/s         p50 {o['p50_ms']:7.1f} ms   p99 {o['p99_ms']:7.1f} ms   errors "
           f"{o['errors']}   load {o['load']}")
-    print(f"  ingest {so['ingest_docs_per_s']:.1f} docs/s   load {so['ingest_load']}")
+    enc = results["router_encode"]
+    print(f"  ingest {so['ingest_docs_per_s']:.1f} docs/s   load {so['ingest_load']}   (the router's embedder, "
+          f"{enc['backend']} {enc['dtype']}, chunks of {enc['chunk']}, alone: {enc['docs_per_s']:.1f} docs/s)")
     for name, value in ratios.items():
         print(f"  {name:<34} {value:6.2f}x")
 

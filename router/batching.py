@@ -3,7 +3,9 @@
 Queries: one worker takes the first waiting query, gathers more for at most ``max_wait`` (or until
 ``max_batch``), and encodes them together on a single dedicated thread. While a batch is encoding, new
 queries queue up and form the next batch, so under load batches grow by themselves and throughput scales
-with concurrency; at low load a query waits at most ``max_wait``.
+with concurrency; at low load a query waits at most ``max_wait``. With ``encode_parts`` (the ONNX embedder
+encodes a batch in parts of similar token lengths, shortest first) each caller is answered as soon as its
+part is done, so a short query does not wait for the long ones it was batched with.
 
 Bulk (documents being ingested) goes through the same worker in a second, lower-priority lane, cut into
 chunks of ``bulk_chunk`` texts: the worker encodes a bulk chunk only when no query waits, so during a
@@ -23,15 +25,20 @@ import numpy as np
 
 from router import metrics
 
+# encode(texts, on_part): calls on_part(rows, vectors) for each part of texts as it is done (Embedder.encode_parts)
+EncodeParts = Callable[[list[str], Callable[[list[int], np.ndarray], None]], None]
+
 
 class MicroBatcher:
     def __init__(self, encode: Callable[[list[str]], np.ndarray], max_batch: int = 32, max_wait_us: int = 500,
-                 executor: ThreadPoolExecutor | None = None, bulk_chunk: int = 16):
+                 executor: ThreadPoolExecutor | None = None, bulk_chunk: int = 16,
+                 encode_parts: EncodeParts | None = None):
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         if bulk_chunk < 1:
             raise ValueError("bulk_chunk must be >= 1")
         self._encode = encode
+        self._encode_parts = encode_parts
         self.max_batch = max_batch
         self.max_wait = max_wait_us / 1e6
         self.bulk_chunk = bulk_chunk
@@ -124,17 +131,29 @@ class MicroBatcher:
         for _, _, queued in live:
             metrics.EMBED_WAIT_SECONDS.observe(start - queued)
         metrics.EMBED_BATCH_SIZE.observe(len(live))
+        texts = [t for t, _, _ in live]
+
+        def answer(rows: list[int], vectors: np.ndarray) -> None:
+            for r, v in zip(rows, vectors):
+                if not live[r][1].done():
+                    live[r][1].set_result(v)
+
         try:
-            vectors = await loop.run_in_executor(self.executor, self._encode, [t for t, _, _ in live])
-        except Exception as exc:  # every waiter learns of the failure
+            if self._encode_parts is None:
+                answer(list(range(len(live))), await loop.run_in_executor(self.executor, self._encode, texts))
+            else:  # each part's callers are answered as soon as it is done, not when the whole batch is
+                parts = self._encode_parts
+
+                def relay(rows: list[int], vectors: np.ndarray) -> None:  # on the embedding thread
+                    loop.call_soon_threadsafe(answer, rows, vectors)
+
+                await loop.run_in_executor(self.executor, parts, texts, relay)
+        except Exception as exc:  # every waiter not answered yet learns of the failure
             for _, f, _ in live:
                 if not f.done():
                     f.set_exception(exc)
             return
         metrics.EMBED_SECONDS.labels("query").observe(time.perf_counter() - start)
-        for (_, f, _), v in zip(live, vectors):
-            if not f.done():
-                f.set_result(v)
 
     async def close(self) -> None:
         if self._worker is not None:

@@ -31,7 +31,8 @@ class Collection:
     def set_embedder(self, embedder: Embedder, max_batch: int, max_wait_us: int, executor: ThreadPoolExecutor,
                      bulk_chunk: int = 16) -> None:
         self.embedder = embedder
-        self.batcher = MicroBatcher(embedder.encode, max_batch, max_wait_us, executor, max(1, bulk_chunk))
+        self.batcher = MicroBatcher(embedder.encode, max_batch, max_wait_us, executor, max(1, bulk_chunk),
+                                    embedder.encode_parts)
 
     @property
     def model_name(self) -> str:

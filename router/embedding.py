@@ -22,6 +22,7 @@ import hashlib
 import logging
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +37,9 @@ BACKENDS = ("torch", "onnx")
 DTYPES = {"torch": ("float32", "bfloat16"), "onnx": ("float32", "int8")}
 # "auto": the fastest precision of a backend that keeps retrieval quality (nDCG@10 on CISI within 0.002 of
 # float32: tests/integration/test_embedding_backends.py). ONNX int8 (dynamic quantisation, per output
-# channel) measured 0.4227 vs 0.4193 in float32 and encodes 1.76x faster, but it quantises activations per
-# batch: a text's vector depends on what it was batched with (scores moved by up to 0.02 between a query
-# embedded alone and in a batch), so a search is not reproducible; it stays opt-in (--embedding-dtype int8).
-AUTO_DTYPE = {"torch": "float32", "onnx": "float32"}
+# channel) measured 0.4227 vs 0.4193 in float32 and encodes 1.76x faster. It quantises activations per
+# forward pass, so each text runs in a pass of its own: a text's vector never depends on its batch.
+AUTO_DTYPE = {"torch": "float32", "onnx": "int8"}
 ONNX_OPSET = 17
 
 
@@ -93,25 +93,40 @@ class Embedder:
                     self.threads, path)
 
     def encode(self, texts: list[str]) -> np.ndarray:
+        """L2-normalised float32 vectors of ``texts``, one row per text, in order."""
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+
+        def put(rows: list[int], vectors: np.ndarray) -> None:
+            out[rows] = vectors
+
+        self.encode_parts(texts, put)
+        return out
+
+    def encode_parts(self, texts: list[str], on_part: Callable[[list[int], np.ndarray], None]) -> None:
+        """Encode ``texts``, calling ``on_part(rows, vectors)`` as each part is done: the part's indices into
+        ``texts`` and their L2-normalised float32 vectors. ONNX runs groups of similar token lengths, the
+        shortest first, so the short queries of a micro-batch are answered before its long ones are encoded
+        (int8: one text per group); torch runs the whole list as one part."""
         if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
+            return
         with self._lock:
             if self._session is not None:
-                vectors = self._encode_onnx(texts)
-            else:
-                vectors = self.model.encode(
-                    texts, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True,
-                    show_progress_bar=False,
-                )
-        return np.ascontiguousarray(vectors, dtype=np.float32)
+                self._encode_onnx(texts, on_part)
+                return
+            vectors = self.model.encode(
+                texts, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+        on_part(list(range(len(texts))), np.ascontiguousarray(vectors, dtype=np.float32))
 
-    def _encode_onnx(self, texts: list[str]) -> np.ndarray:
+    def _encode_onnx(self, texts: list[str], on_part: Callable[[list[int], np.ndarray], None]) -> None:
         """Tokenized once, run in groups of similar token lengths (each padded only to its own longest text:
-        padding a batch of CISI queries, 7 to 256 tokens, to its longest cost 3x the compute), rows back in
-        order; a text's vector does not depend on what it was batched with."""
+        padding a batch of CISI queries, 7 to 256 tokens, to its longest cost 3x the compute); a text's
+        vector does not depend on what it was batched with. int8 quantises activations per forward pass,
+        so each text runs alone (on CISI as fast as grouping: a pass over one text has no padding at all)."""
         ids: list[list[int]] = self.model.tokenizer(texts, truncation=True, max_length=self.max_tokens)["input_ids"]
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
-        for rows in length_groups([len(i) for i in ids], self.batch_size):
+        groups = length_groups([len(i) for i in ids], 1 if self.dtype == "int8" else self.batch_size)
+        for rows in reversed(groups):  # shortest first
             width = len(ids[rows[0]])  # the longest of the group
             input_ids = np.zeros((len(rows), width), dtype=np.int64)
             mask = np.zeros((len(rows), width), dtype=np.int64)
@@ -121,8 +136,7 @@ class Embedder:
             arrays = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(input_ids)}
             vectors = self._session.run(None, {name: arrays[name] for name in self._inputs})[0]
             norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-            out[rows] = vectors / np.maximum(norms, 1e-12)
-        return out
+            on_part(rows, np.ascontiguousarray(vectors / np.maximum(norms, 1e-12), dtype=np.float32))
 
     def count_tokens(self, text: str) -> int:
         return len(self.model.tokenizer(text, add_special_tokens=False)["input_ids"])

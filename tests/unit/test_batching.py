@@ -110,3 +110,40 @@ async def test_cancelled_bulk_skips_its_remaining_chunks():
     assert (await batcher.encode("after")).tolist() == [5.0, 1.0]
     assert len(calls) < 50
     await batcher.close()
+
+
+async def test_each_part_is_answered_as_soon_as_it_is_encoded():
+    """With encode_parts, a caller whose part is done gets its vector while later parts are still encoding."""
+    first_part_answered = threading.Event()
+    parts_run: list[list[int]] = []
+
+    def encode_parts(texts, on_part):
+        rows = list(range(len(texts)))
+        for part in (rows[:1], rows[1:]):
+            if len(parts_run) == 1:  # the second part waits until the first part's caller has its answer
+                assert first_part_answered.wait(10), "the first part's caller was not answered before the batch ended"
+            parts_run.append(part)
+            on_part(part, np.array([[float(len(texts[r])), 0.0] for r in part], dtype=np.float32))
+
+    batcher = MicroBatcher(lambda texts: pytest.fail("encode_parts is used for queries"), max_batch=4,
+                           max_wait_us=20000, encode_parts=encode_parts)
+    first = asyncio.create_task(batcher.encode("a"))
+    rest = [asyncio.create_task(batcher.encode("b" * n)) for n in (2, 3)]
+    assert (await asyncio.wait_for(first, 10)).tolist() == [1.0, 0.0]
+    first_part_answered.set()
+    assert [(await asyncio.wait_for(t, 10)).tolist() for t in rest] == [[2.0, 0.0], [3.0, 0.0]]
+    assert parts_run == [[0], [1, 2]]
+    await batcher.close()
+
+
+async def test_an_error_in_a_later_part_reaches_only_the_callers_not_yet_answered():
+    def encode_parts(texts, on_part):
+        on_part([0], np.zeros((1, 2), np.float32))
+        raise RuntimeError("model broke")
+
+    batcher = MicroBatcher(lambda texts: np.zeros((len(texts), 2), np.float32), max_batch=4, max_wait_us=20000,
+                           encode_parts=encode_parts)
+    results = await asyncio.gather(*(batcher.encode(t) for t in ("x", "y", "z")), return_exceptions=True)
+    assert isinstance(results[0], np.ndarray) and results[0].tolist() == [0.0, 0.0]
+    assert all(isinstance(r, RuntimeError) for r in results[1:])
+    await batcher.close()
