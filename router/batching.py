@@ -5,7 +5,9 @@ Queries: one worker takes the first waiting query, gathers more for at most ``ma
 queries queue up and form the next batch, so under load batches grow by themselves and throughput scales
 with concurrency; at low load a query waits at most ``max_wait``. With ``encode_parts`` (the ONNX embedder
 encodes a batch in parts of similar token lengths, shortest first) each caller is answered as soon as its
-part is done, so a short query does not wait for the long ones it was batched with.
+part is done, so a short query does not wait for the long ones it was batched with (parts done while the
+event loop was busy are still answered in one turn of it, so their searches still reach the shards as one
+batched call: ``router.replicas.SearchBatcher``).
 
 Bulk (documents being ingested) goes through the same worker in a second, lower-priority lane, cut into
 chunks of ``bulk_chunk`` texts: the worker encodes a bulk chunk only when no query waits, so during a
@@ -144,7 +146,7 @@ class MicroBatcher:
             else:  # each part's callers are answered as soon as it is done, not when the whole batch is
                 parts = self._encode_parts
 
-                def relay(rows: list[int], vectors: np.ndarray) -> None:  # on the embedding thread
+                def relay(rows: list[int], vectors: np.ndarray) -> None:  # on an embedding thread
                     loop.call_soon_threadsafe(answer, rows, vectors)
 
                 await loop.run_in_executor(self.executor, parts, texts, relay)

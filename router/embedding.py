@@ -23,6 +23,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -84,11 +85,16 @@ class Embedder:
         self.batch_size = batch_size
         self._lock = threading.Lock()
         self._session: Any = None
+        self._pass_session: Any = None
+        self._passes: ThreadPoolExecutor | None = None
         if backend == "onnx":
             self.onnx_path = onnx_export(self.model, path, Path(cache_dir) if cache_dir else default_cache_dir(),
                                          dtype, self.name)
             self._session = _onnx_session(self.onnx_path, self.threads)
             self._inputs = [i.name for i in self._session.get_inputs()]
+            if dtype == "int8" and self.threads > 1:  # one-text passes run side by side, one core each
+                self._pass_session = _onnx_session(self.onnx_path, 1)
+                self._passes = ThreadPoolExecutor(self.threads, thread_name_prefix="embed-pass")
         logger.info("embedding model %s (%s %s, dim %d, %d threads) from %s", self.name, backend, dtype, self.dim,
                     self.threads, path)
 
@@ -123,10 +129,14 @@ class Embedder:
         """Tokenized once, run in groups of similar token lengths (each padded only to its own longest text:
         padding a batch of CISI queries, 7 to 256 tokens, to its longest cost 3x the compute); a text's
         vector does not depend on what it was batched with. int8 quantises activations per forward pass,
-        so each text runs alone (on CISI as fast as grouping: a pass over one text has no padding at all)."""
+        so each text runs alone (no padding at all), and the passes of a batch run side by side, one core
+        each, instead of one after another on all cores: no per-operator barrier between threads, which a
+        busy machine's scheduler turns into waits (CISI queries in batches of 32: 101.9 vs 80.5 q/s). A
+        lone text still gets every core."""
         ids: list[list[int]] = self.model.tokenizer(texts, truncation=True, max_length=self.max_tokens)["input_ids"]
         groups = length_groups([len(i) for i in ids], 1 if self.dtype == "int8" else self.batch_size)
-        for rows in reversed(groups):  # shortest first
+
+        def run(rows: list[int], session: Any) -> None:
             width = len(ids[rows[0]])  # the longest of the group
             input_ids = np.zeros((len(rows), width), dtype=np.int64)
             mask = np.zeros((len(rows), width), dtype=np.int64)
@@ -134,9 +144,19 @@ class Embedder:
                 input_ids[r, :len(ids[i])] = ids[i]
                 mask[r, :len(ids[i])] = 1
             arrays = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(input_ids)}
-            vectors = self._session.run(None, {name: arrays[name] for name in self._inputs})[0]
+            vectors = session.run(None, {name: arrays[name] for name in self._inputs})[0]
             norms = np.linalg.norm(vectors, axis=1, keepdims=True)
             on_part(rows, np.ascontiguousarray(vectors / np.maximum(norms, 1e-12), dtype=np.float32))
+
+        shortest_first = list(reversed(groups))
+        if self._passes is None or len(groups) == 1:
+            for rows in shortest_first:
+                run(rows, self._session)
+            return
+        futures = [self._passes.submit(run, rows, self._pass_session) for rows in shortest_first]
+        wait(futures)  # every pass ends before the lock is released, failed or not
+        for future in futures:
+            future.result()  # the first failure, if any
 
     def count_tokens(self, text: str) -> int:
         return len(self.model.tokenizer(text, add_special_tokens=False)["input_ids"])

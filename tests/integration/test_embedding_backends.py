@@ -93,7 +93,7 @@ def test_int8_vectors_do_not_depend_on_the_batch(embedder, cache_dir):
     assert float((batched * embedder.encode(texts)).sum(axis=1).min()) > 0.97
     parts: list[list[int]] = []
     int8.encode_parts(texts, lambda rows, vectors: parts.append(rows))
-    assert parts == [[2], [0], [3], [4], [1]]  # one text per pass, the shortest first
+    assert sorted(parts) == [[0], [1], [2], [3], [4]]  # one text per pass (side by side: any order)
 
 
 def test_unknown_backend_or_dtype_is_refused():
