@@ -105,15 +105,20 @@ class _Observed(Generic[_Req, _Resp]):
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
+        """Counts, times and logs the RPC, then sends its error status: a client that has seen the error finds
+        it counted already (grpc's abort sends the status before it returns)."""
         code = "OK"
+        status: grpc.Status | None = None
+        abort: tuple[grpc.StatusCode, str] | None = None
         try:
             if exc is None:
                 code = _code_name(self.context)
             elif isinstance(exc, RagclusterError):
                 code = exc.code
                 if exc.details:
-                    await self.context.abort_with_status(_rich_status(exc))
-                await self.context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
+                    status = _rich_status(exc)
+                else:
+                    abort = (getattr(grpc.StatusCode, exc.code), str(exc))
             elif isinstance(exc, grpc.aio.AbortError):
                 code = _code_name(self.context)
             elif isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
@@ -122,8 +127,8 @@ class _Observed(Generic[_Req, _Resp]):
                 code = "INTERNAL"
                 logger.error("%s failed", self.method, exc_info=(type(exc), exc, tb))
                 # the text of an unexpected error may hold paths, addresses or data: it stays in the log
-                await self.context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id "
-                                         f"{request_id.get()}; details are in the server log)")
+                abort = (grpc.StatusCode.INTERNAL,
+                         f"internal error (request id {request_id.get()}; details are in the server log)")
         finally:
             seconds = time.perf_counter() - self.start
             RPC_IN_FLIGHT.labels(self.service, self.method).dec()
@@ -135,6 +140,10 @@ class _Observed(Generic[_Req, _Resp]):
                 log_request(self.method, code, seconds, request_fields.get() or {})
                 request_fields.reset(self.fields_token)
             request_id.reset(self.token)
+        if status is not None:
+            await self.context.abort_with_status(status)
+        if abort is not None:
+            await self.context.abort(*abort)
 
 
 class _Undecodable:

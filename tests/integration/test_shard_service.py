@@ -92,16 +92,18 @@ async def test_bad_search_input_is_invalid_argument(tmp_path, make_request, fiel
         return REGISTRY.get_sample_value("ragcluster_grpc_server_handled_total", labels) or 0
 
     server, channel, stub = await _start(tmp_path)
-    x = _vecs(2)
-    before = rejected()
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stub.Search(make_request(x))
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert field in (err.value.details() or "")
-    assert rejected() == before + 1  # counted under its status code
-    assert (await stub.Info(shard_pb2.ShardInfoRequest())).dim == DIM  # still serving
-    await channel.close()
-    await server.stop(grace=1)
+    try:
+        x = _vecs(2)
+        before = rejected()
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.Search(make_request(x))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert field in (err.value.details() or "")
+        assert rejected() == before + 1  # counted under its status code, before the client saw the status
+        assert (await stub.Info(shard_pb2.ShardInfoRequest())).dim == DIM  # still serving
+    finally:  # a failure must not leave this server's worker threads to the next test
+        await channel.close()
+        await server.stop(grace=1)
 
 
 async def test_bad_upserts_are_invalid_argument_and_write_nothing(tmp_path):
@@ -166,11 +168,13 @@ async def test_worker_threads_are_fixed_from_startup(tmp_path):
     a task finds none idle), each with its own SQLite reader, made a shard's RSS creep up. Every thread that runs
     searches, writes and reads now exists from startup: a burst of three times more concurrent calls than
     workers starts none, and the store keeps at most one reader per worker and upkeep thread."""
+    earlier = set(threading.enumerate())  # other tests' servers may still be winding down: not counted
     server, channel, stub = await _start(tmp_path, worker_threads=3, maintenance_threads=1)
     try:
         started = {t.name for t in threading.enumerate()}
-        assert sum(name.startswith("shard-worker") for name in started) == 3
-        assert sum(name.startswith("maintenance") for name in started) == 1
+        own = [t.name for t in set(threading.enumerate()) - earlier]
+        assert sum(name.startswith("shard-worker") for name in own) == 3
+        assert sum(name.startswith("maintenance") for name in own) == 1
         x = _vecs(30)
         ids = [f"doc-{i}" for i in range(30)]
         [ack] = [a async for a in stub.Upsert(iter([_upsert_request(ids, x)]))]
