@@ -109,13 +109,12 @@ def router_encode(docs: list, router_args: list[str]) -> dict:
     chunks of its ingest lane, in this process: documents/s."""
     from ragcluster.config import add_config_arguments, config_from_args
     from router.config import RouterConfig
-    from router.embedding import Embedder
+    from router.embedding import embedder_from_config
 
     parser = argparse.ArgumentParser()
     add_config_arguments(parser, RouterConfig)
     cfg = config_from_args(RouterConfig, parser.parse_known_args(router_args)[0])
-    embedder = Embedder(cfg.embedding_model, cfg.embedding_dtype, threads=cfg.embedding_threads,
-                        backend=cfg.embedding_backend, cache_dir=cfg.embedding_cache_dir)
+    embedder = embedder_from_config(cfg)
     texts = [doc_text(d) for d in docs]
     chunk = max(1, cfg.embed_bulk_chunk)
     embedder.encode(texts[:chunk])  # warm-up

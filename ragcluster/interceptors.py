@@ -7,6 +7,7 @@ logged once with its traceback and answered INTERNAL. The server keeps serving e
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
@@ -108,17 +109,16 @@ class _Observed(Generic[_Req, _Resp]):
         """Counts, times and logs the RPC, then sends its error status: a client that has seen the error finds
         it counted already (grpc's abort sends the status before it returns)."""
         code = "OK"
-        status: grpc.Status | None = None
-        abort: tuple[grpc.StatusCode, str] | None = None
+        send: Callable[[], Awaitable[None]] | None = None  # the error status, sent once the RPC is recorded
         try:
             if exc is None:
                 code = _code_name(self.context)
             elif isinstance(exc, RagclusterError):
                 code = exc.code
                 if exc.details:
-                    status = _rich_status(exc)
+                    send = functools.partial(self.context.abort_with_status, _rich_status(exc))
                 else:
-                    abort = (getattr(grpc.StatusCode, exc.code), str(exc))
+                    send = functools.partial(self.context.abort, getattr(grpc.StatusCode, exc.code), str(exc))
             elif isinstance(exc, grpc.aio.AbortError):
                 code = _code_name(self.context)
             elif isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
@@ -127,8 +127,9 @@ class _Observed(Generic[_Req, _Resp]):
                 code = "INTERNAL"
                 logger.error("%s failed", self.method, exc_info=(type(exc), exc, tb))
                 # the text of an unexpected error may hold paths, addresses or data: it stays in the log
-                abort = (grpc.StatusCode.INTERNAL,
-                         f"internal error (request id {request_id.get()}; details are in the server log)")
+                send = functools.partial(self.context.abort, grpc.StatusCode.INTERNAL,
+                                         f"internal error (request id {request_id.get()}; details are in the "
+                                         "server log)")
         finally:
             seconds = time.perf_counter() - self.start
             RPC_IN_FLIGHT.labels(self.service, self.method).dec()
@@ -140,10 +141,8 @@ class _Observed(Generic[_Req, _Resp]):
                 log_request(self.method, code, seconds, request_fields.get() or {})
                 request_fields.reset(self.fields_token)
             request_id.reset(self.token)
-        if status is not None:
-            await self.context.abort_with_status(status)
-        if abort is not None:
-            await self.context.abort(*abort)
+        if send is not None:
+            await send()
 
 
 class _Undecodable:

@@ -61,7 +61,7 @@ def build_server(config: RouterConfig) -> GrpcServer:
     metrics.BACKEND_STATES.nodes = pool.state_counts
 
     async def load() -> None:
-        from router.embedding import Embedder
+        from router.embedding import Embedder, embedder_from_config
 
         await asyncio.gather(pool.start(refresh_seconds=config.dns_refresh_seconds),
                              *(g.start(config.dns_refresh_seconds) for g in groups))
@@ -69,9 +69,7 @@ def build_server(config: RouterConfig) -> GrpcServer:
         for col in collections.values():
             if col.embedder is None:
                 if col.model_spec not in loaded:
-                    loaded[col.model_spec] = await asyncio.to_thread(
-                        Embedder, col.model_spec, config.embedding_dtype, threads=config.embedding_threads,
-                        backend=config.embedding_backend, cache_dir=config.embedding_cache_dir)
+                    loaded[col.model_spec] = await asyncio.to_thread(embedder_from_config, config, col.model_spec)
                 servicer.set_collection_embedder(col, loaded[col.model_spec])
 
     async def close() -> None:

@@ -25,12 +25,16 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ragcluster.embedding_models import DEFAULT_MODEL, resolve_embedding_model
 from ragcluster.fsutil import replace_durably
+from ragcluster.workers import fixed_pool
+
+if TYPE_CHECKING:
+    from router.config import RouterConfig
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +98,7 @@ class Embedder:
             self._inputs = [i.name for i in self._session.get_inputs()]
             if dtype == "int8" and self.threads > 1:  # one-text passes run side by side, one core each
                 self._pass_session = _onnx_session(self.onnx_path, 1)
-                self._passes = ThreadPoolExecutor(self.threads, thread_name_prefix="embed-pass")
+                self._passes = fixed_pool(self.threads, "embed-pass")
         logger.info("embedding model %s (%s %s, dim %d, %d threads) from %s", self.name, backend, dtype, self.dim,
                     self.threads, path)
 
@@ -160,6 +164,12 @@ class Embedder:
 
     def count_tokens(self, text: str) -> int:
         return len(self.model.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def embedder_from_config(config: RouterConfig, spec: str = "") -> Embedder:
+    """The embedder the router runs for model ``spec`` (default: its --embedding-model), as configured."""
+    return Embedder(spec or config.embedding_model, config.embedding_dtype, threads=config.embedding_threads,
+                    backend=config.embedding_backend, cache_dir=config.embedding_cache_dir)
 
 
 def length_groups(lengths: list[int], max_batch: int, slack: float = 0.2) -> list[list[int]]:

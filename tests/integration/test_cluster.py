@@ -75,10 +75,9 @@ def test_every_server_answers_health_and_reflection(cluster):
 def router_embedder():
     """The embedder the router process runs: its config's defaults (backend, precision)."""
     from router.config import RouterConfig
-    from router.embedding import Embedder
+    from router.embedding import embedder_from_config
 
-    cfg = RouterConfig()
-    return Embedder(dtype=cfg.embedding_dtype, backend=cfg.embedding_backend)
+    return embedder_from_config(RouterConfig())
 
 
 def test_congruence_with_single_flat_index(cluster, ingested, router_embedder):
