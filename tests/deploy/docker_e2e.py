@@ -1,6 +1,6 @@
 """`make deploy-test`: the container images built with a real Docker engine and run as a cluster.
 
-    python tests/deploy/docker_e2e.py [--base-image ragcluster-base:bookworm] [--tag e2e] [--keep-images]
+    python tests/deploy/docker_e2e.py [--base-image ragcluster-base:bookworm] [--tag e2e]
 
 1. a Docker engine (deploy/docker/dockerd.sh: reuses a running daemon, else installs Debian's docker.io
    if needed and starts one, stopped again at the end only if it was started here);
@@ -14,6 +14,11 @@
 6. stops everything with SIGTERM (exit status 0 = graceful drain), restarts the shards on the same
    volumes (and the router) and checks that every document is still there;
 7. prints image sizes, build times and cold-start times (docker run -> grpc.health.v1 SERVING).
+
+Disk stays bounded across runs: a rebuild removes the image its tag pointed to before (else every run
+leaves ~5 GB of untagged images behind), BuildKit's cache is pruned down to CACHE_KEEP_GB (least recently
+used first; env RAGCLUSTER_DEPLOY_TEST_CACHE_GB, default 12), and the run refuses to start, saying what
+to free, when the Docker root has less than MIN_FREE_GB free even after that.
 
 Every wait is bounded: health is awaited with grpc.health.v1 Watch calls under a deadline, and a
 container that exits early fails the run at once with its log.
@@ -42,6 +47,8 @@ DOCKER_DIR = ROOT / "deploy" / "docker"
 DOCKER = os.environ.get("DOCKER", "/usr/bin/docker")
 SAMPLE = ROOT / "ragcluster" / "data" / "sample_corpus.jsonl"
 BUILD_TIMEOUT = 1800
+CACHE_KEEP_GB = float(os.environ.get("RAGCLUSTER_DEPLOY_TEST_CACHE_GB", "12"))
+MIN_FREE_GB = 12.0  # the three images (~5 GB) plus their build layers and cache
 START_TIMEOUT = {"shard": 60, "router": 180, "generator": 300}
 # the securityContext of the Helm chart, as docker run flags
 # the e2e cluster runs on the host's loopback without TLS, on purpose: servers and CLI say so explicitly
@@ -196,8 +203,33 @@ class Cluster:
             docker("volume", "rm", "-f", vol, check=False)
 
 
+def image_id(ref: str) -> str:
+    proc = docker("image", "inspect", "-f", "{{.Id}}", ref, check=False)
+    return proc.stdout.strip() if proc.returncode == 0 else ""
+
+
+def free_gb(path: str) -> float:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize / 1e9
+
+
+def ensure_disk() -> None:
+    """Prune BuildKit's cache to CACHE_KEEP_GB and insist on MIN_FREE_GB free under the Docker root."""
+    root = docker("info", "-f", "{{.DockerRootDir}}").stdout.strip() or "/var/lib/docker"
+    docker("builder", "prune", "-f", "--keep-storage", f"{int(CACHE_KEEP_GB * 1e9)}", timeout=600, check=False)
+    free = free_gb(root)
+    log(f"{free:.1f} GB free under {root} (build cache kept to {CACHE_KEEP_GB:g} GB)")
+    if free < MIN_FREE_GB:
+        raise RuntimeError(
+            f"only {free:.1f} GB free under {root}; the images need about {MIN_FREE_GB:g} GB. "
+            "Free space (e.g. `docker image prune` for untagged images, `docker builder prune` for the "
+            "build cache) or lower RAGCLUSTER_DEPLOY_TEST_CACHE_GB, then run again."
+        )
+
+
 def build(image: str, dockerfile: str, tag: str, base: str, local_torch: bool) -> float:
     started = time.monotonic()
+    before = image_id(f"{image}:{tag}")
     ca = Path(os.environ.get("PIP_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt"))
     extra = ["--secret", f"id=pip_ca,src={ca}"] if ca.is_file() else []
     extra += ["--build-arg", "TORCH_INDEX_URL="] if local_torch else []  # else the Dockerfile's PyTorch index
@@ -224,6 +256,10 @@ def build(image: str, dockerfile: str, tag: str, base: str, local_torch: bool) -
     )
     if proc.returncode != 0:
         raise RuntimeError(f"building {image} failed:\n{proc.stdout[-4000:]}{proc.stderr[-4000:]}")
+    if before and before != image_id(f"{image}:{tag}"):
+        # the tag moved: the old image would stay behind untagged (a container or another tag may still
+        # hold it; then Docker refuses and it stays)
+        docker("image", "rm", before, check=False)
     return time.monotonic() - started
 
 
@@ -238,6 +274,7 @@ def run(args) -> dict:
     if args.base_image.startswith("ragcluster-base"):
         subprocess.run([str(DOCKER_DIR / "make-base.sh"), args.base_image], check=True, timeout=900)
     local_torch = stage_wheels()
+    ensure_disk()
     for image, dockerfile in [
         ("ragcluster-shard", "shard.Dockerfile"),
         ("ragcluster-router", "router.Dockerfile"),
