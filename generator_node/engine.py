@@ -10,7 +10,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -167,7 +167,7 @@ class Engine:
                 kwargs[name] = value
         return SamplingParams(**kwargs)
 
-    async def generate(self, prompt_ids: list[int], sampling: Sampling, request_id: str = "") -> AsyncIterator[Chunk]:
+    async def generate(self, prompt_ids: list[int], sampling: Sampling, request_id: str = "") -> AsyncGenerator[Chunk]:
         """Stream deltas, then a final Chunk(finished=True). Cancelling the consumer aborts the request."""
         if self.llm is None:
             raise Unavailable("engine not running")

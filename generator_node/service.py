@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 from grpc.aio import ServicerContext
@@ -59,18 +60,20 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
             stream_interval=s.stream_interval if s.HasField("stream_interval") else self.default_stream_interval,
         )
         first = True
-        async for chunk in engine.generate(prompt_ids, sampling, request.request_id):
-            if chunk.finished:
-                yield generator_pb2.GenerateEvent(complete=generator_pb2.GenerateComplete(
-                    finish_reason=chunk.finish_reason, prompt_tokens=chunk.prompt_tokens,
-                    completion_tokens=chunk.completion_tokens, queue_seconds=chunk.queue_seconds,
-                    time_to_first_token_seconds=chunk.ttft_seconds, total_seconds=chunk.total_seconds,
-                ))
-            else:
-                if first:
-                    first = False
-                    tracing.add_event("first_token")
-                yield generator_pb2.GenerateEvent(delta=generator_pb2.TextDelta(text=chunk.text))
+        # closed here when the caller cancels at our yield, not at garbage collection: the engine aborts now
+        async with contextlib.aclosing(engine.generate(prompt_ids, sampling, request.request_id)) as chunks:
+            async for chunk in chunks:
+                if chunk.finished:
+                    yield generator_pb2.GenerateEvent(complete=generator_pb2.GenerateComplete(
+                        finish_reason=chunk.finish_reason, prompt_tokens=chunk.prompt_tokens,
+                        completion_tokens=chunk.completion_tokens, queue_seconds=chunk.queue_seconds,
+                        time_to_first_token_seconds=chunk.ttft_seconds, total_seconds=chunk.total_seconds,
+                    ))
+                else:
+                    if first:
+                        first = False
+                        tracing.add_event("first_token")
+                    yield generator_pb2.GenerateEvent(delta=generator_pb2.TextDelta(text=chunk.text))
 
     async def Info(self, request: generator_pb2.GeneratorInfoRequest,
                    context: ServicerContext) -> generator_pb2.GeneratorInfoResponse:

@@ -10,7 +10,7 @@ import logging
 import math
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar, cast
@@ -513,12 +513,15 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                                          embedding_model=col.model_name, mode=_MODE_PB[retrieval.mode])
 
     async def Ask(self, request: router_pb2.AskRequest, context: ServicerContext) -> AsyncIterator[router_pb2.AskEvent]:
+        # closed here, not left to garbage collection: a client that cancels while Ask sits at its yield
+        # reaches _ask's finally (which cancels the generation it started) at once
         with self._admit():
-            async for event in self._ask(request, context):
-                yield event
+            async with contextlib.aclosing(self._ask(request, context)) as events:
+                async for event in events:
+                    yield event
 
     async def _ask(self, request: router_pb2.AskRequest,
-                   context: ServicerContext) -> AsyncIterator[router_pb2.AskEvent]:
+                   context: ServicerContext) -> AsyncGenerator[router_pb2.AskEvent]:
         start = time.perf_counter()
         question = request.question.strip()
         if not question:
@@ -604,11 +607,12 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def Ingest(self, request_iterator: AsyncIterator[router_pb2.IngestRequest],
                      context: ServicerContext) -> AsyncIterator[router_pb2.IngestResponse]:
         with self._admit():
-            async for response in self._ingest(request_iterator, context):
-                yield response
+            async with contextlib.aclosing(self._ingest(request_iterator, context)) as responses:
+                async for response in responses:
+                    yield response
 
     async def _ingest(self, request_iterator: AsyncIterator[router_pb2.IngestRequest],
-                      context: ServicerContext) -> AsyncIterator[router_pb2.IngestResponse]:
+                      context: ServicerContext) -> AsyncGenerator[router_pb2.IngestResponse]:
         """Embed batch i+1 while batch i is being written to the shards (so embedding, the slow part,
         runs back to back); acknowledgements still go out in order, each once its batch is durable."""
         total = 0

@@ -24,6 +24,15 @@ def test_router_threads_sleep_when_idle_and_are_not_pinned(monkeypatch):
     assert env["OMP_WAIT_POLICY"] == "PASSIVE" and "OMP_NUM_THREADS" not in env
 
 
+def test_generator_engine_threads_sleep_when_idle(monkeypatch):
+    """Spinning vLLM CPU threads starved the router beside them: a cancel reached it only after the
+    generation had run to its end."""
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert cluster.generator_env()["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert cluster.generator_env()["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
 def test_an_operators_environment_wins(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "7")
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
