@@ -32,6 +32,19 @@ _Streaming = Callable[[_Req, grpc.aio.ServicerContext[_Req, _Resp]], AsyncIterat
 
 REQUEST_ID_KEY = "x-request-id"
 
+try:  # what grpc.aio's context.write raises when the call ended under the handler (client gone, deadline passed)
+    from grpc._cython.cygrpc import ExecuteBatchError as _ExecuteBatchError  # type: ignore[import-not-found]
+
+    _SEND_FAILED: tuple[type[BaseException], ...] = (_ExecuteBatchError,)
+except ImportError:  # pragma: no cover - another grpc build
+    _SEND_FAILED = ()
+
+
+class CallEnded(asyncio.CancelledError):
+    """A streamed message could not be sent because the call was already over (the client cancelled or its
+    deadline passed between two messages): counted CANCELLED like a cancellation grpc delivers itself, not
+    INTERNAL, and no status is sent (the call has one)."""
+
 RPC_HANDLED = Counter(
     "ragcluster_grpc_server_handled", "RPCs completed on the server, by service, method and status code",
     ["service", "method", "code"],
@@ -288,7 +301,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                     responses = call(admit(request, context, stream_in), context)
                     try:
                         async for item in responses:
-                            await context.write(item)
+                            try:
+                                await context.write(item)
+                            except _SEND_FAILED as exc:
+                                raise CallEnded(f"{method}: the call ended before a message was sent") from exc
                     finally:
                         await aclose(responses)
 

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 from generator_node.service import GeneratorServicer
 from ragcluster.v1 import common_pb2, generator_pb2, router_pb2
@@ -66,3 +66,60 @@ async def test_generator_node_closes_the_engine_stream_at_once() -> None:
     first = await close_after_first(servicer.Generate(request, None))  # type: ignore[arg-type]
     assert first.delta.text == "a"
     assert inner.closed  # so the engine's own finally (abort the request) runs now
+
+
+class EndedCall:
+    """A servicer context whose call is already over: grpc.aio's write fails the way it does then."""
+
+    def __init__(self) -> None:
+        self.aborted: list[object] = []
+
+    async def write(self, message: object) -> None:
+        from grpc._cython import cygrpc
+
+        raise cygrpc.ExecuteBatchError('Failed "execute_batch"')
+
+    def code(self) -> None:
+        return None
+
+    def time_remaining(self) -> float:
+        return 0.0
+
+    async def abort(self, *args: object) -> None:
+        self.aborted.append(args)
+
+    async def abort_with_status(self, *args: object) -> None:
+        self.aborted.append(args)
+
+
+async def test_a_message_the_ended_call_cannot_take_counts_cancelled_not_internal() -> None:
+    """The client's deadline passes (or it cancels) between two messages: grpc's write fails; that is the
+    call ending, not a server fault (the fuzz test counts any INTERNAL as a bug)."""
+    import grpc
+    import pytest
+
+    from ragcluster.interceptors import RPC_HANDLED, CallEnded, ServerInterceptor
+
+    closed: list[bool] = []
+
+    async def stream(request: object, context: object) -> AsyncIterator[str]:
+        try:
+            yield "hits"
+            yield "more"
+        finally:
+            closed.append(True)
+
+    async def continuation(details: object) -> grpc.RpcMethodHandler:
+        return grpc.unary_stream_rpc_method_handler(stream)
+
+    details = SimpleNamespace(method="/ragcluster.v1.Probe/Stream", invocation_metadata=())
+    handler = await ServerInterceptor().intercept_service(continuation, details)
+    assert handler is not None and handler.unary_stream is not None
+    counted = {code: RPC_HANDLED.labels("Probe", "Stream", code)._value.get() for code in ("CANCELLED", "INTERNAL")}
+    context = EndedCall()
+    with pytest.raises(CallEnded):  # a CancelledError: grpc ends the call quietly
+        await cast(Any, handler.unary_stream)(object(), context)  # a coroutine under grpc.aio
+    assert RPC_HANDLED.labels("Probe", "Stream", "CANCELLED")._value.get() == counted["CANCELLED"] + 1
+    assert RPC_HANDLED.labels("Probe", "Stream", "INTERNAL")._value.get() == counted["INTERNAL"]
+    assert context.aborted == []  # no second status on a call that has one
+    assert closed == [True]  # the handler's cleanup ran
