@@ -9,6 +9,11 @@ part is done, so a short query does not wait for the long ones it was batched wi
 event loop was busy are still answered in one turn of it, so their searches still reach the shards as one
 batched call: ``router.replicas.SearchBatcher``).
 
+With ``encode_one`` (int8 ONNX: every text is a pass of its own anyway) there are no batches: the worker
+starts each query's pass as soon as one of ``passes`` pass threads is free, so a query waits for a free
+core, never for the rest of a batch to finish (with batches, a query that arrived while a batch was being
+encoded waited for its longest text). A query that finds no other pass in flight runs on every core.
+
 Bulk (documents being ingested) goes through the same worker in a second, lower-priority lane, cut into
 chunks of ``bulk_chunk`` texts: the worker encodes a bulk chunk only when no query waits, so during a
 bulk ingest a query waits for at most one small chunk, never for a whole ingest batch.
@@ -21,7 +26,8 @@ import collections
 import contextlib
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import cast
 
 import numpy as np
 
@@ -29,12 +35,15 @@ from router import metrics
 
 # encode(texts, on_part): calls on_part(rows, vectors) for each part of texts as it is done (Embedder.encode_parts)
 EncodeParts = Callable[[list[str], Callable[[list[int], np.ndarray], None]], None]
+# encode_one(text, alone): one text's vector; alone = no other pass in flight (Embedder.encode_one)
+EncodeOne = Callable[[str, bool], np.ndarray]
 
 
 class MicroBatcher:
     def __init__(self, encode: Callable[[list[str]], np.ndarray], max_batch: int = 32, max_wait_us: int = 500,
                  executor: ThreadPoolExecutor | None = None, bulk_chunk: int = 16,
-                 encode_parts: EncodeParts | None = None):
+                 encode_parts: EncodeParts | None = None, encode_one: EncodeOne | None = None, passes: int = 0,
+                 pass_executor: Executor | None = None):
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         if bulk_chunk < 1:
@@ -50,6 +59,13 @@ class MicroBatcher:
         self._bulk: collections.deque[tuple[list[str], asyncio.Future]] = collections.deque()
         self._work = asyncio.Event()  # set whenever either lane has something
         self._worker: asyncio.Task | None = None
+        # one-text passes (encode_one): how many may run at once, on which threads, how many are running
+        self._encode_one = encode_one if passes >= 1 and pass_executor is not None else None
+        self._pass_executor = pass_executor
+        self._slots = asyncio.Semaphore(max(passes, 1))
+        self._passing = 0
+        self._passes_idle = asyncio.Event()
+        self._passes_idle.set()
 
     def _ensure_worker(self) -> None:
         if self._worker is None:
@@ -109,8 +125,14 @@ class MicroBatcher:
                 await self._work.wait()
                 continue
             if not self._queue.empty():
-                await self._run_queries(loop, await self._gather_queries(loop))
+                if self._encode_one is not None:
+                    await self._start_pass(loop)
+                else:
+                    await self._run_queries(loop, await self._gather_queries(loop))
             else:
+                await self._passes_idle.wait()  # a bulk chunk takes every core: it starts once no pass runs
+                if not self._queue.empty():  # a query came meanwhile: it goes first
+                    continue
                 texts, future = self._bulk.popleft()
                 if future.done():  # its caller went away
                     continue
@@ -124,6 +146,41 @@ class MicroBatcher:
                 metrics.EMBED_SECONDS.labels("document").observe(time.perf_counter() - start)
                 if not future.done():
                     future.set_result(vectors)
+
+    async def _start_pass(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Take the first waiting query once a pass thread is free and start its pass (not awaited: the
+        worker goes on to the next query); its caller is answered when the pass ends."""
+        assert self._encode_one is not None
+        await self._slots.acquire()
+        text, future, queued = self._queue.get_nowait()  # only this worker takes from the queue
+        if future.done():  # its caller went away while it waited
+            self._slots.release()
+            return
+        alone = self._passing == 0
+        self._passing += 1
+        self._passes_idle.clear()
+        start = time.perf_counter()
+        metrics.EMBED_WAIT_SECONDS.observe(start - queued)
+        metrics.EMBED_BATCH_SIZE.observe(1)
+
+        def done(outcome: asyncio.Future[np.ndarray]) -> None:
+            self._passing -= 1
+            if not self._passing:
+                self._passes_idle.set()
+            self._slots.release()
+            if future.done():
+                if not outcome.cancelled():
+                    outcome.exception()  # retrieved: nobody is waiting for it
+                return
+            if outcome.cancelled():
+                future.cancel()
+            elif outcome.exception() is not None:
+                future.set_exception(cast(BaseException, outcome.exception()))
+            else:
+                metrics.EMBED_SECONDS.labels("query").observe(time.perf_counter() - start)
+                future.set_result(outcome.result())
+
+        loop.run_in_executor(self._pass_executor, self._encode_one, text, alone).add_done_callback(done)
 
     async def _run_queries(self, loop: asyncio.AbstractEventLoop, batch: list) -> None:
         live = [(t, f, q) for t, f, q in batch if not f.done()]  # cancelled callers drop out

@@ -32,7 +32,8 @@ class Collection:
                      bulk_chunk: int = 16) -> None:
         self.embedder = embedder
         self.batcher = MicroBatcher(embedder.encode, max_batch, max_wait_us, executor, max(1, bulk_chunk),
-                                    embedder.encode_parts)
+                                    embedder.encode_parts, embedder.encode_one, embedder.passes,
+                                    embedder.pass_pool)
 
     @property
     def model_name(self) -> str:

@@ -39,8 +39,11 @@ class RouterConfig(ServerConfig):
                                           "$XDG_CACHE_HOME/ragcluster/onnx or ~/.cache/ragcluster/onnx)")
     embedding_threads: int = option(0, "embedding threads (0 = every core this process may use; idle threads "
                                        "sleep rather than spin, so other processes keep the cores it does not use)")
-    embed_max_batch: int = option(32, "query micro-batching: most texts in one encode call (1 = no batching)")
-    embed_max_wait_us: int = option(500, "query micro-batching: longest a text waits for others, in microseconds")
+    embed_max_batch: int = option(32, "query micro-batching: most texts in one encode call (1 = no batching; "
+                                      "int8 ONNX with 2+ threads has no batches: each query is a pass of its "
+                                      "own, started as soon as a core is free)")
+    embed_max_wait_us: int = option(500, "query micro-batching: longest a text waits for others, in microseconds "
+                                         "(not used without batches)")
     fanout_max_batch: int = option(64, "batched fan-out: dense searches that reach the fan-out together (e.g. embedded "
                                        "in one batch) go to each shard as one call of up to this many query "
                                        "vectors (1 = a shard call per search)")

@@ -88,6 +88,7 @@ class Embedder:
         self.max_tokens = int(self.model.max_seq_length)
         self.batch_size = batch_size
         self._lock = threading.Lock()
+        self._tokenizer_lock = threading.Lock()  # a fast tokenizer is not safe to call from two threads at once
         self._session: Any = None
         self._pass_session: Any = None
         self._passes: ThreadPoolExecutor | None = None
@@ -137,20 +138,11 @@ class Embedder:
         each, instead of one after another on all cores: no per-operator barrier between threads, which a
         busy machine's scheduler turns into waits (CISI queries in batches of 32: 101.9 vs 80.5 q/s). A
         lone text still gets every core."""
-        ids: list[list[int]] = self.model.tokenizer(texts, truncation=True, max_length=self.max_tokens)["input_ids"]
+        ids = self._token_ids(texts)
         groups = length_groups([len(i) for i in ids], 1 if self.dtype == "int8" else self.batch_size)
 
         def run(rows: list[int], session: Any) -> None:
-            width = len(ids[rows[0]])  # the longest of the group
-            input_ids = np.zeros((len(rows), width), dtype=np.int64)
-            mask = np.zeros((len(rows), width), dtype=np.int64)
-            for r, i in enumerate(rows):
-                input_ids[r, :len(ids[i])] = ids[i]
-                mask[r, :len(ids[i])] = 1
-            arrays = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(input_ids)}
-            vectors = session.run(None, {name: arrays[name] for name in self._inputs})[0]
-            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-            on_part(rows, np.ascontiguousarray(vectors / np.maximum(norms, 1e-12), dtype=np.float32))
+            on_part(rows, self._run_session(session, [ids[i] for i in rows]))
 
         shortest_first = list(reversed(groups))
         if self._passes is None or len(groups) == 1:
@@ -162,8 +154,46 @@ class Embedder:
         for future in futures:
             future.result()  # the first failure, if any
 
+    @property
+    def passes(self) -> int:
+        """How many one-text passes ``encode_one`` runs side by side (0: this embedder encodes in batches)."""
+        return self.threads if self._passes is not None else 0
+
+    @property
+    def pass_pool(self) -> ThreadPoolExecutor | None:
+        """The threads ``encode_one`` is meant to run on (``passes`` of them)."""
+        return self._passes
+
+    def encode_one(self, text: str, alone: bool = False) -> np.ndarray:
+        """One text's L2-normalised float32 vector (int8 ONNX, where a text always runs in a pass of its own).
+        Thread-safe and not serialised with other passes: up to ``passes`` of them run side by side on a
+        one-core session each, so a query never waits for a batch to finish. ``alone`` (no other pass in
+        flight) runs it on the every-core session instead."""
+        if self._passes is None:
+            raise RuntimeError("encode_one needs the int8 ONNX embedder with more than one thread")
+        ids = self._token_ids([text])
+        return self._run_session(self._session if alone else self._pass_session, ids)[0]
+
+    def _token_ids(self, texts: list[str]) -> list[list[int]]:
+        with self._tokenizer_lock:
+            return self.model.tokenizer(texts, truncation=True, max_length=self.max_tokens)["input_ids"]
+
+    def _run_session(self, session: Any, ids: list[list[int]]) -> np.ndarray:
+        """One ONNX pass over ``ids`` padded to the longest: L2-normalised float32 rows."""
+        width = max(len(i) for i in ids)
+        input_ids = np.zeros((len(ids), width), dtype=np.int64)
+        mask = np.zeros((len(ids), width), dtype=np.int64)
+        for r, row in enumerate(ids):
+            input_ids[r, :len(row)] = row
+            mask[r, :len(row)] = 1
+        arrays = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(input_ids)}
+        vectors = session.run(None, {name: arrays[name] for name in self._inputs})[0]
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return np.ascontiguousarray(vectors / np.maximum(norms, 1e-12), dtype=np.float32)
+
     def count_tokens(self, text: str) -> int:
-        return len(self.model.tokenizer(text, add_special_tokens=False)["input_ids"])
+        with self._tokenizer_lock:
+            return len(self.model.tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def embedder_from_config(config: RouterConfig, spec: str = "") -> Embedder:

@@ -95,6 +95,11 @@ def test_int8_vectors_do_not_depend_on_the_batch(embedder, cache_dir):
     parts: list[list[int]] = []
     int8.encode_parts(texts, lambda rows, vectors: parts.append(rows))
     assert sorted(parts) == [[0], [1], [2], [3], [4]]  # one text per pass (side by side: any order)
+    if int8.passes:  # the router's queries: one pass each as a core frees up, the same vectors
+        assert int8.passes == int8.threads and int8.pass_pool is not None
+        for i, text in enumerate(texts):
+            np.testing.assert_array_equal(int8.encode_one(text), batched[i])
+            np.testing.assert_allclose(int8.encode_one(text, alone=True), batched[i], rtol=0, atol=1e-6)
 
 
 def test_unknown_backend_or_dtype_is_refused():

@@ -147,3 +147,110 @@ async def test_an_error_in_a_later_part_reaches_only_the_callers_not_yet_answere
     assert isinstance(results[0], np.ndarray) and results[0].tolist() == [0.0, 0.0]
     assert all(isinstance(r, RuntimeError) for r in results[1:])
     await batcher.close()
+
+
+class Passes:
+    """A fake encode_one: each pass blocks until its text is released; records concurrency and ``alone``."""
+
+    def __init__(self) -> None:
+        self.release: dict[str, threading.Event] = {}
+        self.started: list[tuple[str, bool]] = []
+        self.running = 0
+        self.most = 0
+        self.lock = threading.Lock()
+
+    def gate(self, text: str) -> threading.Event:
+        with self.lock:
+            return self.release.setdefault(text, threading.Event())
+
+    def __call__(self, text: str, alone: bool) -> np.ndarray:
+        with self.lock:
+            self.started.append((text, alone))
+            self.running += 1
+            self.most = max(self.most, self.running)
+        try:
+            assert self.gate(text).wait(10), f"{text} never released"
+            if text.startswith("bad"):
+                raise RuntimeError("model broke")
+            return np.array([float(len(text)), 0.0], dtype=np.float32)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+async def wait_until(predicate, seconds: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not predicate():
+        assert loop.time() < deadline, "condition not reached"
+        await asyncio.sleep(0.001)
+
+
+def pass_batcher(passes: Passes, n: int = 2, **kwargs):
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(n)
+    bulk_calls: list[list[str]] = []
+    batcher = MicroBatcher(fake_encode(bulk_calls), max_batch=32, max_wait_us=500, encode_one=passes, passes=n,
+                           pass_executor=pool, **kwargs)
+    return batcher, pool, bulk_calls
+
+
+async def test_one_text_passes_start_as_soon_as_a_thread_is_free_not_after_a_batch():
+    passes = Passes()
+    batcher, pool, _ = pass_batcher(passes)
+    slow = asyncio.create_task(batcher.encode("slow text"))
+    await wait_until(lambda: len(passes.started) == 1)
+    quick = asyncio.create_task(batcher.encode("quick"))  # arrives while "slow" is in its pass
+    await wait_until(lambda: len(passes.started) == 2)
+    passes.gate("quick").set()
+    assert (await asyncio.wait_for(quick, 5)).tolist() == [5.0, 0.0]  # answered while "slow" still runs
+    assert not slow.done()
+    third = asyncio.create_task(batcher.encode("third"))
+    fourth = asyncio.create_task(batcher.encode("fourth"))
+    await wait_until(lambda: len(passes.started) == 3)
+    await asyncio.sleep(0.02)
+    assert len(passes.started) == 3 and passes.running == 2  # never more passes than threads
+    for text in ("slow text", "third", "fourth"):
+        passes.gate(text).set()
+    await asyncio.gather(slow, third, fourth)
+    assert passes.most == 2
+    assert passes.started[0] == ("slow text", True)  # nothing else in flight: every core
+    assert passes.started[1] == ("quick", False)  # beside another pass: its own core
+    await batcher.close()
+    pool.shutdown()
+
+
+async def test_a_failed_pass_reaches_its_caller_only_and_a_cancelled_query_is_skipped():
+    passes = Passes()
+    batcher, pool, _ = pass_batcher(passes, n=1)
+    first = asyncio.create_task(batcher.encode("bad one"))
+    await wait_until(lambda: len(passes.started) == 1)
+    doomed = asyncio.create_task(batcher.encode("doomed"))  # waits for the only thread
+    kept = asyncio.create_task(batcher.encode("kept"))
+    await asyncio.sleep(0.01)
+    doomed.cancel()
+    passes.gate("bad one").set()
+    passes.gate("kept").set()
+    with pytest.raises(RuntimeError, match="model broke"):
+        await first
+    assert (await kept).tolist() == [4.0, 0.0]
+    assert [t for t, _ in passes.started] == ["bad one", "kept"]  # the cancelled query never ran
+    await batcher.close()
+    pool.shutdown()
+
+
+async def test_bulk_waits_for_passes_in_flight_and_queries_still_go_first():
+    passes = Passes()
+    batcher, pool, bulk_calls = pass_batcher(passes, bulk_chunk=2)
+    query = asyncio.create_task(batcher.encode("query one"))
+    await wait_until(lambda: len(passes.started) == 1)
+    bulk = asyncio.create_task(batcher.encode_bulk(["d1", "d2", "d3"]))
+    await asyncio.sleep(0.02)
+    assert bulk_calls == []  # a bulk chunk takes every core: not while a pass runs
+    passes.gate("query one").set()
+    await query
+    vectors = await asyncio.wait_for(bulk, 5)
+    assert vectors.shape == (3, 2) and bulk_calls == [["d1", "d2"], ["d3"]]
+    await batcher.close()
+    pool.shutdown()
