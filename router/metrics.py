@@ -44,7 +44,7 @@ TPOT_SECONDS = Histogram(
 COMPLETION_TOKENS = Counter("ragcluster_router_completion_tokens", "Answer tokens streamed by Ask")
 INGESTED = Counter("ragcluster_router_ingested_documents", "Documents acknowledged by shards through Ingest")
 EMBED_BATCH_SIZE = Histogram(
-    "ragcluster_router_embed_batch_size", "Query texts coalesced into one encode call",
+    "ragcluster_router_embed_batch_size", "Query texts coalesced into one encode call (1 with int8: a pass per query)",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128),
 )
 SHARD_SEARCH_BATCH = Histogram(
