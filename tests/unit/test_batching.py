@@ -1,4 +1,5 @@
 import asyncio
+import contextlib
 import threading
 
 import numpy as np
@@ -186,19 +187,31 @@ async def wait_until(predicate, seconds: float = 5.0) -> None:
         await asyncio.sleep(0.001)
 
 
-def pass_batcher(passes: Passes, n: int = 2, **kwargs):
+@contextlib.asynccontextmanager
+async def pass_batcher(passes: Passes, n: int = 2, **kwargs):
+    """A MicroBatcher running one-text passes on ``n`` threads; yields it and the bulk encode's calls."""
     from concurrent.futures import ThreadPoolExecutor
 
     pool = ThreadPoolExecutor(n)
     bulk_calls: list[list[str]] = []
     batcher = MicroBatcher(fake_encode(bulk_calls), max_batch=32, max_wait_us=500, encode_one=passes, passes=n,
                            pass_executor=pool, **kwargs)
-    return batcher, pool, bulk_calls
+    try:
+        yield batcher, bulk_calls
+    finally:
+        for gate in list(passes.release.values()):
+            gate.set()  # a failed test leaves no pass blocked
+        await batcher.close()
+        pool.shutdown()
 
 
 async def test_one_text_passes_start_as_soon_as_a_thread_is_free_not_after_a_batch():
     passes = Passes()
-    batcher, pool, _ = pass_batcher(passes)
+    async with pass_batcher(passes) as (batcher, _):
+        await one_pass_per_free_thread(passes, batcher)
+
+
+async def one_pass_per_free_thread(passes: Passes, batcher: MicroBatcher) -> None:
     slow = asyncio.create_task(batcher.encode("slow text"))
     await wait_until(lambda: len(passes.started) == 1)
     quick = asyncio.create_task(batcher.encode("quick"))  # arrives while "slow" is in its pass
@@ -217,40 +230,34 @@ async def test_one_text_passes_start_as_soon_as_a_thread_is_free_not_after_a_bat
     assert passes.most == 2
     assert passes.started[0] == ("slow text", True)  # nothing else in flight: every core
     assert passes.started[1] == ("quick", False)  # beside another pass: its own core
-    await batcher.close()
-    pool.shutdown()
 
 
 async def test_a_failed_pass_reaches_its_caller_only_and_a_cancelled_query_is_skipped():
     passes = Passes()
-    batcher, pool, _ = pass_batcher(passes, n=1)
-    first = asyncio.create_task(batcher.encode("bad one"))
-    await wait_until(lambda: len(passes.started) == 1)
-    doomed = asyncio.create_task(batcher.encode("doomed"))  # waits for the only thread
-    kept = asyncio.create_task(batcher.encode("kept"))
-    await asyncio.sleep(0.01)
-    doomed.cancel()
-    passes.gate("bad one").set()
-    passes.gate("kept").set()
-    with pytest.raises(RuntimeError, match="model broke"):
-        await first
-    assert (await kept).tolist() == [4.0, 0.0]
-    assert [t for t, _ in passes.started] == ["bad one", "kept"]  # the cancelled query never ran
-    await batcher.close()
-    pool.shutdown()
+    async with pass_batcher(passes, n=1) as (batcher, _):
+        first = asyncio.create_task(batcher.encode("bad one"))
+        await wait_until(lambda: len(passes.started) == 1)
+        doomed = asyncio.create_task(batcher.encode("doomed"))  # waits for the only thread
+        kept = asyncio.create_task(batcher.encode("kept"))
+        await wait_until(lambda: batcher._queue.qsize() == 2)
+        doomed.cancel()
+        passes.gate("bad one").set()
+        passes.gate("kept").set()
+        with pytest.raises(RuntimeError, match="model broke"):
+            await first
+        assert (await kept).tolist() == [4.0, 0.0]
+        assert [t for t, _ in passes.started] == ["bad one", "kept"]  # the cancelled query never ran
 
 
 async def test_bulk_waits_for_passes_in_flight_and_queries_still_go_first():
     passes = Passes()
-    batcher, pool, bulk_calls = pass_batcher(passes, bulk_chunk=2)
-    query = asyncio.create_task(batcher.encode("query one"))
-    await wait_until(lambda: len(passes.started) == 1)
-    bulk = asyncio.create_task(batcher.encode_bulk(["d1", "d2", "d3"]))
-    await asyncio.sleep(0.02)
-    assert bulk_calls == []  # a bulk chunk takes every core: not while a pass runs
-    passes.gate("query one").set()
-    await query
-    vectors = await asyncio.wait_for(bulk, 5)
-    assert vectors.shape == (3, 2) and bulk_calls == [["d1", "d2"], ["d3"]]
-    await batcher.close()
-    pool.shutdown()
+    async with pass_batcher(passes, bulk_chunk=2) as (batcher, bulk_calls):
+        query = asyncio.create_task(batcher.encode("query one"))
+        await wait_until(lambda: len(passes.started) == 1)
+        bulk = asyncio.create_task(batcher.encode_bulk(["d1", "d2", "d3"]))
+        await asyncio.sleep(0.02)  # a check that nothing happens: bounded, not a synchronisation
+        assert bulk_calls == []  # a bulk chunk takes every core: not while a pass runs
+        passes.gate("query one").set()
+        await query
+        vectors = await asyncio.wait_for(bulk, 5)
+        assert vectors.shape == (3, 2) and bulk_calls == [["d1", "d2"], ["d3"]]
