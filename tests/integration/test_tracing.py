@@ -117,8 +117,13 @@ def test_one_ask_is_one_trace_across_router_shards_and_generator(traced_cluster)
         spans = receiver.trace(trace_id)
         services = {r.service for r in spans if r.span.kind == SERVER}
         generator_done = any(r.service == "ragcluster-generator" for r in spans)
+        # each process exports its spans on its own schedule: wait for a Search server span from both shards
+        ids = {r.span.span_id: r for r in spans}
+        served = {ids[r.span.parent_span_id].attributes.get("ragcluster.shard") for r in spans
+                  if r.service == "ragcluster-shard" and r.span.name == "ShardService/Search"
+                  and r.span.kind == SERVER and r.span.parent_span_id in ids}
         return spans if {"ragcluster-router", "ragcluster-shard", "ragcluster-generator"} <= services and \
-            generator_done and any(r.span.name == "generate" for r in spans) else None
+            generator_done and any(r.span.name == "generate" for r in spans) and {0, 1} <= served else None
 
     spans = _wait_for(complete)
     by_id = {r.span.span_id: r for r in spans}
